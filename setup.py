@@ -12,8 +12,8 @@ import torch
 from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
-CXX_FLAGS = ["-O3", "-g0", "-fopenmp", "-std=c++17", "-DNDEBUG"]
-NVCC_FLAGS = ["-O3", "-std=c++17", "-DNDEBUG"]
+CXX_FLAGS = ["-O3", "-g0", "-fopenmp", "-std=c++20", "-DNDEBUG"]
+NVCC_FLAGS = ["-O3", "-std=c++20", "-DNDEBUG"]
 LINK_FLAGS = ["-fopenmp", "-g0"]
 
 

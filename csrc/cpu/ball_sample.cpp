@@ -1,0 +1,90 @@
+// CPU kernel of robustx::ball_sample: one task per point, Philox stream per point.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <vector>
+
+#include "robustx/ball.h"
+
+namespace robustx {
+namespace {
+
+BallNorm ball_norm_of(double p) {
+  if (p == 1.0) return BallNorm::L1;
+  if (p == 2.0) return BallNorm::L2;
+  TORCH_CHECK(std::isinf(p) && p > 0, "ball_sample: p must be 1, 2 or inf, got ", p);
+  return BallNorm::Linf;
+}
+
+template <typename scalar_t>
+void sample_point(const scalar_t* center, scalar_t* out, int64_t d, BallNorm norm, const PointStream& stream,
+                  at::opmath_type<scalar_t> radius, bool has_min, at::opmath_type<scalar_t> lo, bool has_max,
+                  at::opmath_type<scalar_t> hi, std::vector<at::opmath_type<scalar_t>>& z) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t blocks = (d + 3) / 4;
+  if (norm == BallNorm::Linf) {
+    for (int64_t j = 0; j < blocks; ++j) {
+      const Philox4 bits = stream.block(static_cast<uint32_t>(j));
+      for (int64_t w = 0, k = 4 * j; w < 4 && k < d; ++w, ++k) {
+        const acc_t delta = linf_delta(uniform_from_bits<acc_t>(bits.w[w]), radius);
+        out[k] = static_cast<scalar_t>(clip(static_cast<acc_t>(center[k]) + delta, has_min, lo, has_max, hi));
+      }
+    }
+    return;
+  }
+  double norm_acc = 0;
+  for (int64_t j = 0; j < blocks; ++j) {
+    acc_t zb[4];
+    direction_block(norm, stream.block(static_cast<uint32_t>(j)), zb);
+    for (int64_t w = 0, k = 4 * j; w < 4 && k < d; ++w, ++k) {
+      z[k] = zb[w];
+      norm_acc += norm_term(norm, zb[w]);
+    }
+  }
+  const acc_t z_norm = static_cast<acc_t>(norm == BallNorm::L2 ? std::sqrt(norm_acc) : norm_acc);
+  const acc_t scale = ball_radius(stream, radius, d) / z_norm;
+  for (int64_t k = 0; k < d; ++k) {
+    out[k] = static_cast<scalar_t>(clip(static_cast<acc_t>(center[k]) + z[k] * scale, has_min, lo, has_max, hi));
+  }
+}
+
+at::Tensor ball_sample_cpu(const at::Tensor& centers, int64_t n, double radius, double p,
+                           std::optional<double> clip_min, std::optional<double> clip_max, int64_t seed,
+                           int64_t offset) {
+  TORCH_CHECK(centers.dim() == 2, "ball_sample: centers must be (N, d), got ", centers.sizes());
+  TORCH_CHECK(n >= 0 && seed >= 0 && offset >= 0, "ball_sample: n, seed and offset must be >= 0");
+  TORCH_CHECK(radius > 0 && std::isfinite(radius), "ball_sample: radius must be finite and > 0");
+  const BallNorm norm = ball_norm_of(p);
+  const at::Tensor c = centers.contiguous();
+  const int64_t n_centers = c.size(0), d = c.size(1);
+  at::Tensor out = at::empty({n_centers, n, d}, c.options());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "ball_sample_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* cp = c.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    const acc_t lo = static_cast<acc_t>(clip_min.value_or(0)), hi = static_cast<acc_t>(clip_max.value_or(0));
+    const int64_t grain = std::max<int64_t>(1, 4096 / d);
+    at::parallel_for(0, n_centers * n, grain, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> z(norm == BallNorm::Linf ? 0 : d);
+      for (int64_t point = begin; point < end; ++point) {
+        const int64_t i = point / n, s = offset + point % n;
+        const PointStream stream(static_cast<uint64_t>(seed), static_cast<uint64_t>(s), static_cast<uint32_t>(i));
+        sample_point(cp + i * d, op + point * d, d, norm, stream, static_cast<acc_t>(radius), clip_min.has_value(),
+                     lo, clip_max.has_value(), hi, z);
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(robustx, CPU, m) { m.impl("ball_sample", &ball_sample_cpu); }
+
+}  // namespace robustx

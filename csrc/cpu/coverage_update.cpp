@@ -1,0 +1,117 @@
+// CPU kernel of robustx::coverage_update: one read of the activations computes every
+// neuron value v[n, m] (mean over L, in double) and each input's min/max element; the
+// coverage states are then OR-updated from v.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "robustx/coverage.h"
+
+namespace robustx {
+namespace {
+
+// v (N*M) = per-neuron means; input_min / input_max (N) over all M*L raw elements.
+template <typename scalar_t>
+void neuron_values(const scalar_t* act, int64_t n_count, int64_t m_count, int64_t l_count, std::vector<double>& v,
+                   std::vector<double>& input_min, std::vector<double>& input_max) {
+  at::parallel_for(0, n_count * m_count, std::max<int64_t>(1, 32768 / std::max<int64_t>(l_count, 1)),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t nm = begin; nm < end; ++nm) {
+                       const scalar_t* x = act + nm * l_count;
+                       double sum = 0, lo = std::numeric_limits<double>::infinity(), hi = -lo;
+                       for (int64_t l = 0; l < l_count; ++l) {
+                         const double value = static_cast<double>(x[l]);
+                         sum += value;
+                         lo = std::min(lo, value);
+                         hi = std::max(hi, value);
+                       }
+                       v[nm] = sum / static_cast<double>(l_count);
+                       input_min[nm] = lo;  // per-neuron for now, reduced per input below
+                       input_max[nm] = hi;
+                     }
+                   });
+}
+
+void reduce_per_input(int64_t n_count, int64_t m_count, std::vector<double>& lo, std::vector<double>& hi) {
+  for (int64_t n = 0; n < n_count; ++n) {
+    const auto first = n * m_count;
+    lo[n] = *std::min_element(lo.begin() + first, lo.begin() + first + m_count);
+    hi[n] = *std::max_element(hi.begin() + first, hi.begin() + first + m_count);
+  }
+}
+
+at::Tensor coverage_update_cpu(const at::Tensor& act, const at::Tensor& low, const at::Tensor& high, int64_t k,
+                               double threshold, int64_t top_k, at::Tensor& sections, at::Tensor& upper,
+                               at::Tensor& lower, at::Tensor& above, at::Tensor& topk_hit) {
+  TORCH_CHECK(act.dim() == 3, "coverage_update: act must be (N, M, L), got ", act.sizes());
+  const at::Tensor a = act.contiguous();
+  const int64_t n_count = a.size(0), m_count = a.size(1), l_count = a.size(2);
+  TORCH_CHECK(k >= 1, "coverage_update: k must be >= 1");
+  TORCH_CHECK(top_k >= 1 && top_k <= m_count, "coverage_update: top_k must be in [1, M]");
+  TORCH_CHECK(l_count >= 1, "coverage_update: L must be >= 1");
+  TORCH_CHECK(low.scalar_type() == at::kDouble && high.scalar_type() == at::kDouble && low.numel() == m_count &&
+                  high.numel() == m_count && low.is_contiguous() && high.is_contiguous(),
+              "coverage_update: low and high must be contiguous float64 of shape (M,)");
+  for (const at::Tensor* state : {&sections, &upper, &lower, &above, &topk_hit}) {
+    TORCH_CHECK(state->scalar_type() == at::kBool && state->is_contiguous(),
+                "coverage_update: states must be contiguous bool tensors");
+  }
+  TORCH_CHECK(sections.numel() == m_count * k && upper.numel() == m_count && lower.numel() == m_count &&
+                  above.numel() == m_count && topk_hit.numel() == m_count,
+              "coverage_update: state shapes must be (M, k) and (M,)");
+  at::Tensor topk_idx = at::empty({n_count, top_k}, a.options().dtype(at::kLong));
+  if (n_count == 0) return topk_idx;
+
+  std::vector<double> v(n_count * m_count), input_min(n_count * m_count), input_max(n_count * m_count);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "coverage_update_cpu", [&] {
+    neuron_values(a.data_ptr<scalar_t>(), n_count, m_count, l_count, v, input_min, input_max);
+  });
+  reduce_per_input(n_count, m_count, input_min, input_max);
+
+  const double* lo = low.data_ptr<double>();
+  const double* hi = high.data_ptr<double>();
+  bool* sec = sections.data_ptr<bool>();
+  bool* up = upper.data_ptr<bool>();
+  bool* down = lower.data_ptr<bool>();
+  bool* on = above.data_ptr<bool>();
+  at::parallel_for(0, m_count, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      for (int64_t n = 0; n < n_count; ++n) {
+        const double value = v[n * m_count + m];
+        const int64_t idx = section_index(value, lo[m], hi[m], k);
+        if (idx >= 0) sec[m * k + idx] = true;
+        if (value > hi[m]) up[m] = true;
+        if (value < lo[m]) down[m] = true;
+        if (scaled_value(value, input_min[n], input_max[n]) > threshold) on[m] = true;
+      }
+    }
+  });
+
+  int64_t* out = topk_idx.data_ptr<int64_t>();
+  at::parallel_for(0, n_count, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> order(m_count);
+    for (int64_t n = begin; n < end; ++n) {
+      const double* row = v.data() + n * m_count;
+      std::iota(order.begin(), order.end(), 0);
+      std::partial_sort(order.begin(), order.begin() + top_k, order.end(),
+                        [row](int64_t i, int64_t j) { return ranks_before(row[i], i, row[j], j); });
+      std::copy(order.begin(), order.begin() + top_k, out + n * top_k);
+    }
+  });
+  bool* hit = topk_hit.data_ptr<bool>();
+  for (int64_t i = 0; i < n_count * top_k; ++i) hit[out[i]] = true;
+  return topk_idx;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(robustx, CPU, m) { m.impl("coverage_update", &coverage_update_cpu); }
+
+}  // namespace robustx

@@ -1,0 +1,107 @@
+// CPU kernel of robustx::grad_norm_batch_max: one task per (image, target, batch);
+// each sample's q-norm is accumulated over D in one pass and folded into the batch max.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <optional>
+#include <tuple>
+
+#include "robustx/norms.h"
+
+namespace robustx {
+namespace {
+
+DualNorm dual_norm_of(double q) {
+  if (q == 1.0) return DualNorm::L1;
+  if (q == 2.0) return DualNorm::L2;
+  TORCH_CHECK(std::isinf(q) && q > 0, "grad_norm_batch_max: q must be 1, 2 or inf, got ", q);
+  return DualNorm::Linf;
+}
+
+// ||a - b||_q (or ||b||_q when a is null) over d entries, eight independent partial sums.
+template <typename scalar_t, typename acc_t>
+acc_t row_norm(DualNorm q, const scalar_t* a, const scalar_t* b, int64_t d) {
+  constexpr int kLanes = 8;
+  acc_t lane[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= d; k += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const acc_t x = a ? static_cast<acc_t>(a[k + l]) - static_cast<acc_t>(b[k + l]) : static_cast<acc_t>(b[k + l]);
+      lane[l] = norm_accumulate(q, lane[l], x);
+    }
+  }
+  for (; k < d; ++k) {
+    const acc_t x = a ? static_cast<acc_t>(a[k]) - static_cast<acc_t>(b[k]) : static_cast<acc_t>(b[k]);
+    lane[0] = norm_accumulate(q, lane[0], x);
+  }
+  acc_t total = lane[0];
+  for (int l = 1; l < kLanes; ++l) total = norm_combine(q, total, lane[l]);
+  return norm_finalize(q, total);
+}
+
+std::tuple<at::Tensor, at::Tensor> grad_norm_batch_max_cpu(const at::Tensor& jac, const std::optional<at::Tensor>& source,
+                                                           const at::Tensor& targets, double q_value, int64_t batch_size,
+                                                           bool return_norms) {
+  TORCH_CHECK(jac.dim() == 4, "grad_norm_batch_max: jac must be (M, S, K, D), got ", jac.sizes());
+  TORCH_CHECK(targets.dim() == 2 && targets.size(0) == jac.size(0), "grad_norm_batch_max: targets must be (M, T)");
+  TORCH_CHECK(targets.scalar_type() == at::kLong, "grad_norm_batch_max: targets must be int64");
+  TORCH_CHECK(batch_size > 0 && jac.size(1) % batch_size == 0,
+              "grad_norm_batch_max: S must be a positive multiple of batch_size");
+  const DualNorm q = dual_norm_of(q_value);
+  const at::Tensor g = jac.contiguous(), tgt = targets.contiguous();
+  const int64_t m_count = g.size(0), s_count = g.size(1), k_count = g.size(2), d = g.size(3);
+  const int64_t t_count = tgt.size(1), n_batches = s_count / batch_size;
+  at::Tensor src;
+  if (source.has_value()) {
+    src = source->contiguous();
+    TORCH_CHECK(src.dim() == 1 && src.size(0) == m_count && src.scalar_type() == at::kLong,
+                "grad_norm_batch_max: source must be int64 of shape (M,)");
+  }
+  const auto out_type = g.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor maxima = at::empty({m_count, t_count, n_batches}, g.options().dtype(out_type));
+  at::Tensor norms = at::empty({return_norms ? m_count * t_count * s_count : 0}, g.options().dtype(out_type));
+  const int64_t* tp = tgt.data_ptr<int64_t>();
+  const int64_t* sp = src.defined() ? src.data_ptr<int64_t>() : nullptr;
+  for (int64_t i = 0; i < tgt.numel(); ++i) {
+    TORCH_CHECK(tp[i] >= 0 && tp[i] < k_count, "grad_norm_batch_max: target row out of range");
+  }
+  for (int64_t i = 0; sp && i < m_count; ++i) {
+    TORCH_CHECK(sp[i] >= 0 && sp[i] < k_count, "grad_norm_batch_max: source row out of range");
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "grad_norm_batch_max_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using out_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    out_t* mp = maxima.data_ptr<out_t>();
+    out_t* np = return_norms ? norms.data_ptr<out_t>() : nullptr;
+    const int64_t row = d, sample = k_count * d, image = s_count * sample;
+    at::parallel_for(0, m_count * t_count * n_batches, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task % n_batches, t = (task / n_batches) % t_count, m = task / (n_batches * t_count);
+        const int64_t target_row = tp[m * t_count + t];
+        acc_t best = -std::numeric_limits<acc_t>::infinity();
+        for (int64_t s = b * batch_size; s < (b + 1) * batch_size; ++s) {
+          const scalar_t* base = gp + m * image + s * sample;
+          const scalar_t* a = sp ? base + sp[m] * row : nullptr;
+          const acc_t value = row_norm<scalar_t, acc_t>(q, a, base + target_row * row, d);
+          if (np) np[(m * t_count + t) * s_count + s] = static_cast<out_t>(value);
+          best = nan_max(value, best);
+        }
+        mp[task] = static_cast<out_t>(best);
+      }
+    });
+  });
+  if (return_norms) norms = norms.view({m_count, t_count, s_count});
+  return {maxima, norms};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(robustx, CPU, m) { m.impl("grad_norm_batch_max", &grad_norm_batch_max_cpu); }
+
+}  // namespace robustx

@@ -1,0 +1,68 @@
+// Per-coordinate transforms of uniform sampling in an Lp ball (p = 1, 2, inf), shared
+// by the CPU and CUDA kernels of robustx::ball_sample. All math in acc_t (float, or
+// double for double inputs), in the same order as robustx.ops.ball_sample_ref.
+#pragma once
+#include <cmath>
+
+#include "robustx/common.h"
+#include "robustx/philox.h"
+
+namespace robustx {
+
+enum class BallNorm { L1, L2, Linf };
+
+// L-inf: delta_k = R (2u - 1), coordinate-wise uniform in [-R, R].
+template <typename acc_t>
+RX_HD acc_t linf_delta(acc_t u, acc_t radius) {
+  return radius * (acc_t(2) * u - acc_t(1));
+}
+
+// L1 direction: a standard Laplace variate from one uniform (inverse CDF).
+template <typename acc_t>
+RX_HD acc_t laplace(acc_t u) {
+  return u < acc_t(0.5) ? std::log(acc_t(2) * u) : -std::log(acc_t(2) - acc_t(2) * u);
+}
+
+// L2 direction: Box-Muller, (u0, u1) -> (rho cos theta, rho sin theta).
+template <typename acc_t>
+RX_HD void box_muller(acc_t u0, acc_t u1, acc_t& z0, acc_t& z1) {
+  const acc_t rho = std::sqrt(acc_t(-2) * std::log(u0));
+  const acc_t theta = static_cast<acc_t>(6.283185307179586) * u1;
+  z0 = rho * std::cos(theta);
+  z1 = rho * std::sin(theta);
+}
+
+// The four direction coordinates of one Philox block (L1: Laplace, L2: two Box-Muller pairs).
+template <typename acc_t>
+RX_HD void direction_block(BallNorm norm, const Philox4& bits, acc_t z[4]) {
+  acc_t u[4];
+  for (int w = 0; w < 4; ++w) u[w] = uniform_from_bits<acc_t>(bits.w[w]);
+  if (norm == BallNorm::L2) {
+    box_muller(u[0], u[1], z[0], z[1]);
+    box_muller(u[2], u[3], z[2], z[3]);
+  } else {
+    for (int w = 0; w < 4; ++w) z[w] = laplace(u[w]);
+  }
+}
+
+// Contribution of one direction coordinate to ||z||_p (squared for L2).
+template <typename acc_t>
+RX_HD acc_t norm_term(BallNorm norm, acc_t z) {
+  return norm == BallNorm::L2 ? z * z : std::fabs(z);
+}
+
+// r = R U^(1/d): the radius of a point uniform in a d-dimensional ball.
+template <typename acc_t>
+RX_HD acc_t ball_radius(const PointStream& stream, acc_t radius, int64_t d) {
+  const acc_t big_u = uniform_from_bits<acc_t>(stream.block(kRadiusBlock).w[0]);
+  return radius * std::exp(std::log(big_u) / static_cast<acc_t>(d));
+}
+
+template <typename acc_t>
+RX_HD acc_t clip(acc_t x, bool has_min, acc_t lo, bool has_max, acc_t hi) {
+  if (has_min && x < lo) x = lo;
+  if (has_max && x > hi) x = hi;
+  return x;
+}
+
+}  // namespace robustx

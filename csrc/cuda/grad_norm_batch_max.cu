@@ -1,0 +1,107 @@
+// CUDA kernel of robustx::grad_norm_batch_max: one block per (image, target, sample)
+// reduces the sample's q-norm and folds it into its batch maximum with an atomic max
+// (norms are >= 0, so the float bit patterns order like the values; NaN is canonical
+// and positive, so it wins and propagates).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+
+#include "robustx/block_reduce.cuh"
+#include "robustx/norms.h"
+
+namespace robustx {
+namespace {
+
+__device__ __forceinline__ void atomic_max_nonneg(float* address, float value) {
+  atomicMax(reinterpret_cast<int*>(address), value != value ? 0x7fc00000 : __float_as_int(value));
+}
+
+__device__ __forceinline__ void atomic_max_nonneg(double* address, double value) {
+  const long long bits = value != value ? 0x7ff8000000000000LL : __double_as_longlong(value);
+  atomicMax(reinterpret_cast<long long*>(address), bits);
+}
+
+template <typename scalar_t, typename out_t>
+__global__ void grad_norm_batch_max_kernel(const scalar_t* __restrict__ jac, const int64_t* __restrict__ source,
+                                           const int64_t* __restrict__ targets, out_t* __restrict__ maxima,
+                                           out_t* __restrict__ norms, int64_t tasks, int64_t t_count,
+                                           int64_t s_count, int64_t k_count, int64_t d, int64_t batch_size,
+                                           DualNorm q) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t task = blockIdx.x; task < tasks; task += gridDim.x) {
+    const int64_t s = task % s_count, t = (task / s_count) % t_count, m = task / (s_count * t_count);
+    const scalar_t* base = jac + (m * s_count + s) * k_count * d;
+    const scalar_t* b = base + targets[m * t_count + t] * d;
+    const scalar_t* a = source ? base + source[m] * d : nullptr;
+    acc_t acc = acc_t(0);
+    for (int64_t k = threadIdx.x; k < d; k += blockDim.x) {
+      const acc_t x = a ? static_cast<acc_t>(a[k]) - static_cast<acc_t>(b[k]) : static_cast<acc_t>(b[k]);
+      acc = norm_accumulate(q, acc, x);
+    }
+    acc = block_reduce(acc, [q](acc_t u, acc_t v) { return norm_combine(q, u, v); });
+    if (threadIdx.x == 0) {
+      const out_t value = static_cast<out_t>(norm_finalize(q, acc));
+      if (norms) norms[(m * t_count + t) * s_count + s] = value;
+      atomic_max_nonneg(maxima + (m * t_count + t) * (s_count / batch_size) + s / batch_size, value);
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> grad_norm_batch_max_cuda(const at::Tensor& jac,
+                                                            const std::optional<at::Tensor>& source,
+                                                            const at::Tensor& targets, double q_value,
+                                                            int64_t batch_size, bool return_norms) {
+  TORCH_CHECK(jac.dim() == 4, "grad_norm_batch_max: jac must be (M, S, K, D), got ", jac.sizes());
+  TORCH_CHECK(targets.dim() == 2 && targets.size(0) == jac.size(0) && targets.scalar_type() == at::kLong,
+              "grad_norm_batch_max: targets must be int64 of shape (M, T)");
+  TORCH_CHECK(batch_size > 0 && jac.size(1) % batch_size == 0,
+              "grad_norm_batch_max: S must be a positive multiple of batch_size");
+  TORCH_CHECK(q_value == 1.0 || q_value == 2.0 || (std::isinf(q_value) && q_value > 0),
+              "grad_norm_batch_max: q must be 1, 2 or inf, got ", q_value);
+  const DualNorm q = q_value == 1.0 ? DualNorm::L1 : (q_value == 2.0 ? DualNorm::L2 : DualNorm::Linf);
+  const c10::cuda::CUDAGuard guard(jac.device());
+  const at::Tensor g = jac.contiguous(), tgt = targets.contiguous();
+  const int64_t m_count = g.size(0), s_count = g.size(1), k_count = g.size(2), d = g.size(3), t_count = tgt.size(1);
+  at::Tensor src;
+  if (source.has_value()) {
+    src = source->contiguous();
+    TORCH_CHECK(src.dim() == 1 && src.size(0) == m_count && src.scalar_type() == at::kLong,
+                "grad_norm_batch_max: source must be int64 of shape (M,)");
+  }
+  const auto out_type = g.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor maxima = at::zeros({m_count, t_count, s_count / batch_size}, g.options().dtype(out_type));
+  at::Tensor norms = at::empty({return_norms ? m_count * t_count * s_count : 0}, g.options().dtype(out_type));
+  const int64_t tasks = m_count * t_count * s_count;
+  if (tasks > 0) {
+    const int threads = threads_for(d);
+    const unsigned grid = static_cast<unsigned>(std::min<int64_t>(tasks, 1 << 20));
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "grad_norm_batch_max_cuda", [&] {
+      using out_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+      grad_norm_batch_max_kernel<scalar_t, out_t><<<grid, threads, 0, stream>>>(
+          g.data_ptr<scalar_t>(), src.defined() ? src.data_ptr<int64_t>() : nullptr, tgt.data_ptr<int64_t>(),
+          maxima.data_ptr<out_t>(), return_norms ? norms.data_ptr<out_t>() : nullptr, tasks, t_count, s_count, k_count,
+          d, batch_size, q);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  if (return_norms) norms = norms.view({m_count, t_count, s_count});
+  return {maxima, norms};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(robustx, CUDA, m) { m.impl("grad_norm_batch_max", &grad_norm_batch_max_cuda); }
+
+}  // namespace robustx

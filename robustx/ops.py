@@ -118,8 +118,8 @@ def _uniform_from_bits(bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _point_uniforms(n_centers: int, sample_ids: torch.Tensor, n_words: int, key) -> torch.Tensor:
     """Uniforms u[i, s, w] of word w of point (center i, sample s): counter (w // 4, s_lo, s_hi, i)."""
     blocks = (n_words + 3) // 4
-    j = torch.arange(blocks, dtype=torch.int64)[None, None, :]
-    i = torch.arange(n_centers, dtype=torch.int64)[:, None, None]
+    j = torch.arange(blocks, dtype=torch.int64, device=sample_ids.device)[None, None, :]
+    i = torch.arange(n_centers, dtype=torch.int64, device=sample_ids.device)[:, None, None]
     s = sample_ids[None, :, None]
     shape = (n_centers, sample_ids.numel(), blocks)
     words = philox4x32(
@@ -156,26 +156,26 @@ def ball_sample_ref(
     n_centers, d = centers.shape
     key = (seed & _MASK32, (seed >> 32) & _MASK32)
     om = _opmath(centers.dtype)
-    sample_ids = torch.arange(offset, offset + n, dtype=torch.int64)
+    sample_ids = torch.arange(offset, offset + n, dtype=torch.int64, device=centers.device)
     n_words = d + (d % 2 if p == 2.0 else 0)
     u = _uniform_from_bits(_point_uniforms(n_centers, sample_ids, n_words, key), om)
     if math.isinf(p):
         delta = radius * (2.0 * u - 1.0)
     else:
         if p == 2.0:
-            pairs = u.reshape(n_centers, n, -1, 2)
+            pairs = u.reshape(n_centers, n, n_words // 2, 2)
             rho = torch.sqrt(-2.0 * torch.log(pairs[..., 0]))
             theta = (2.0 * math.pi) * pairs[..., 1]
-            z = torch.stack((rho * torch.cos(theta), rho * torch.sin(theta)), -1).reshape(n_centers, n, -1)[..., :d]
+            z = torch.stack((rho * torch.cos(theta), rho * torch.sin(theta)), -1).reshape(n_centers, n, n_words)[..., :d]
             z_norm = torch.sqrt((z * z).sum(-1, keepdim=True))
         else:
             z = torch.where(u < 0.5, torch.log(2.0 * u), -torch.log(2.0 - 2.0 * u))
             z_norm = z.abs().sum(-1, keepdim=True)
-        i = torch.arange(n_centers, dtype=torch.int64)[:, None, None]
+        i = torch.arange(n_centers, dtype=torch.int64, device=centers.device)[:, None, None]
         s = sample_ids[None, :, None]
         shape = (n_centers, n, 1)
         radius_bits = philox4x32(
-            (torch.full(shape, RADIUS_BLOCK), (s & _MASK32).expand(shape), (s >> 32).expand(shape), i.expand(shape)),
+            (torch.full(shape, RADIUS_BLOCK, device=centers.device), (s & _MASK32).expand(shape), (s >> 32).expand(shape), i.expand(shape)),
             key,
         )[0]
         big_u = _uniform_from_bits(radius_bits, om)
@@ -227,7 +227,7 @@ def ball_sample(
         raise ValueError(f"offset must be a non-negative int, got {offset!r}")
     clip_min, clip_max = _parse_clip(clip_values)
     shape = centers.shape[1:]
-    flat = centers.reshape(centers.shape[0], -1).contiguous()
+    flat = centers.reshape(centers.shape[0], math.prod(shape)).contiguous()
     if flat.shape[1] == 0:
         raise ValueError("centers must have at least one coordinate per center")
     if torch.isnan(flat).any():
@@ -305,6 +305,8 @@ def grad_norm_batch_max(
     if jac.dim() != 4:
         raise ValueError(f"jac must have shape (M, S, K, D), got {tuple(jac.shape)}")
     m, s, k, d = jac.shape
+    if d == 0:
+        raise ValueError("jac must have at least one gradient coordinate (D >= 1)")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if s % batch_size:
@@ -363,11 +365,11 @@ def coverage_update_ref(
     idx = torch.where(width > 0, torch.floor((v - low) * k / torch.where(width > 0, width, 1.0)), 0.0)
     idx = idx.clamp(0, k - 1).to(torch.int64)
     hits = torch.zeros_like(sections)
-    hits.view(-1).index_fill_(0, (idx + torch.arange(v.shape[1]) * k)[inside], True)
+    hits.view(-1).index_fill_(0, (idx + torch.arange(v.shape[1], device=v.device) * k)[inside], True)
     sections |= hits
     upper |= (v > high).any(0)
     lower |= (v < low).any(0)
-    flat = act.reshape(n, -1).to(torch.float64)
+    flat = act.reshape(n, act.shape[1] * act.shape[2]).to(torch.float64)
     lo_n, hi_n = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
     span = hi_n - lo_n
     scaled = torch.where(span > 0, (v - lo_n) / torch.where(span > 0, span, 1.0), 0.0)
@@ -403,7 +405,9 @@ def coverage_update(
     _check_float_tensor(act, "act")
     if act.dim() != 3:
         raise ValueError(f"act must have shape (N, M, L), got {tuple(act.shape)}")
-    _, m, _ = act.shape
+    _, m, length = act.shape
+    if length == 0:
+        raise ValueError("act must have at least one element per neuron (L >= 1)")
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
     if not isinstance(top_k, int) or not 1 <= top_k <= m:

@@ -29,8 +29,8 @@ void neuron_values(const scalar_t* act, int64_t n_count, int64_t m_count, int64_
                        for (int64_t l = 0; l < l_count; ++l) {
                          const double value = static_cast<double>(x[l]);
                          sum += value;
-                         lo = std::min(lo, value);
-                         hi = std::max(hi, value);
+                         lo = nan_min(value, lo);
+                         hi = nan_max(value, hi);
                        }
                        v[nm] = sum / static_cast<double>(l_count);
                        input_min[nm] = lo;  // per-neuron for now, reduced per input below
@@ -41,9 +41,13 @@ void neuron_values(const scalar_t* act, int64_t n_count, int64_t m_count, int64_
 
 void reduce_per_input(int64_t n_count, int64_t m_count, std::vector<double>& lo, std::vector<double>& hi) {
   for (int64_t n = 0; n < n_count; ++n) {
-    const auto first = n * m_count;
-    lo[n] = *std::min_element(lo.begin() + first, lo.begin() + first + m_count);
-    hi[n] = *std::max_element(hi.begin() + first, hi.begin() + first + m_count);
+    double input_lo = lo[n * m_count], input_hi = hi[n * m_count];
+    for (int64_t m = 1; m < m_count; ++m) {
+      input_lo = nan_min(lo[n * m_count + m], input_lo);
+      input_hi = nan_max(hi[n * m_count + m], input_hi);
+    }
+    lo[n] = input_lo;
+    hi[n] = input_hi;
   }
 }
 

@@ -33,12 +33,12 @@ __global__ void neuron_stats_kernel(const scalar_t* __restrict__ act, int64_t ro
     for (int64_t l = lane; l < l_count; l += 32) {
       const double value = static_cast<double>(x[l]);
       sum += value;
-      lo = fmin(lo, value);
-      hi = fmax(hi, value);
+      lo = nan_min(value, lo);
+      hi = nan_max(value, hi);
     }
     sum = warp_reduce(sum, [](double a, double b) { return a + b; });
-    lo = warp_reduce(lo, [](double a, double b) { return fmin(a, b); });
-    hi = warp_reduce(hi, [](double a, double b) { return fmax(a, b); });
+    lo = warp_reduce(lo, [](double a, double b) { return nan_min(a, b); });
+    hi = warp_reduce(hi, [](double a, double b) { return nan_max(a, b); });
     if (lane == 0) {
       v[row] = sum / static_cast<double>(l_count);
       row_min[row] = lo;
@@ -90,11 +90,11 @@ __global__ void input_reduce_kernel(const double* __restrict__ v, const double* 
   const double* vn = v + n * m_count;
   double lo = DBL_MAX, hi = -DBL_MAX;
   for (int64_t m = threadIdx.x; m < m_count; m += blockDim.x) {
-    lo = fmin(lo, row_min[n * m_count + m]);
-    hi = fmax(hi, row_max[n * m_count + m]);
+    lo = nan_min(row_min[n * m_count + m], lo);
+    hi = nan_max(row_max[n * m_count + m], hi);
   }
-  lo = block_reduce(lo, [](double a, double b) { return fmin(a, b); });
-  hi = block_reduce(hi, [](double a, double b) { return fmax(a, b); });
+  lo = block_reduce(lo, [](double a, double b) { return nan_min(a, b); });
+  hi = block_reduce(hi, [](double a, double b) { return nan_max(a, b); });
   if (threadIdx.x == 0) {
     input_min[n] = lo;
     input_max[n] = hi;

@@ -7,6 +7,10 @@
 
 namespace robustx {
 
+// Min / max that propagate NaN (like torch.amin / amax), for each input's element range.
+RX_HD double nan_min(double a, double b) { return (a != a || a < b) ? a : b; }
+RX_HD double nan_max(double a, double b) { return (a != a || a > b) ? a : b; }
+
 // k-section of [low, high] hit by v, inclusive edges, or -1 when v is outside.
 RX_HD int64_t section_index(double v, double low, double high, int64_t k) {
   if (!(v >= low && v <= high)) return -1;

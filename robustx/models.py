@@ -1,0 +1,120 @@
+"""Built-in reference classifiers (all return logits).
+
+* :class:`DigitsCNN` / :func:`digits_cnn` - a small CNN for scikit-learn's 8x8 digits
+  (:func:`robustx.data.digits`), with trained weights shipped in ``robustx/weights``
+  (reproduced by ``scripts/train_digits.py``).
+* :class:`ResNet20` / :func:`resnet20_cifar` - the CIFAR ResNet-20 of He et al. (2016)
+  whose state-dict keys match the AISafety platform's weight files.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+__all__ = ["DigitsCNN", "digits_cnn", "BasicBlock", "ResNet20", "resnet20_cifar", "DIGITS_WEIGHTS"]
+
+DIGITS_WEIGHTS = Path(__file__).resolve().parent / "weights" / "digits_cnn.pt"
+
+
+class DigitsCNN(nn.Module):
+    """(N, 1, 8, 8) in [0, 1] -> 10 logits: conv3x3(16) ReLU conv3x3(32) ReLU maxpool2
+    -> Linear(512, 64) ReLU -> Linear(64, 10)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(32 * 4 * 4, 64),
+            nn.ReLU(),
+            nn.Linear(64, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _load_state(path: Union[str, os.PathLike], name: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: weight file not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def digits_cnn(pretrained: bool = True) -> DigitsCNN:
+    """The digits CNN in eval mode; ``pretrained=True`` loads the shipped weights
+    (>= 97 % test accuracy on ``robustx.data.digits("test")``)."""
+    model = DigitsCNN()
+    if pretrained:
+        model.load_state_dict(_load_state(DIGITS_WEIGHTS, "digits_cnn"))
+    return model.eval()
+
+
+class BasicBlock(nn.Module):
+    """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)); shortcut = ``downsample``
+    (1x1 conv with bias, BatchNorm) when the stride or the channel count changes."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU()
+        self.downsample: Optional[nn.Module] = None
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=True), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + shortcut)
+
+
+class ResNet20(nn.Module):
+    """CIFAR ResNet-20 (He et al. 2016): conv3x3(16, bias) BN ReLU, three stages of 3
+    BasicBlocks with 16/32/64 channels (stride 2 entering stages 2 and 3), global average
+    pool, Linear(64, num_classes). Input (N, 3, 32, 32) in [0, 1], no normalisation."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=True)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU()
+        self.layer1 = self._stage(16, 16, stride=1)
+        self.layer2 = self._stage(16, 32, stride=2)
+        self.layer3 = self._stage(32, 64, stride=2)
+        self.fc = nn.Linear(64, num_classes)
+
+    @staticmethod
+    def _stage(in_planes: int, planes: int, stride: int) -> nn.Sequential:
+        return nn.Sequential(
+            BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes), BasicBlock(planes, planes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.fc(out.mean(dim=(2, 3)))
+
+
+def resnet20_cifar(weights: Optional[Union[str, os.PathLike]] = None) -> ResNet20:
+    """ResNet-20 in eval mode; ``weights`` = path of a state dict (e.g. the AISafety
+    ``resnet20_cifar.pt``) or None for random initialisation."""
+    model = ResNet20()
+    if weights is not None:
+        model.load_state_dict(_load_state(weights, "weights"))
+    return model.eval()

@@ -105,13 +105,16 @@ def resolve_layers(model: nn.Module, layers: LayerSpec = None) -> Dict[str, nn.M
 class LayerOutputs:
     """Context manager recording the outputs of chosen modules on every forward call.
 
-    ``with LayerOutputs(model, names_to_modules) as rec: model(x)`` then ``rec.outputs[name]``.
-    Outputs keep their autograd graph (detach them if not needed).
+    ``with LayerOutputs(names_to_modules) as rec: model(x)`` then ``rec.get(name)``.
+    Outputs keep their autograd graph (detach them if not needed). ``get`` refuses an
+    output that a later module changed in place (e.g. ``nn.ReLU(inplace=True)`` after a
+    conv), which would otherwise silently turn the conv's output into the activation's.
     """
 
     def __init__(self, modules: Dict[str, nn.Module]):
         self.modules = modules
         self.outputs: Dict[str, torch.Tensor] = {}
+        self._versions: Dict[str, int] = {}
         self._handles: List = []
 
     def _hook(self, name: str):
@@ -119,8 +122,19 @@ class LayerOutputs:
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"layer {name!r} returned {type(output).__name__}, not a tensor")
             self.outputs[name] = output
+            self._versions[name] = output._version
 
         return record
+
+    def get(self, name: str) -> torch.Tensor:
+        """The recorded output of ``name``, checked for in-place modification."""
+        out = self.outputs[name]
+        if out._version != self._versions[name]:
+            raise ValueError(
+                f"layers: the output of {name!r} is modified in place by a later module "
+                "(e.g. nn.ReLU(inplace=True)); choose that later module or use inplace=False"
+            )
+        return out
 
     def __enter__(self) -> "LayerOutputs":
         self._handles = [m.register_forward_hook(self._hook(n)) for n, m in self.modules.items()]

@@ -1,0 +1,321 @@
+"""Neuron sensitivity and neuron uncertainty (Zhang et al., arXiv 1909.06978; Guo et al.,
+arXiv 2101.09617).
+
+A *neuron* is one output channel of a chosen module: a conv channel's whole feature map,
+or one unit of a Linear layer (the last axis of its output). For neuron m of layer l and
+N pairs of benign inputs x_i and adversarial inputs x'_i::
+
+    sigma_l^m = (1/N) sum_i ||F_l^m(x_i) - F_l^m(x'_i)||_1 / dim(F_l^m)
+
+Lower sigma = more robust (the neuron barely reacts to the adversarial noise). Neuron
+uncertainty is the variance of each neuron's output over the inputs (lower = more
+stable). A module called several times in one forward pass counts with its last call.
+Both stream over batches with float64 sums: sensitivity costs one forward pass over the
+benign and one over the adversarial inputs, uncertainty one pass over the inputs.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, NamedTuple, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from robustx.modelutil import (
+    LayerOutputs,
+    LayerSpec,
+    check_images,
+    chunks,
+    frozen_eval,
+    model_device,
+    progress_bar,
+    resolve_layers,
+)
+
+__all__ = [
+    "LayerScores",
+    "TopK",
+    "per_neuron",
+    "neuron_distance",
+    "top_k_count",
+    "top_k_indices",
+    "neuron_sensitivity",
+    "neuron_sensitivity_stream",
+    "neuron_uncertainty",
+    "neuron_uncertainty_stream",
+]
+
+
+class TopK(NamedTuple):
+    """The k largest scores of a layer (descending; ties go to the lower index)."""
+
+    values: torch.Tensor
+    indices: torch.Tensor
+
+
+def top_k_count(k: Union[int, float], n_neurons: int) -> int:
+    """Number of neurons selected by ``k``: an int >= 1 (capped at ``n_neurons``) or a
+    fraction in (0, 1] (rounded up, at least one neuron)."""
+    if isinstance(k, bool) or not isinstance(k, (int, float)):
+        raise TypeError(f"k must be an int >= 1 or a fraction in (0, 1], got {k!r}")
+    if isinstance(k, int):
+        if k < 1:
+            raise ValueError(f"k must be an int >= 1 or a fraction in (0, 1], got {k!r}")
+        return min(k, n_neurons)
+    if not 0.0 < k <= 1.0:
+        raise ValueError(f"k must be an int >= 1 or a fraction in (0, 1], got {k!r}")
+    return max(1, min(n_neurons, math.ceil(round(k * n_neurons, 9))))
+
+
+def top_k_indices(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the ``count`` largest entries of a 1-D tensor, ties to the lower index."""
+    return torch.sort(scores, descending=True, stable=True).indices[:count]
+
+
+class LayerScores(Mapping):
+    """Per-neuron scores of every chosen layer: ``scores[name]`` is a 1-D float64 tensor
+    with one entry per neuron (channel or unit), in the model's layer order.
+
+    ``quantity`` names what the scores are ("sensitivity", "uncertainty"); ``n_inputs``
+    is the number of inputs (or benign/adversarial pairs) they average over.
+    """
+
+    def __init__(self, scores: Dict[str, torch.Tensor], n_inputs: int, quantity: str) -> None:
+        self._scores = dict(scores)
+        self.n_inputs = n_inputs
+        self.quantity = quantity
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._scores[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._scores)
+
+    def __len__(self) -> int:
+        return len(self._scores)
+
+    def __repr__(self) -> str:
+        means = ", ".join(f"{n}: {v:.4g}" for n, v in self.layer_means().items())
+        return f"LayerScores({self.quantity}, n_inputs={self.n_inputs}, layer means {{{means}}})"
+
+    def layer_means(self) -> Dict[str, float]:
+        """Mean over the neurons of each layer."""
+        return {n: s.mean().item() for n, s in self._scores.items()}
+
+    def mean(self) -> float:
+        """Mean over every neuron of every chosen layer."""
+        return torch.cat(list(self._scores.values())).mean().item()
+
+    def top_k(self, k: Union[int, float] = 0.1) -> Dict[str, TopK]:
+        """Per layer, the k highest-scoring neurons (the *sensitive* neurons for
+        sensitivity); ``k`` is a count or a fraction of the layer's neurons."""
+        out = {}
+        for name, s in self._scores.items():
+            idx = top_k_indices(s, top_k_count(k, s.numel()))
+            out[name] = TopK(s[idx], idx)
+        return out
+
+    def plot(self, path: Union[str, Path], *, title: Optional[str] = None) -> Path:
+        """Save a figure of the per-neuron distribution (box) and the mean (dot) of each
+        layer to ``path`` (format from its suffix); returns the path."""
+        from matplotlib.figure import Figure  # no pyplot: no global backend state
+
+        names = list(self._scores)
+        fig = Figure(figsize=(max(4.0, 0.6 * len(names) + 2.0), 3.5), layout="constrained")
+        ax = fig.add_subplot()
+        positions = range(1, len(names) + 1)
+        ax.boxplot([self._scores[n].numpy() for n in names], positions=positions, showfliers=True)
+        ax.plot(positions, [self._scores[n].mean().item() for n in names], "o", label="layer mean")
+        ax.set_xticks(list(positions), names, rotation=45, ha="right")
+        ax.set_ylabel(f"neuron {self.quantity}")
+        ax.set_title(title or f"neuron {self.quantity} per layer (N={self.n_inputs})")
+        ax.legend()
+        path = Path(path)
+        fig.savefig(path)
+        return path
+
+
+def per_neuron(output: torch.Tensor, module: nn.Module, name: str) -> torch.Tensor:
+    """A layer's output (N, ...) as (N, C, L): C neurons of L elements each. The neuron
+    axis is the last one for ``nn.Linear`` and axis 1 (channels) for any other module."""
+    if output.dim() < 2:
+        raise ValueError(f"layer {name!r} output has shape {tuple(output.shape)}; need (N, C, ...)")
+    if isinstance(module, nn.Linear):
+        output = output.movedim(-1, 1)
+    return output.reshape(output.shape[0], output.shape[1], -1)
+
+
+def neuron_distance(benign: torch.Tensor, adversarial: torch.Tensor) -> torch.Tensor:
+    """||F^m(x_i) - F^m(x'_i)||_1 / dim(F^m) for (N, C, L) outputs -> (N, C)."""
+    diff = benign - adversarial
+    return (diff.abs() if diff.requires_grad else diff.abs_()).mean(dim=2)
+
+
+def _check_pair(x: torch.Tensor, x_adv: torch.Tensor) -> None:
+    check_images(x, "x")
+    check_images(x_adv, "x_adv")
+    if x.shape != x_adv.shape:
+        raise ValueError(f"x and x_adv must have the same shape, got {tuple(x.shape)} and {tuple(x_adv.shape)}")
+
+
+def _batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return batch_size
+
+
+def _checked_pairs(pairs: Iterable) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    for pair in pairs:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError("pairs must yield (x, x_adv) tuples of two tensors")
+        _check_pair(*pair)
+        yield pair
+
+
+def _sensitivity(model: nn.Module, pairs: Iterable, layers: LayerSpec, progress: bool, total) -> LayerScores:
+    """Sum of the per-neuron distances over validated (x, x_adv) batches, divided by N."""
+    modules = resolve_layers(model, layers)
+    device = model_device(model)
+    sums: Dict[str, torch.Tensor] = {}
+    n = 0
+    with frozen_eval(model), torch.no_grad(), LayerOutputs(modules) as rec:
+        for x, x_adv in progress_bar(pairs, progress, "neuron sensitivity", total):
+            model(x.to(device))
+            benign = {name: per_neuron(rec.get(name), m, name) for name, m in modules.items()}
+            model(x_adv.to(device))
+            for name, module in modules.items():
+                adversarial = per_neuron(rec.get(name), module, name)
+                d = neuron_distance(benign[name], adversarial).sum(dim=0, dtype=torch.float64)
+                sums[name] = sums[name] + d if name in sums else d
+            rec.outputs.clear()
+            n += x.shape[0]
+    if n == 0:
+        raise ValueError("pairs yielded no inputs")
+    return LayerScores({name: (s / n).cpu() for name, s in sums.items()}, n, "sensitivity")
+
+
+def neuron_sensitivity_stream(
+    model: nn.Module,
+    pairs: Iterable[Tuple[torch.Tensor, torch.Tensor]],
+    layers: LayerSpec = None,
+    *,
+    progress: bool = False,
+    total: Optional[int] = None,
+) -> LayerScores:
+    """Neuron sensitivity from an iterable of (x, x_adv) batches (e.g. a DataLoader).
+
+    Per batch, one forward pass over the benign and one over the adversarial inputs
+    (separately, so that x_adv == x gives exactly 0); the per-neuron L1 distances are
+    summed in float64. ``layers``: module names (dotted, as in ``named_modules()``) or
+    types; default every leaf Conv/Linear module. Lower = more robust. ``total`` is the
+    number of batches, for the progress bar.
+    """
+    return _sensitivity(model, _checked_pairs(pairs), layers, progress, total)
+
+
+def neuron_sensitivity(
+    model: nn.Module,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    layers: LayerSpec = None,
+    *,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> LayerScores:
+    """Neuron sensitivity sigma_l^m = (1/N) sum_i ||F_l^m(x_i) - F_l^m(x'_i)||_1 / dim(F_l^m)
+    of every neuron of the chosen layers (Zhang et al.); lower = more robust.
+
+    ``x`` and ``x_adv`` are (N, ...) tensors of the same shape, row i of ``x_adv`` the
+    adversarial version of row i of ``x``; processed ``batch_size`` pairs at a time.
+    Returns :class:`LayerScores`: ``result[name]`` is the 1-D per-neuron sigma.
+    """
+    _check_pair(x, x_adv)
+    size = _batch_size(batch_size)
+    batches = ((x[s], x_adv[s]) for s in chunks(x.shape[0], size))
+    return _sensitivity(model, batches, layers, progress, -(-x.shape[0] // size))
+
+
+class _RunningMoments:
+    """Count, mean and sum of squared deviations of (C, L) elements over the inputs,
+    merged batch by batch (Chan et al.'s parallel update) in float64."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: Optional[torch.Tensor] = None
+        self.m2: Optional[torch.Tensor] = None
+
+    def update(self, values: torch.Tensor) -> None:
+        values = values.to(torch.float64)
+        b = values.shape[0]
+        batch_mean = values.mean(dim=0)
+        batch_m2 = (values - batch_mean).square().sum(dim=0)
+        if self.mean is None:
+            self.n, self.mean, self.m2 = b, batch_mean, batch_m2
+            return
+        delta = batch_mean - self.mean
+        total = self.n + b
+        self.mean = self.mean + delta * (b / total)
+        self.m2 = self.m2 + batch_m2 + delta.square() * (self.n * b / total)
+        self.n = total
+
+    def neuron_variance(self) -> torch.Tensor:
+        """Population variance over the inputs of each element, averaged over each
+        neuron's L elements -> (C,)."""
+        return (self.m2 / self.n).mean(dim=1)
+
+
+def _uncertainty(model: nn.Module, batches: Iterable, layers: LayerSpec, progress: bool, total) -> LayerScores:
+    """Per-neuron variance over validated input batches."""
+    modules = resolve_layers(model, layers)
+    device = model_device(model)
+    moments = {name: _RunningMoments() for name in modules}
+    with frozen_eval(model), torch.no_grad(), LayerOutputs(modules) as rec:
+        for x in progress_bar(batches, progress, "neuron uncertainty", total):
+            model(x.to(device))
+            for name, module in modules.items():
+                moments[name].update(per_neuron(rec.get(name), module, name))
+            rec.outputs.clear()
+    n = next(iter(moments.values())).n
+    if n == 0:
+        raise ValueError("batches yielded no inputs")
+    return LayerScores({name: m.neuron_variance().cpu() for name, m in moments.items()}, n, "uncertainty")
+
+
+def neuron_uncertainty_stream(
+    model: nn.Module,
+    batches: Iterable,
+    layers: LayerSpec = None,
+    *,
+    progress: bool = False,
+    total: Optional[int] = None,
+) -> LayerScores:
+    """Neuron uncertainty from an iterable of input batches (tensors, or tuples whose
+    first element is the input, such as a DataLoader's (x, y)). See
+    :func:`neuron_uncertainty`."""
+    inputs = (check_images(b[0] if isinstance(b, (tuple, list)) else b, "x") for b in batches)
+    return _uncertainty(model, inputs, layers, progress, total)
+
+
+def neuron_uncertainty(
+    model: nn.Module,
+    x: torch.Tensor,
+    layers: LayerSpec = None,
+    *,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> LayerScores:
+    """Neuron uncertainty (Guo et al.'s NU): for every neuron, the variance of its output
+    over the N inputs; ``layer_means()`` gives the per-layer mean over neurons (NU).
+
+    A conv neuron is its whole feature map (as for sensitivity): its variance is the
+    population variance over the inputs of each element of the map, averaged over the
+    map's elements, u^m = (1/dim F^m) sum_e Var_i[F^{m,e}(x_i)]. Lower = more stable
+    outputs. The AISafety platform's code pools every neuron of a layer into one
+    variance; following DESIGN.md and the paper, this computes it per neuron.
+    """
+    check_images(x, "x")
+    size = _batch_size(batch_size)
+    batches = (x[s] for s in chunks(x.shape[0], size))
+    return _uncertainty(model, batches, layers, progress, -(-x.shape[0] // size))

@@ -1,0 +1,565 @@
+"""Neuron coverage of a data set: NC, KMNC, NBC, SNAC, TKNC and TKNP.
+
+Definitions (DeepXplore, Pei et al. SOSP 2017; DeepGauge, Ma et al. ASE 2018), for the
+set N of all neurons of the chosen layers and a neuron value phi(x, n):
+
+* **profile** (training data): low_n = min_x phi(x, n), high_n = max_x phi(x, n)
+  (plus mean and std, reported for reference).
+* **KMNC(k)** = sum_n |{i : some x has phi(x, n) in section i of [low_n, high_n]}| / (k |N|),
+  the k sections of equal width with inclusive edges: section floor((phi - low) k /
+  (high - low)), a value equal to high_n hits section k - 1, a value outside
+  [low_n, high_n] hits none (a neuron with high_n == low_n has one reachable section).
+* **NBC** = (|UpperCorner| + |LowerCorner|) / (2 |N|), UpperCorner = {n : some x has
+  phi(x, n) > high_n}, LowerCorner likewise with phi < low_n.  **SNAC** = |UpperCorner| / |N|.
+* **TKNC(k)** = |union over x and layers of the top-k neurons of the layer| / |N|.
+* **TKNP(k)** = number of distinct patterns, a pattern being the tuple over layers of
+  the *sets* of top-k neurons of one input.
+* **NC(t)** (DeepXplore): each layer's output of an input is scaled to [0, 1] by the
+  min and max over all its elements; a neuron is covered when its reduced scaled value
+  exceeds t.
+
+Higher coverage = the inputs exercise more of the model's behaviour (these measure a
+data set's adequacy, not a model's robustness). A *neuron* is a conv channel (the
+spatial mean of its feature map, ``neuron="channel"``, the default) or every element of
+the output (``neuron="element"``); a Linear layer's neurons are its units. The neuron
+axis of a layer output of shape (N, C, ...) is C.
+
+Choices where the reference implementations differ (this module follows the papers and
+../shared/DESIGN.md):
+
+* KMNC edges: dnn-tip uses half-open sections [t_i, t_{i+1}), so a value equal to
+  high_n hits nothing; NeuraL-Coverage indexes sections by ceil((phi - low) k /
+  (high - low)), so phi == low_n hits nothing; the AISafety platform's
+  ceil(... - 1e-4) - 1 sends phi == low_n to the last section. Here both edges count
+  (DeepGauge: phi in [low_n, high_n]).
+* NBC / SNAC bounds: dnn-tip widens them by ``scaler * std`` and compares with >= / <=;
+  here the bounds are the profiled min / max and the comparisons strict, as in DeepGauge.
+* NC scaling: NeuraL-Coverage and the AISafety platform scale the already reduced
+  channel means (or do not scale at all); here the scaling uses the min / max of the
+  layer's raw output elements per input, then the channel mean, as DeepXplore's code.
+* TKNP: NeuraL-Coverage and the AISafety platform key a pattern by the *ordered* top-k
+  list (the AISafety platform per layer, not per input); DeepGauge defines it by sets,
+  which is used here. TKNP is a count (int), not a fraction.
+* Every batch counts: the AISafety platform profiles at most 11 batches and assesses at
+  most 16; here all data passed are used.
+* A layer with fewer than ``top_k`` neurons contributes all of them to its top set.
+
+Layers: ``layers=None`` selects every leaf Conv/Linear module. With ``position="pre"``
+(default) a neuron value is that module's own output - before any normalisation and
+activation. With ``position="post"`` it is the output of the activation module
+(ReLU, GELU, ...) that consumes the layer's output directly or through normalisation /
+dropout / identity modules (found by following the tensor through the first forward
+pass); a layer whose output reaches no activation module that way (the logits layer, a
+residual branch whose ReLU comes after an addition) keeps its own output, and
+``result()["layers"][name]["source"]`` says which module each layer's values came from.
+To take exactly the post-activation tensors, select the activation modules themselves
+(``layers=nn.ReLU``) or whole blocks by name. A module called several times per forward
+pass (a shared ``nn.ReLU``) gives one layer per call, named ``name#0``, ``name#1``, ...
+
+Counting uses :func:`robustx.ops.coverage_update`: one fused pass per layer and batch
+updates all the bitmaps, which merge by OR (:meth:`NeuronCoverage.merge`). TKNP keeps a
+set of 128-bit BLAKE2b digests of the patterns (deterministic across processes, so sets
+from shards unite; a collision among 10^9 patterns has probability ~1e-21).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from collections.abc import Iterable
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from robustx import ops
+from robustx.modelutil import LayerSpec, check_images, chunks, frozen_eval, model_device, progress_bar, resolve_layers
+
+__all__ = ["NeuronCoverage", "METRICS", "PROFILE_METRICS"]
+
+METRICS = ("NC", "KMNC", "NBC", "SNAC", "TKNC", "TKNP")
+PROFILE_METRICS = ("KMNC", "NBC", "SNAC")
+_NEURONS = ("channel", "element")
+_POSITIONS = ("pre", "post")
+_STATES = ("sections", "upper", "lower", "above", "topk_hit")
+_PASSTHROUGH = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.modules.dropout._DropoutNd,
+    nn.Identity,
+)
+_ACTIVATIONS = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
+    nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh,
+    nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid,
+)
+_DIGEST_BYTES = 16
+
+
+class _Layer:
+    """One neuron layer: the module call holding its values, its profile and its bitmaps."""
+
+    def __init__(
+        self, name: str, source: Tuple[str, int], label: str, shape: Tuple[int, ...], neuron: str, k: int, device
+    ):
+        self.name = name
+        self.source = source  # (module name, call index within one forward pass)
+        self.label = label  # the source as reported: module name, "#i" when called several times
+        self.shape = torch.Size(shape)  # output shape without the batch dimension
+        self.m = math.prod(shape) if neuron == "element" or not shape else shape[0]
+        self.device = device
+        self.reset_profile()
+        self.reset_states(k)
+
+    def reset_profile(self) -> None:
+        f64 = dict(dtype=torch.float64, device=self.device)
+        self.count = 0
+        self.vmin = torch.full((self.m,), math.inf, **f64)
+        self.vmax = torch.full((self.m,), -math.inf, **f64)
+        self.mean = torch.zeros(self.m, **f64)
+        self.m2 = torch.zeros(self.m, **f64)
+
+    def reset_states(self, k: int) -> None:
+        self.states = self.new_states(k)
+
+    def new_states(self, k: int) -> Dict[str, torch.Tensor]:
+        shapes = {"sections": (self.m, k), **{s: (self.m,) for s in _STATES[1:]}}
+        return {s: torch.zeros(shape, dtype=torch.bool, device=self.device) for s, shape in shapes.items()}
+
+
+def _neuron_view(out: torch.Tensor, neuron: str) -> torch.Tensor:
+    """(N, C, ...) -> (N, M, L): "channel" M = C, L = prod(...); "element" M = C*prod(...), L = 1."""
+    if neuron == "channel" and out.dim() > 2:
+        return out.flatten(2)
+    return out.reshape(out.shape[0], -1).unsqueeze(-1)
+
+
+def _label(name: str, call: int, n_calls: int) -> str:
+    return name if n_calls == 1 else f"{name}#{call}"
+
+
+class NeuronCoverage:
+    """Neuron coverage (NC, KMNC, NBC, SNAC, TKNC, TKNP) of a model over whole data sets.
+
+    ``layers``: None (every leaf Conv/Linear module), module names as in
+    ``named_modules()`` (dotted; nested models work) or module types, see
+    :func:`robustx.modelutil.resolve_layers`. ``neuron``: "channel" (spatial mean of a
+    conv channel) or "element". ``position``: "pre" (the module's own output) or "post"
+    (the output of the activation module it feeds; see the module docstring). ``k``:
+    sections of KMNC; ``top_k``: neurons per layer of TKNC / TKNP; ``threshold``: NC's t
+    on the per-input [0, 1] scaling. ``batch_size`` chunks the tensors passed in;
+    ``progress`` shows a tqdm bar over the batches.
+
+    Usage: ``cov.profile(train_x)`` once (or :meth:`load_state_dict` of a saved
+    profile), then ``cov.assess(test_loader)`` -> dict of metrics. KMNC, NBC and SNAC
+    need the profile: counting without one reports them as None (with a warning), and
+    the profile cannot change once inputs were counted (call :meth:`reset` first).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: LayerSpec = None,
+        *,
+        neuron: str = "channel",
+        position: str = "pre",
+        k: int = 10,
+        top_k: int = 2,
+        threshold: float = 0.5,
+        batch_size: int = 256,
+        progress: bool = False,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if neuron not in _NEURONS:
+            raise ValueError(f"neuron must be one of {_NEURONS}, got {neuron!r}")
+        if position not in _POSITIONS:
+            raise ValueError(f"position must be one of {_POSITIONS}, got {position!r}")
+        for name, value in (("k", k), ("top_k", top_k), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+            raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+        self.model = model
+        self.modules = resolve_layers(model, layers)
+        self.neuron, self.position = neuron, position
+        self.k, self.top_k, self.threshold = k, top_k, float(threshold)
+        self.batch_size, self.progress = batch_size, progress
+        self.device = model_device(model)
+        self._layers: Optional[List[_Layer]] = None
+        self._verified = False  # layers checked against a forward pass of this model
+        self._calls: Dict[str, int] = {}
+        self._topk: Dict[str, torch.Tensor] = {}
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self, profile: bool = False) -> "NeuronCoverage":
+        """Forget every counted input (bitmaps, patterns); ``profile=True`` also the profile."""
+        self.n_inputs = 0
+        self.patterns: set = set()
+        self._scratch: Dict[str, tuple] = {}
+        for layer in self._layers or ():
+            layer.reset_states(self.k)
+            if profile:
+                layer.reset_profile()
+        return self
+
+    @property
+    def profiled(self) -> bool:
+        """True once a profile was computed or loaded (KMNC, NBC, SNAC can be counted)."""
+        return self._layers is not None and all(layer.count > 0 for layer in self._layers)
+
+    @property
+    def layer_names(self) -> List[str]:
+        """Names of the neuron layers, in forward order (known after the first batch)."""
+        return [layer.name for layer in self._layers or ()]
+
+    # -------------------------------------------------------------- discovery
+    def _discover(self, x: torch.Tensor) -> List[tuple]:
+        """One forward pass: (name, source, label, shape) of each layer, in execution order."""
+        selected = {id(m) for m in self.modules.values()}
+        watch = dict(self.modules)
+        if self.position == "post":
+            followers = _PASSTHROUGH + _ACTIVATIONS
+            watch.update({n: m for n, m in self.model.named_modules() if n and isinstance(m, followers)})
+        calls: Dict[str, int] = {}
+        order: List[Tuple[str, int]] = []  # calls of selected modules
+        shapes: Dict[Tuple[str, int], torch.Size] = {}
+        post: Dict[Tuple[str, int], Tuple[str, int]] = {}
+        flow: Dict[int, List[Tuple[str, int]]] = {}  # id(tensor) -> layers whose values it carries
+        alive: List[torch.Tensor] = []  # keeps the tensors alive so that their ids stay unique
+
+        def hook_for(name: str, module: nn.Module):
+            def hook(_m, inputs, out):
+                key = (name, calls.get(name, 0))
+                calls[name] = key[1] + 1
+                if not isinstance(out, torch.Tensor):
+                    if id(module) in selected:
+                        raise TypeError(f"layers: module {name!r} returned {type(out).__name__}, not a tensor")
+                    return
+                alive.append(out)
+                shapes[key] = out.shape[1:]
+                first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+                upstream = flow.get(id(first), []) if first is not None else []
+                if isinstance(module, _ACTIVATIONS):
+                    for layer in upstream:
+                        post.setdefault(layer, key)
+                if id(module) in selected:
+                    order.append(key)
+                    if isinstance(module, _ACTIVATIONS):
+                        post[key] = key
+                    flow.setdefault(id(out), []).append(key)
+                elif isinstance(module, _PASSTHROUGH) and upstream:
+                    flow.setdefault(id(out), []).extend(upstream)
+
+            return hook
+
+        handles = [m.register_forward_hook(hook_for(n, m)) for n, m in watch.items()]
+        try:
+            self.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [n for n in self.modules if n not in calls]
+        if missing:
+            raise ValueError(f"layers: module(s) {missing} are not called by the model's forward pass")
+        specs = []
+        for key in order:
+            src = post.get(key, key) if self.position == "post" else key
+            specs.append((_label(*key, calls[key[0]]), src, _label(*src, calls[src[0]]), tuple(shapes[src])))
+        return specs
+
+    def _prepare(self, x: torch.Tensor) -> None:
+        """Find the layers on the first batch, or check loaded layers against the model."""
+        specs = self._discover(x[:1])
+        if self._layers is None:
+            self._layers = [_Layer(*spec, self.neuron, self.k, self.device) for spec in specs]
+        else:
+            have = [(l.name, l.source, l.label, tuple(l.shape)) for l in self._layers]
+            if have != specs:
+                raise ValueError(
+                    "the loaded / merged coverage state does not match this model's layers: state has "
+                    f"{[(h[0], h[3]) for h in have]}, the model gives {[(s[0], s[3]) for s in specs]}"
+                )
+        self._verified = True
+
+    # ------------------------------------------------------------ forward runs
+    def _batches(self, data, name: str) -> Iterator[torch.Tensor]:
+        if isinstance(data, torch.Tensor):
+            check_images(data, name)
+            items: Iterable = (data,)
+        elif isinstance(data, Iterable):
+            items = data
+        else:
+            raise TypeError(
+                f"{name} must be a tensor (N, ...) or an iterable of batches (e.g. a DataLoader), "
+                f"got {type(data).__name__}"
+            )
+        for item in items:
+            x = item[0] if isinstance(item, (tuple, list)) else item
+            if x is not data:
+                check_images(x, name)
+            for s in chunks(x.shape[0], self.batch_size):
+                yield x[s]
+
+    def _total(self, data) -> Optional[int]:
+        if isinstance(data, torch.Tensor):
+            return -(-data.shape[0] // self.batch_size)
+        return len(data) if hasattr(data, "__len__") else None
+
+    def _run(self, data, name: str, consume, after_batch, desc: str) -> None:
+        """Forward every batch of ``data``; hooks call ``consume(layer, output)``."""
+        handles: Optional[list] = None
+        with frozen_eval(self.model), torch.no_grad():
+            try:
+                for x in progress_bar(self._batches(data, name), self.progress, desc, self._total(data)):
+                    if x.shape[0] == 0:
+                        continue
+                    x = x.to(self.device)
+                    if not self._verified:
+                        self._prepare(x)
+                    if handles is None:
+                        handles = self._register(consume)
+                    self._calls.clear()
+                    self.model(x)
+                    after_batch(x.shape[0])
+            finally:
+                for h in handles or ():
+                    h.remove()
+                self._topk = {}
+
+    def _register(self, consume) -> list:
+        named = dict(self.model.named_modules())
+        by_module: Dict[str, Dict[int, List[_Layer]]] = {}
+        for layer in self._layers:
+            by_module.setdefault(layer.source[0], {}).setdefault(layer.source[1], []).append(layer)
+        return [named[n].register_forward_hook(self._hook(n, by_call, consume)) for n, by_call in by_module.items()]
+
+    def _hook(self, name: str, by_call: Dict[int, List[_Layer]], consume):
+        calls = self._calls
+
+        def hook(_m, _inputs, out):
+            i = calls.get(name, 0)
+            calls[name] = i + 1
+            for layer in by_call.get(i, ()):
+                if out.shape[1:] != layer.shape:
+                    raise ValueError(
+                        f"layer {layer.name!r}: output shape changed from {tuple(layer.shape)} to "
+                        f"{tuple(out.shape[1:])}; coverage needs the same neurons for every input"
+                    )
+                consume(layer, out)
+
+        return hook
+
+    # --------------------------------------------------------------- profiling
+    def profile(self, data) -> "NeuronCoverage":
+        """Stream ``data`` (a tensor (N, ...), or an iterable of tensors or (x, y) batches)
+        and accumulate each neuron's min, max, mean and std in float64 (Chan et al.'s
+        pairwise update). Calling it again adds more data to the same profile."""
+        if self.n_inputs:
+            raise RuntimeError(
+                "profile() after inputs were counted would move the KMNC/NBC/SNAC bounds midway: call reset() first"
+            )
+        self._run(data, "data", self._profile_layer, lambda n: None, "coverage profile")
+        return self
+
+    def _profile_layer(self, layer: _Layer, out: torch.Tensor) -> None:
+        v = _neuron_view(out, self.neuron).to(torch.float64).mean(-1)
+        n_b = v.shape[0]
+        mean_b = v.mean(0)
+        m2_b = ((v - mean_b) ** 2).sum(0)
+        n = layer.count + n_b
+        delta = mean_b - layer.mean
+        layer.mean += delta * (n_b / n)
+        layer.m2 += m2_b + delta * delta * (layer.count * n_b / n)
+        layer.count = n
+        torch.minimum(layer.vmin, v.amin(0), out=layer.vmin)
+        torch.maximum(layer.vmax, v.amax(0), out=layer.vmax)
+
+    def profile_stats(self) -> Dict[str, Dict[str, torch.Tensor]]:
+        """Per layer: "low", "high", "mean", "std" (population std, ddof 0), float64 (M,)."""
+        if not self.profiled:
+            raise RuntimeError("no profile yet: call profile() or load_state_dict() first")
+        return {
+            l.name: {"low": l.vmin, "high": l.vmax, "mean": l.mean, "std": (l.m2 / l.count).sqrt()}
+            for l in self._layers
+        }
+
+    # ----------------------------------------------------------------- counting
+    def update(self, x: torch.Tensor) -> "NeuronCoverage":
+        """Count a tensor of inputs (N, ...), chunked by ``batch_size``."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        self._run(x, "x", self._count_layer, self._record_patterns, "coverage")
+        return self
+
+    def assess(self, data) -> dict:
+        """Count every batch of ``data`` (a tensor, a DataLoader, an iterable of tensors
+        or (x, y) pairs) and return :meth:`result`."""
+        self._run(data, "data", self._count_layer, self._record_patterns, "coverage")
+        return self.result()
+
+    def _count_layer(self, layer: _Layer, out: torch.Tensor) -> None:
+        states, low, high = (layer.states, layer.vmin, layer.vmax) if layer.count else self._unprofiled(layer)
+        self._topk[layer.name] = ops.coverage_update(
+            _neuron_view(out, self.neuron), low, high, k=self.k, threshold=self.threshold,
+            top_k=min(self.top_k, layer.m), **states,
+        )
+
+    def _unprofiled(self, layer: _Layer) -> tuple:
+        """Without a profile: the real NC / top-k bitmaps, throw-away section and corner ones."""
+        if layer.name not in self._scratch:
+            states = dict(layer.new_states(self.k), above=layer.states["above"], topk_hit=layer.states["topk_hit"])
+            zero = torch.zeros(layer.m, dtype=torch.float64, device=self.device)
+            self._scratch[layer.name] = (states, zero, zero)
+        return self._scratch[layer.name]
+
+    def _record_patterns(self, n: int) -> None:
+        """TKNP: a 128-bit digest per input of its top-k index sets (sorted), layer by layer."""
+        missing = [l.name for l in self._layers if l.name not in self._topk]
+        if missing:
+            raise ValueError(f"layers {missing} produced no output for this batch; every layer must run every time")
+        rows = torch.cat([self._topk[l.name].sort(dim=1).values for l in self._layers], dim=1).cpu().numpy()
+        self._topk = {}
+        self.patterns.update(hashlib.blake2b(r.tobytes(), digest_size=_DIGEST_BYTES).digest() for r in rows)
+        self.n_inputs += n
+
+    # ------------------------------------------------------------------ results
+    def result(self) -> dict:
+        """Metrics over every input counted so far (higher = more of the model exercised).
+
+        {"NC", "KMNC", "NBC", "SNAC", "TKNC": float (KMNC / NBC / SNAC None without a
+        profile), "TKNP": int, "inputs": int, "neurons": |N|, "layers": {name: {"NC",
+        "KMNC", "NBC", "SNAC", "TKNC", "neurons", "source"}}}.
+        """
+        if self._layers is None:
+            raise RuntimeError("nothing counted yet: call update() or assess() first")
+        profiled = self.profiled
+        if not profiled:
+            warnings.warn(
+                "KMNC, NBC and SNAC need the neurons' profiled ranges: call profile() (or load_state_dict()) "
+                "before counting; they are reported as None",
+                UserWarning,
+                stacklevel=2,
+            )
+        sums = dict.fromkeys(_STATES, 0)
+        per_layer = {}
+        for layer in self._layers:
+            counts = {s: int(t.sum()) for s, t in layer.states.items()}
+            for s in _STATES:
+                sums[s] += counts[s]
+            per_layer[layer.name] = dict(self._metrics(counts, layer.m, profiled), neurons=layer.m, source=layer.label)
+        total = sum(layer.m for layer in self._layers)
+        out = self._metrics(sums, total, profiled)
+        out.update(TKNP=len(self.patterns), inputs=self.n_inputs, neurons=total, layers=per_layer)
+        return out
+
+    def _metrics(self, c: Dict[str, int], m: int, profiled: bool) -> Dict[str, Optional[float]]:
+        """NC = |above| / m; KMNC = |sections| / (k m); NBC = (|upper| + |lower|) / (2 m);
+        SNAC = |upper| / m; TKNC = |topk_hit| / m."""
+        out = {"NC": c["above"] / m, "KMNC": None, "NBC": None, "SNAC": None, "TKNC": c["topk_hit"] / m}
+        if profiled:
+            out.update(KMNC=c["sections"] / (self.k * m), NBC=(c["upper"] + c["lower"]) / (2 * m), SNAC=c["upper"] / m)
+        return out
+
+    # ------------------------------------------------------------------ merging
+    def merge(self, other: "NeuronCoverage") -> "NeuronCoverage":
+        """OR ``other``'s bitmaps into this one and unite the TKNP patterns: the result
+        equals one pass over both data sets. Both need the same layers, settings and profile."""
+        if not isinstance(other, NeuronCoverage):
+            raise TypeError(f"other must be a NeuronCoverage, got {type(other).__name__}")
+        if other._layers is None:
+            return self
+        if self._layers is None:
+            return self.load_state_dict(other.state_dict())
+        for attr in ("neuron", "position", "k", "top_k", "threshold"):
+            if getattr(self, attr) != getattr(other, attr):
+                raise ValueError(f"cannot merge: {attr} differs ({getattr(self, attr)!r} vs {getattr(other, attr)!r})")
+        if [(l.name, l.shape) for l in self._layers] != [(l.name, l.shape) for l in other._layers]:
+            raise ValueError("cannot merge: the two coverage states have different layers")
+        for a, b in zip(self._layers, other._layers):
+            same = a.count == 0 and b.count == 0 or (
+                a.count > 0 and b.count > 0
+                and torch.equal(a.vmin, b.vmin.to(a.device)) and torch.equal(a.vmax, b.vmax.to(a.device))
+            )
+            if not same:
+                raise ValueError(f"cannot merge: layer {a.name!r} has different profiles in the two states")
+        for a, b in zip(self._layers, other._layers):
+            for s, t in a.states.items():
+                t |= b.states[s].to(t.device)
+        self.patterns |= other.patterns
+        self.n_inputs += other.n_inputs
+        return self
+
+    # ------------------------------------------------------------ persistence
+    def state_dict(self) -> dict:
+        """Layers, profile and coverage states as tensors, ints and strings
+        (``torch.save``-able; ``torch.load(..., weights_only=True)`` reads it back)."""
+        if self._layers is None:
+            raise RuntimeError("nothing to save yet: profile() or count some inputs first")
+        profile = None
+        if self.profiled:
+            profile = {
+                l.name: {
+                    "count": l.count, "min": l.vmin.cpu(), "max": l.vmax.cpu(), "mean": l.mean.cpu(), "m2": l.m2.cpu()
+                }
+                for l in self._layers
+            }
+        digests = np.frombuffer(b"".join(sorted(self.patterns)), dtype=np.uint8).reshape(-1, _DIGEST_BYTES)
+        return {
+            "config": {
+                "neuron": self.neuron, "position": self.position, "k": self.k, "top_k": self.top_k,
+                "threshold": self.threshold,
+                "layers": [
+                    {"name": l.name, "source": list(l.source), "label": l.label, "shape": list(l.shape)}
+                    for l in self._layers
+                ],
+            },
+            "profile": profile,
+            "coverage": {
+                "inputs": self.n_inputs,
+                "states": {l.name: {s: t.cpu() for s, t in l.states.items()} for l in self._layers},
+                "patterns": torch.from_numpy(digests.copy()),
+            },
+        }
+
+    def load_state_dict(self, state: dict, coverage: bool = True) -> "NeuronCoverage":
+        """Load a :meth:`state_dict`: the layers and profile, and with ``coverage=True``
+        the counted states too (then k, top_k and threshold must match). The layers are
+        checked against the model on the next forward pass."""
+        if not isinstance(state, dict) or not {"config", "profile", "coverage"} <= set(state):
+            raise ValueError("state must be a dict returned by NeuronCoverage.state_dict()")
+        cfg = state["config"]
+        for attr in ("neuron", "position") + (("k", "top_k", "threshold") if coverage else ()):
+            if cfg[attr] != getattr(self, attr):
+                raise ValueError(
+                    f"state was saved with {attr}={cfg[attr]!r}, this object has {attr}={getattr(self, attr)!r}"
+                )
+        named = dict(self.model.named_modules())
+        unknown = [spec["source"][0] for spec in cfg["layers"] if spec["source"][0] not in named]
+        if unknown:
+            raise ValueError(f"state: modules {unknown} do not exist in the model")
+        self._layers = [
+            _Layer(s["name"], tuple(s["source"]), s["label"], tuple(s["shape"]), self.neuron, self.k, self.device)
+            for s in cfg["layers"]
+        ]
+        self._verified = False
+        self.reset()
+        for layer in self._layers:
+            p = (state["profile"] or {}).get(layer.name)
+            if p is not None:
+                layer.count = int(p["count"])
+                for attr, key in (("vmin", "min"), ("vmax", "max"), ("mean", "mean"), ("m2", "m2")):
+                    setattr(layer, attr, p[key].to(self.device, torch.float64).clone())
+        if coverage:
+            cov = state["coverage"]
+            for layer in self._layers:
+                for s, t in layer.states.items():
+                    t.copy_(cov["states"][layer.name][s])
+            self.n_inputs = int(cov["inputs"])
+            self.patterns = {bytes(row) for row in cov["patterns"].numpy()}
+        return self

@@ -2,6 +2,7 @@
 // neuron value v[n, m] (mean over L, in double) and each input's min/max element; the
 // coverage states are then OR-updated from v.
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -17,26 +18,55 @@
 namespace robustx {
 namespace {
 
-// v (N*M) = per-neuron means; input_min / input_max (N) over all M*L raw elements.
+// Mean (summed in double), min and max (exact in float) of one neuron's L elements,
+// in eight independent lanes so the loop vectorises. NaN propagates: a NaN element makes
+// the sum NaN, and then the range is recomputed NaN-aware (a rare, slow path).
 template <typename scalar_t>
-void neuron_values(const scalar_t* act, int64_t n_count, int64_t m_count, int64_t l_count, std::vector<double>& v,
-                   std::vector<double>& input_min, std::vector<double>& input_max) {
-  at::parallel_for(0, n_count * m_count, std::max<int64_t>(1, 32768 / std::max<int64_t>(l_count, 1)),
-                   [&](int64_t begin, int64_t end) {
-                     for (int64_t nm = begin; nm < end; ++nm) {
-                       const scalar_t* x = act + nm * l_count;
-                       double sum = 0, lo = std::numeric_limits<double>::infinity(), hi = -lo;
-                       for (int64_t l = 0; l < l_count; ++l) {
-                         const double value = static_cast<double>(x[l]);
-                         sum += value;
-                         lo = nan_min(value, lo);
-                         hi = nan_max(value, hi);
-                       }
-                       v[nm] = sum / static_cast<double>(l_count);
-                       input_min[nm] = lo;  // per-neuron for now, reduced per input below
-                       input_max[nm] = hi;
-                     }
-                   });
+void row_stats(const scalar_t* x, int64_t l_count, double& mean, double& lo, double& hi) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int kLanes = 8;
+  double sum[kLanes] = {};
+  acc_t lane_lo[kLanes], lane_hi[kLanes];
+  for (int j = 0; j < kLanes; ++j) lane_lo[j] = lane_hi[j] = static_cast<acc_t>(x[0]);
+  int64_t l = 0;
+  for (; l + kLanes <= l_count; l += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const acc_t value = static_cast<acc_t>(x[l + j]);
+      sum[j] += static_cast<double>(value);
+      lane_lo[j] = value < lane_lo[j] ? value : lane_lo[j];
+      lane_hi[j] = value > lane_hi[j] ? value : lane_hi[j];
+    }
+  }
+  for (; l < l_count; ++l) {
+    const acc_t value = static_cast<acc_t>(x[l]);
+    sum[0] += static_cast<double>(value);
+    lane_lo[0] = value < lane_lo[0] ? value : lane_lo[0];
+    lane_hi[0] = value > lane_hi[0] ? value : lane_hi[0];
+  }
+  double total = 0;
+  for (int j = 0; j < kLanes; ++j) {
+    total += sum[j];
+    lane_lo[0] = std::min(lane_lo[j], lane_lo[0]);
+    lane_hi[0] = std::max(lane_hi[j], lane_hi[0]);
+  }
+  mean = total / static_cast<double>(l_count);
+  lo = static_cast<double>(lane_lo[0]);
+  hi = static_cast<double>(lane_hi[0]);
+  if (total != total) {
+    for (int64_t i = 0; i < l_count; ++i) {
+      lo = nan_min(static_cast<double>(x[i]), lo);
+      hi = nan_max(static_cast<double>(x[i]), hi);
+    }
+  }
+}
+
+// v (N*M) = per-neuron means; row_min / row_max (N*M) = each neuron's element range.
+template <typename scalar_t>
+void neuron_values(const scalar_t* act, int64_t rows, int64_t l_count, std::vector<double>& v,
+                   std::vector<double>& row_min, std::vector<double>& row_max) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / l_count), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) row_stats(act + r * l_count, l_count, v[r], row_min[r], row_max[r]);
+  });
 }
 
 void reduce_per_input(int64_t n_count, int64_t m_count, std::vector<double>& lo, std::vector<double>& hi) {
@@ -75,7 +105,7 @@ at::Tensor coverage_update_cpu(const at::Tensor& act, const at::Tensor& low, con
 
   std::vector<double> v(n_count * m_count), input_min(n_count * m_count), input_max(n_count * m_count);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "coverage_update_cpu", [&] {
-    neuron_values(a.data_ptr<scalar_t>(), n_count, m_count, l_count, v, input_min, input_max);
+    neuron_values(a.data_ptr<scalar_t>(), n_count * m_count, l_count, v, input_min, input_max);
   });
   reduce_per_input(n_count, m_count, input_min, input_max);
 

@@ -18,7 +18,6 @@ torchvision are available. ``--append`` adds the results and command to bench/RE
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 import warnings
@@ -31,17 +30,6 @@ sys.path.insert(0, str(ROOT))
 
 from robustx import models, ops  # noqa: E402
 from robustx.coverage import NeuronCoverage  # noqa: E402
-
-
-@contextlib.contextmanager
-def reference_ops():
-    """Route robustx.ops wrappers to the pure-PyTorch references for the duration."""
-    saved = ops._COMPILED
-    ops._COMPILED = False
-    try:
-        yield
-    finally:
-        ops._COMPILED = saved
 
 
 def sync(device: torch.device) -> None:
@@ -77,7 +65,7 @@ def bench(model, x, batch_size: int, reps: int, device: torch.device) -> dict:
         sync(device)
 
     def reference():
-        with reference_ops():
+        with ops.reference_ops():
             assess()
 
     runs = {"forward": lambda: forward_all(model, batches, device), "assess": assess, "reference": reference}

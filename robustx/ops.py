@@ -15,14 +15,16 @@ clarity, not speed.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from typing import Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
 
 __all__ = [
     "compiled",
+    "reference_ops",
     "ball_sample",
     "ball_sample_ref",
     "grad_norm_batch_max",
@@ -56,6 +58,17 @@ _COMPILED = _load_library()
 def compiled() -> bool:
     """True when the compiled operator library ``robustx._C`` is loaded and in use."""
     return _COMPILED
+
+
+@contextlib.contextmanager
+def reference_ops() -> Iterator[None]:
+    """Route every wrapper to its pure-PyTorch reference inside the block (for comparisons)."""
+    global _COMPILED
+    saved, _COMPILED = _COMPILED, False
+    try:
+        yield
+    finally:
+        _COMPILED = saved
 
 
 # --------------------------------------------------------------------------- norms

@@ -1,0 +1,166 @@
+"""Prediction-divergence robustness metric (Yu et al., IJCAI 2019, arXiv 1905.04270).
+
+For input x and p(x) = softmax(Z(x)) the metric is the largest divergence of the
+prediction inside the eps-ball:
+
+    psi(x) = max_{||delta||_p <= eps} D(p(x) || p(x + delta)),   D = KL (or JS),
+
+estimated from below by projected gradient ascent on D from random starts uniform in the
+ball (``robustx.ops.ball_sample``): every visited point is a feasible delta, so the
+largest D seen over all iterates and restarts is a lower bound of psi(x). The model's
+score is the mean over a data set. **Lower = more robust.**
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustx.modelutil import check_images, chunks, frozen_eval, model_device, progress_bar
+from robustx.ops import ball_sample, parse_norm
+
+__all__ = ["DivergenceResult", "divergence_bound", "kl_divergence", "js_divergence"]
+
+DIVERGENCES = ("kl", "js")
+
+
+@dataclass
+class DivergenceResult:
+    """``per_sample`` (N,): max divergence found per input; ``per_restart`` (R, N): the max of
+    each restart; ``history`` (R, steps + 1, N): D at every visited point (the random start,
+    then each iterate); ``iterates`` (R, steps + 1, N, *shape) when requested, else None."""
+
+    per_sample: torch.Tensor
+    per_restart: torch.Tensor
+    history: torch.Tensor
+    iterates: Optional[torch.Tensor]
+    eps: float
+    norm: float
+    divergence: str
+
+    @property
+    def mean(self) -> float:
+        """The model's score: mean of ``per_sample`` (lower = more robust)."""
+        return float(self.per_sample.mean())
+
+
+def kl_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) = sum_i p_i (log p_i - log q_i) per row, from log-probabilities (rounding
+    below 0 clamped to 0)."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0.0)
+
+
+def js_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """JS(p, q) = (KL(p || m) + KL(q || m)) / 2 with m = (p + q) / 2, per row (<= log 2)."""
+    log_m = torch.logsumexp(torch.stack((log_p, log_q)), 0) - math.log(2.0)
+    return 0.5 * (kl_divergence(log_p, log_m) + kl_divergence(log_q, log_m))
+
+
+_DIVERGENCE_FNS = {"kl": kl_divergence, "js": js_divergence}
+
+
+def _ascent_step(grad: torch.Tensor, p: float) -> torch.Tensor:
+    """Steepest-ascent unit step: sign(grad) (L-inf) or grad / ||grad||_2 (L2)."""
+    if math.isinf(p):
+        return grad.sign()
+    norms = grad.flatten(1).norm(dim=1).clamp_min(torch.finfo(grad.dtype).tiny)
+    return grad / norms.view(-1, *([1] * (grad.dim() - 1)))
+
+
+def _project(delta: torch.Tensor, eps: float, p: float) -> torch.Tensor:
+    """Euclidean projection onto the Lp ball of radius eps (clamp for L-inf, rescale for L2)."""
+    if math.isinf(p):
+        return delta.clamp(-eps, eps)
+    norms = delta.flatten(1).norm(dim=1)
+    scale = (eps / norms.clamp_min(torch.finfo(delta.dtype).tiny)).clamp(max=1.0)
+    return delta * scale.view(-1, *([1] * (delta.dim() - 1)))
+
+
+def _ascend(model, x, log_p, start, *, eps, p, steps, step_size, clip_values, div_fn, keep_iterates):
+    """Projected gradient ascent on D(p(x) || p(x + delta)) from ``start`` for one chunk.
+
+    Returns the divergence at each visited point (steps + 1, n) and the points if asked."""
+    point = start.clone()
+    history, visited = [], []
+    for t in range(steps + 1):
+        point.requires_grad_(t < steps)
+        d = div_fn(log_p, F.log_softmax(model(point), dim=1))
+        history.append(d.detach())
+        if keep_iterates:
+            visited.append(point.detach().clone())
+        if t == steps:
+            break
+        (grad,) = torch.autograd.grad(d.sum(), point)
+        with torch.no_grad():
+            delta = _project(point + step_size * _ascent_step(grad, p) - x, eps, p)
+            point = x + delta
+            if clip_values is not None:
+                point = point.clamp(*clip_values)
+    return torch.stack(history), (torch.stack(visited) if keep_iterates else None)
+
+
+def divergence_bound(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    eps: float,
+    norm="inf",
+    steps: int = 20,
+    step_size: Optional[float] = None,
+    restarts: int = 1,
+    divergence: str = "kl",
+    clip_values: Optional[Tuple[float, float]] = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    progress: bool = True,
+    return_iterates: bool = False,
+) -> DivergenceResult:
+    """Lower estimate of max_{||delta||_p <= eps} D(p(x) || p(x + delta)) for each input.
+
+    ``norm`` 2 or inf; ``steps`` ascent steps of ``step_size`` (default 2.5 eps / steps,
+    Madry et al.) from each of ``restarts`` random starts uniform in the ball (restart r
+    uses ``ball_sample(x, 1, eps, norm, clip_values, seed, offset=r)``, so results do not
+    depend on ``batch_size``). With ``clip_values`` every point is clipped to the data
+    domain. ``divergence`` "kl" (the paper) or "js". Lower = more robust.
+    """
+    check_images(x, "x", clip_values)
+    eps = _positive(eps, "eps")
+    p = parse_norm(norm)
+    if p == 1.0:
+        raise ValueError(f"norm must be 2 or inf for the divergence bound (1 is not supported), got {norm!r}")
+    for name, value, low in (("steps", steps, 0), ("restarts", restarts, 1), ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    step_size = 2.5 * eps / max(steps, 1) if step_size is None else _positive(step_size, "step_size")
+    div_fn = _DIVERGENCE_FNS[divergence]
+    device = model_device(model)
+    x = x.detach().to(device)
+    n = x.shape[0]
+    history = torch.empty(restarts, steps + 1, n, dtype=torch.float64)
+    iterates = torch.empty(restarts, steps + 1, *x.shape, dtype=x.dtype) if return_iterates else None
+    with frozen_eval(model):
+        with torch.no_grad():
+            log_p = torch.cat([F.log_softmax(model(x[sl]), dim=1) for sl in chunks(n, batch_size)])
+        jobs = [(r, sl) for r in range(restarts) for sl in chunks(n, batch_size)]
+        for r, sl in progress_bar(jobs, progress, "divergence bound"):
+            if sl.start == 0:
+                starts = ball_sample(x, 1, eps, p, clip_values, seed, offset=r)[:, 0]
+            h, v = _ascend(model, x[sl], log_p[sl], starts[sl], eps=eps, p=p, steps=steps, step_size=step_size,
+                           clip_values=clip_values, div_fn=div_fn, keep_iterates=return_iterates)
+            history[r, :, sl] = h.double().cpu()
+            if return_iterates:
+                iterates[r, :, sl] = v.cpu()
+    per_restart = history.amax(1)
+    return DivergenceResult(per_restart.amax(0), per_restart, history, iterates, eps, p, divergence)
+
+
+def _positive(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)

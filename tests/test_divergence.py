@@ -1,0 +1,163 @@
+"""Prediction-divergence bound: the exact maximum on binary linear models, zero for a constant
+model, growth with eps, lower bound of the visited points, chunking, seeds and bad input."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import entropy
+from torch import nn
+
+from robustx.divergence import divergence_bound, js_divergence, kl_divergence
+from robustx.ops import ball_sample
+
+
+def linear_model(classes: int, seed: int = 0) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(16, classes).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen, dtype=torch.float64))
+        lin.bias.copy_(torch.randn(classes, generator=gen, dtype=torch.float64))
+    return nn.Sequential(nn.Flatten(), lin)
+
+
+def small_cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 5)
+    ).double()
+
+
+class Constant(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64))
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], -1) + 0.0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def images(n: int, seed: int = 1) -> torch.Tensor:
+    return torch.rand(n, 1, 4, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def probs(model, x) -> np.ndarray:
+    with torch.no_grad():
+        return torch.softmax(model(x), 1).numpy()
+
+
+def binary_extremes(model, x, eps, q):
+    """Class-1 probabilities at x and at the two ends of the logit-gap range over the ball:
+    s' = s +- eps ||w_1 - w_0||_q; KL and JS are convex in s', so their max is at an end."""
+    w, b = model[1].weight, model[1].bias
+    s = (x.flatten(1) @ (w[1] - w[0]) + b[1] - b[0]).detach()
+    reach = eps * (w[1] - w[0]).norm(p=q).item()
+    return [torch.sigmoid(t).numpy() for t in (s, s + reach, s - reach)]
+
+
+def bernoulli(p1: np.ndarray) -> np.ndarray:
+    return np.stack([1 - p1, p1], axis=0)
+
+
+@pytest.mark.parametrize("norm, q, steps, step_size", [("inf", 1, 20, None), (2, 2, 60, 0.15)])
+def test_binary_linear_model_reaches_the_exact_maximum_kl(norm, q, steps, step_size):
+    model, x, eps = linear_model(2), images(6), 0.3
+    result = divergence_bound(model, x, eps=eps, norm=norm, steps=steps, step_size=step_size, restarts=8,
+                              progress=False)
+    p, up, down = binary_extremes(model, x, eps, q)
+    exact = np.maximum(entropy(bernoulli(p), bernoulli(up)), entropy(bernoulli(p), bernoulli(down)))
+    np.testing.assert_allclose(result.per_sample.numpy(), exact, rtol=1e-3 if norm == 2 else 1e-9)
+    assert result.mean == pytest.approx(exact.mean(), rel=1e-3)
+
+
+def test_binary_linear_model_reaches_the_exact_maximum_js():
+    model, x, eps = linear_model(2, seed=3), images(6), 0.2
+    result = divergence_bound(model, x, eps=eps, divergence="js", steps=20, restarts=8, progress=False)
+    p, up, down = binary_extremes(model, x, eps, 1)
+    js = [jensenshannon(bernoulli(p), bernoulli(end)) ** 2 for end in (up, down)]
+    exact = np.maximum(*js)
+    np.testing.assert_allclose(result.per_sample.numpy(), exact, rtol=1e-9)
+
+
+def test_divergence_formulas_match_scipy():
+    gen = torch.Generator().manual_seed(0)
+    log_p = torch.log_softmax(torch.randn(4, 6, generator=gen, dtype=torch.float64), 1)
+    log_q = torch.log_softmax(torch.randn(4, 6, generator=gen, dtype=torch.float64), 1)
+    p, q = log_p.exp().numpy(), log_q.exp().numpy()
+    np.testing.assert_allclose(kl_divergence(log_p, log_q).numpy(), entropy(p, q, axis=1), rtol=1e-12)
+    np.testing.assert_allclose(js_divergence(log_p, log_q).numpy(), jensenshannon(p, q, axis=1) ** 2, rtol=1e-10)
+
+
+@pytest.mark.parametrize("divergence", ["kl", "js"])
+def test_constant_model_has_zero_divergence(divergence):
+    result = divergence_bound(Constant(), images(3), eps=0.5, steps=3, restarts=2, divergence=divergence,
+                              progress=False)
+    assert torch.equal(result.per_sample, torch.zeros(3, dtype=torch.float64))
+    assert result.mean == 0.0
+
+
+def test_bound_grows_with_eps():
+    model, x = small_cnn(), images(8)
+    means = [divergence_bound(model, x, eps=eps, steps=10, progress=False).mean for eps in (0.02, 0.1, 0.5)]
+    assert 0 < means[0] < means[1] < means[2]
+
+
+@pytest.mark.parametrize("norm", ["inf", 2])
+def test_bound_dominates_every_visited_point_and_random_points(norm):
+    model, x, eps = small_cnn(), images(5), 0.4
+    result = divergence_bound(model, x, eps=eps, norm=norm, steps=6, restarts=2, clip_values=(0, 1),
+                              return_iterates=True, progress=False)
+    it = result.iterates  # (R, steps + 1, N, 1, 4, 4)
+    assert it.shape == (2, 7, 5, 1, 4, 4)
+    dist = (it - x).flatten(3).norm(p=math.inf if norm == "inf" else 2, dim=3)
+    assert dist.max() <= eps + 1e-12 and it.min() >= 0 and it.max() <= 1
+    p = probs(model, x)
+    visited = np.stack([[entropy(p.T, probs(model, it[r, t]).T) for t in range(7)] for r in range(2)])
+    np.testing.assert_allclose(result.history.numpy(), visited, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(result.per_sample.numpy(), visited.max(axis=(0, 1)), rtol=1e-12)
+    # projected ascent beats 400 uniform random points of the same ball
+    pts = ball_sample(x, 400, eps, norm, clip_values=(0, 1), seed=9)
+    random_kl = np.stack([entropy(p.T, probs(model, pts[:, s]).T) for s in range(400)]).max(0)
+    assert (result.per_sample.numpy() >= random_kl).all()
+
+
+def test_chunking_and_seeds():
+    model, x = small_cnn(), images(7)
+    kwargs = dict(eps=0.2, steps=4, restarts=2, progress=False, seed=4)
+    whole = divergence_bound(model, x, batch_size=256, **kwargs)
+    pieces = divergence_bound(model, x, batch_size=3, **kwargs)
+    torch.testing.assert_close(pieces.history, whole.history, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(pieces.per_restart, whole.per_restart, rtol=1e-12, atol=1e-14)
+    other = divergence_bound(model, x, batch_size=3, **{**kwargs, "seed": 5})
+    assert not torch.equal(other.history[:, 0], whole.history[:, 0])
+    assert whole.iterates is None and whole.per_restart.shape == (2, 7)
+
+
+def test_model_state_is_restored():
+    model = small_cnn().train()
+    divergence_bound(model, images(2), eps=0.1, steps=2, progress=False)
+    assert model.training
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(eps=0.0), ValueError, "eps"),
+        (dict(eps=-0.1), ValueError, "eps"),
+        (dict(eps=0.1, norm=1), ValueError, "norm"),
+        (dict(eps=0.1, norm="l3"), ValueError, "norm"),
+        (dict(eps=0.1, divergence="hellinger"), ValueError, "divergence"),
+        (dict(eps=0.1, steps=-1), ValueError, "steps"),
+        (dict(eps=0.1, restarts=0), ValueError, "restarts"),
+        (dict(eps=0.1, batch_size=0), ValueError, "batch_size"),
+        (dict(eps=0.1, step_size=0.0), ValueError, "step_size"),
+        (dict(eps=0.1, clip_values=(0.2, 1.0)), ValueError, "clip_values"),
+    ],
+)
+def test_bad_input(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        divergence_bound(small_cnn(), images(2), progress=False, **kwargs)
+    with pytest.raises(TypeError, match="x must be a floating"):
+        divergence_bound(small_cnn(), torch.zeros(2, 1, 4, 4, dtype=torch.int64), eps=0.1, progress=False)

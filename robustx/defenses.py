@@ -32,7 +32,7 @@ class SNSLoss:
     """The SNS objective CE(f(x'), y) + lambda * sum over the chosen layers of the batch
     sensitivity of their top-k sensitive neurons (see the module docstring).
 
-    ``loss = SNSLoss(model, layers, lam=1.0, k=0.1, refresh_every=10)(x, x_adv, y)``
+    ``loss = SNSLoss(model, layers, lam=0.1, k=0.1, refresh_every=10)(x, x_adv, y)``
     runs the model (in whatever mode it is) on ``x`` and on ``x_adv``; gradients flow
     through both. ``k`` is a neuron count or a fraction of each layer's neurons.
     After a call, ``sensitive[name]`` holds the current sensitive-neuron indices and
@@ -45,7 +45,7 @@ class SNSLoss:
         model: nn.Module,
         layers: LayerSpec = None,
         *,
-        lam: float = 1.0,
+        lam: float = 0.1,
         k: Union[int, float] = 0.1,
         refresh_every: int = 10,
     ) -> None:
@@ -92,7 +92,7 @@ class SNSLoss:
         ce = F.cross_entropy(logits_adv, y)
         penalty = sum(sigma[n][idx].sum() for n, idx in self.sensitive.items())
         loss = ce + self.lam * penalty
-        self.last = {"loss": loss.item(), "ce": ce.item(), "penalty": float(penalty)}
+        self.last = {"loss": loss.item(), "ce": ce.item(), "penalty": float(penalty.detach())}
         self.logits_adv = logits_adv.detach()
         return loss
 
@@ -142,7 +142,7 @@ def train_adversarial(
     steps: int = 10,
     step_size: Optional[float] = None,
     clip_values: Tuple[float, float] = (0.0, 1.0),
-    sns_lambda: float = 1.0,
+    sns_lambda: float = 0.1,
     sns_k: Union[int, float] = 0.1,
     sns_layers: LayerSpec = None,
     refresh_every: int = 10,

@@ -7,10 +7,19 @@ import torch
 AISAFETY_DIR = Path(os.environ.get("ROBUSTX_AISAFETY_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "aisafety-cifar10"))
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_threads():
-    torch.manual_seed(0)
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """Tests use small models, which run fastest (and least noisily) on one thread of a
+    shared CPU; tests of the ops' parallel paths set their own thread counts."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
 
 
 @pytest.fixture(scope="session")

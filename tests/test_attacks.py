@@ -11,14 +11,6 @@ from robustx.data import digits
 from robustx.models import digits_cnn
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread than on an oversubscribed shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def cnn():
@@ -121,7 +113,7 @@ def test_deepfool_linear_model_finds_exact_boundary_distance():
     with torch.no_grad():
         f = model(x)
     c = f.argmax(1)
-    w, b = model.weight, model.bias
+    w = model.weight
     # analytic: min_j |f_c - f_j| / ||w_c - w_j||_2 over j != c
     dist = torch.stack([
         torch.stack([(f[i, c[i]] - f[i, j]).abs() / (w[c[i]] - w[j]).norm() for j in range(5) if j != c[i]]).min()

@@ -21,14 +21,6 @@ NB, BS = 10, 10  # small ART parameters: ART's clever_u then takes about a secon
 RTOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """ART's many small torch calls crawl when threads compete on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def model():

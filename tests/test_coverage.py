@@ -1,6 +1,5 @@
 """robustx.coverage: hand-computed values, an independent pure-PyTorch reference, parity
 with dnn-tip, merge / persistence, bad input."""
-import io
 import math
 import warnings
 

@@ -11,14 +11,6 @@ from robustx.defenses import SNSLoss, train_adversarial, train_sns
 from robustx.models import DigitsCNN
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models train far faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def linear_model() -> nn.Sequential:
     fc = nn.Linear(2, 3, bias=False)

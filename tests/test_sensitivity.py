@@ -15,14 +15,6 @@ from robustx.sensitivity import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models run far faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def conv_linear_model() -> nn.Sequential:
     """1x1 conv with channel weights (1, -3) on a 2x2 image, then the sum of its outputs."""

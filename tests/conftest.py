@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from robustx import ops
+
 AISAFETY_DIR = Path(os.environ.get("ROBUSTX_AISAFETY_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "aisafety-cifar10"))
 
 
@@ -28,3 +30,20 @@ def aisafety_dir() -> Path:
     if not (AISAFETY_DIR / "resnet20_cifar.pt").exists():
         pytest.skip(f"real CIFAR-10 data not found at {AISAFETY_DIR} (set ROBUSTX_AISAFETY_DIR)")
     return AISAFETY_DIR
+
+
+@pytest.fixture
+def requires_compiled():
+    """Skip a test that compares the compiled op with its reference when robustx._C is absent."""
+    if not ops.compiled():
+        pytest.skip("robustx._C is not built (robustx.ops.compiled() is False); build it with "
+                    "`pip install --no-build-isolation -e .`")
+
+
+@pytest.fixture(params=["compiled", "reference"])
+def backend(request, monkeypatch):
+    """Run the wrapper on the compiled op and on the pure-PyTorch fallback it uses without _C."""
+    if request.param == "compiled" and not ops.compiled():
+        pytest.skip("robustx._C is not built")
+    monkeypatch.setattr(ops, "_COMPILED", request.param == "compiled")
+    return request.param

@@ -7,23 +7,9 @@ import torch
 
 from robustx import ops
 
-requires_compiled = pytest.mark.skipif(
-    not ops.compiled(),
-    reason="robustx._C is not built (robustx.ops.compiled() is False): no compiled op to compare "
-    "with the reference; build it with `python3 setup.py build_ext --inplace`",
-)
 
 FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 STATE_NAMES = ("sections", "upper", "lower", "above", "topk_hit")
-
-
-@pytest.fixture(params=["compiled", "reference"])
-def backend(request, monkeypatch):
-    """Run the wrapper on the compiled op and on the pure-PyTorch fallback it uses without _C."""
-    if request.param == "compiled" and not ops.compiled():
-        pytest.skip("robustx._C is not built")
-    monkeypatch.setattr(ops, "_COMPILED", request.param == "compiled")
-    return request.param
 
 
 def _states(m, k):
@@ -182,7 +168,7 @@ def _compare_compiled(act, low, high, k, threshold, top_k, prefill=None):
         assert torch.equal(got_states[name], want_states[name]), name
 
 
-@requires_compiled
+@pytest.mark.usefixtures("requires_compiled")
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
 @pytest.mark.parametrize("shape", [(16, 32, 49), (5, 64, 1), (3, 7, 200), (1, 1, 1)], ids=str)
 def test_compiled_matches_reference_random(dtype, shape):
@@ -197,7 +183,7 @@ def test_compiled_matches_reference_random(dtype, shape):
         _compare_compiled(act, low, high, k, threshold, top_k, prefill_k)
 
 
-@requires_compiled
+@pytest.mark.usefixtures("requires_compiled")
 @pytest.mark.parametrize("length", [1, 4, 49])
 def test_compiled_matches_reference_on_edges_and_ties(length):
     for seed in range(3):
@@ -206,7 +192,7 @@ def test_compiled_matches_reference_on_edges_and_ties(length):
             _compare_compiled(act, low, high, k, threshold, top_k)
 
 
-@requires_compiled
+@pytest.mark.usefixtures("requires_compiled")
 def test_compiled_matches_reference_with_nan_activations():
     act, low, high = _dyadic_case(4, 6, 5, seed=8)
     act[1, 2, 3] = float("nan")
@@ -214,7 +200,7 @@ def test_compiled_matches_reference_with_nan_activations():
     _compare_compiled(act[1:2], low, high, 4, 0.5, 2)  # the input with the NaN alone
 
 
-@requires_compiled
+@pytest.mark.usefixtures("requires_compiled")
 def test_opcheck():
     act, low, high = _dyadic_case(4, 6, 5, seed=9)
     for a, k, top_k in ((act, 4, 2), (act[..., :1].double(), 1, 6), (act.half(), 3, 1)):

@@ -8,23 +8,9 @@ import torch
 
 from robustx import ops
 
-requires_compiled = pytest.mark.skipif(
-    not ops.compiled(),
-    reason="robustx._C is not built (robustx.ops.compiled() is False): no compiled op to compare "
-    "with the reference; build it with `python3 setup.py build_ext --inplace`",
-)
 
 QS = [1.0, 2.0, math.inf]
 FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-
-
-@pytest.fixture(params=["compiled", "reference"])
-def backend(request, monkeypatch):
-    """Run the wrapper on the compiled op and on the pure-PyTorch fallback it uses without _C."""
-    if request.param == "compiled" and not ops.compiled():
-        pytest.skip("robustx._C is not built")
-    monkeypatch.setattr(ops, "_COMPILED", request.param == "compiled")
-    return request.param
 
 
 def _case(m, s, k, d, t, dtype, seed=0):
@@ -57,7 +43,7 @@ def _tolerance(dtype):
 SHAPES = [(1, 8, 3, 5), (2, 12, 10, 7), (3, 4, 1, 1), (1, 16, 10, 3 * 32 * 32), (2, 6, 12, 33)]
 
 
-@requires_compiled
+@pytest.mark.usefixtures("requires_compiled")
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("q", QS)
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
@@ -77,7 +63,7 @@ def test_compiled_matches_reference(shape, q, dtype):
                 torch.testing.assert_close(got_norms, want_norms, **_tolerance(dtype))
 
 
-@requires_compiled
+@pytest.mark.usefixtures("requires_compiled")
 @pytest.mark.parametrize("q", QS)
 def test_compiled_propagates_nan_like_reference(q):
     jac, source, targets = _case(2, 8, 5, 9, t=3, dtype=torch.float32)
@@ -90,7 +76,7 @@ def test_compiled_propagates_nan_like_reference(q):
         torch.testing.assert_close(got_norms, want_norms, rtol=2e-5, atol=1e-5, equal_nan=True)
 
 
-@requires_compiled
+@pytest.mark.usefixtures("requires_compiled")
 @pytest.mark.parametrize("q", QS)
 def test_opcheck(q):
     jac, source, targets = _case(2, 6, 4, 10, t=3, dtype=torch.float32)

@@ -8,25 +8,11 @@ from scipy import stats
 
 from robustx import ops
 
-requires_compiled = pytest.mark.skipif(
-    not ops.compiled(),
-    reason="robustx._C is not built (robustx.ops.compiled() is False): no compiled op to compare "
-    "with the reference; build it with `python3 setup.py build_ext --inplace`",
-)
 
 NORMS = [1.0, 2.0, math.inf]
 FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # machine epsilon of each dtype (spacing of floats in [1, 2))
 EPS = {dtype: torch.finfo(dtype).eps for dtype in FLOATS}
-
-
-@pytest.fixture(params=["compiled", "reference"])
-def backend(request, monkeypatch):
-    """Run the wrapper on the compiled op and on the pure-PyTorch fallback it uses without _C."""
-    if request.param == "compiled" and not ops.compiled():
-        pytest.skip("robustx._C is not built")
-    monkeypatch.setattr(ops, "_COMPILED", request.param == "compiled")
-    return request.param
 
 
 def _tolerance(dtype):
@@ -77,7 +63,7 @@ def test_philox_vectorised_counters_match_scalar_calls():
 SHAPES = [(1,), (7,), (8,), (3, 8, 8), (3, 32, 32)]
 
 
-@requires_compiled
+@pytest.mark.usefixtures("requires_compiled")
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("p", NORMS)
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
@@ -97,7 +83,7 @@ def test_compiled_matches_reference(shape, p, dtype):
             assert (got != want).double().mean() < 0.02
 
 
-@requires_compiled
+@pytest.mark.usefixtures("requires_compiled")
 @pytest.mark.parametrize("p", NORMS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_opcheck(p, dtype):

@@ -1,0 +1,58 @@
+"""The ``robustx`` command line: the demo writes a sane JSON report and a histogram PNG."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from robustx.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_demo_writes_json_and_png(tmp_path, capsys):
+    out = tmp_path / "demo"
+    status = main(["demo", "--n-images", "3", "--n-batches", "6", "--batch-size", "8", "--radius-l2", "1.5",
+                   "--out", str(out), "--no-progress"])
+    assert status == 0
+    doc = json.loads((out / "clever.json").read_text())
+    png = (out / "clever_hist.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    assert len(doc["labels"]) == 3
+    for name, radius in (("L2", 1.5), ("Linf", 0.3)):
+        entry = doc["clever"][name]
+        res = entry["result"]
+        assert res["settings"]["radius"] == radius and res["settings"]["n_batches"] == 6
+        scores = res["scores"]
+        assert len(scores) == 3 and all(0.0 < s <= radius for s in scores)
+        assert entry["mean"] == pytest.approx(sum(scores) / 3)
+        assert len(res["targets"][0]) == 9  # untargeted: every other class of the digits CNN
+        # the score is g0 / Lipschitz estimate (capped at R), and the estimate is >= the largest sampled norm
+        for i in range(3):
+            for g0, lip, top, s in zip(res["g0"][i], res["lipschitz"][i], res["max_sampled"][i], res["target_scores"][i]):
+                assert lip >= top > 0 and s == pytest.approx(min(g0 / lip, radius))
+    table = capsys.readouterr().out
+    assert "CLEVER L2" in table and "CLEVER Linf" in table and str(out / "clever.json") in table
+
+
+def test_bad_option_exits_with_a_message(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["demo", "--n-images", "0", "--out", str(tmp_path), "--no-progress"])
+    assert err.value.code == 2
+    assert "n_images" in capsys.readouterr().err
+
+
+def test_every_subcommand_has_a_runner():
+    parser = build_parser()
+    args = parser.parse_args(["demo"])
+    assert callable(args.run) and args.n_images >= 1 and args.out == "out/demo"
+    with pytest.raises(SystemExit):
+        parser.parse_args([])  # a subcommand is required
+
+
+def test_python_dash_m_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "robustx", "demo", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--n-batches" in proc.stdout and "500" in proc.stdout

@@ -11,22 +11,7 @@ from torch import nn
 
 from robustx.divergence import divergence_bound, js_divergence, kl_divergence
 from robustx.ops import ball_sample
-
-
-def linear_model(classes: int, seed: int = 0) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    lin = nn.Linear(16, classes).double()
-    with torch.no_grad():
-        lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen, dtype=torch.float64))
-        lin.bias.copy_(torch.randn(classes, generator=gen, dtype=torch.float64))
-    return nn.Sequential(nn.Flatten(), lin)
-
-
-def small_cnn(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 5)
-    ).double()
+from toy_models import linear_model, small_cnn
 
 
 class Constant(nn.Module):
@@ -98,14 +83,14 @@ def test_constant_model_has_zero_divergence(divergence):
 
 
 def test_bound_grows_with_eps():
-    model, x = small_cnn(), images(8)
+    model, x = small_cnn().double(), images(8)
     means = [divergence_bound(model, x, eps=eps, steps=10, progress=False).mean for eps in (0.02, 0.1, 0.5)]
     assert 0 < means[0] < means[1] < means[2]
 
 
 @pytest.mark.parametrize("norm", ["inf", 2])
 def test_bound_dominates_every_visited_point_and_random_points(norm):
-    model, x, eps = small_cnn(), images(5), 0.4
+    model, x, eps = small_cnn().double(), images(5), 0.4
     result = divergence_bound(model, x, eps=eps, norm=norm, steps=6, restarts=2, clip_values=(0, 1),
                               return_iterates=True, progress=False)
     it = result.iterates  # (R, steps + 1, N, 1, 4, 4)
@@ -123,7 +108,7 @@ def test_bound_dominates_every_visited_point_and_random_points(norm):
 
 
 def test_chunking_and_seeds():
-    model, x = small_cnn(), images(7)
+    model, x = small_cnn().double(), images(7)
     kwargs = dict(eps=0.2, steps=4, restarts=2, progress=False, seed=4)
     whole = divergence_bound(model, x, batch_size=256, **kwargs)
     pieces = divergence_bound(model, x, batch_size=3, **kwargs)
@@ -135,7 +120,7 @@ def test_chunking_and_seeds():
 
 
 def test_model_state_is_restored():
-    model = small_cnn().train()
+    model = small_cnn().double().train()
     divergence_bound(model, images(2), eps=0.1, steps=2, progress=False)
     assert model.training
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
@@ -158,6 +143,6 @@ def test_model_state_is_restored():
 )
 def test_bad_input(kwargs, error, match):
     with pytest.raises(error, match=match):
-        divergence_bound(small_cnn(), images(2), progress=False, **kwargs)
+        divergence_bound(small_cnn().double(), images(2), progress=False, **kwargs)
     with pytest.raises(TypeError, match="x must be a floating"):
-        divergence_bound(small_cnn(), torch.zeros(2, 1, 4, 4, dtype=torch.int64), eps=0.1, progress=False)
+        divergence_bound(small_cnn().double(), torch.zeros(2, 1, 4, 4, dtype=torch.int64), eps=0.1, progress=False)

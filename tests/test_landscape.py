@@ -1,7 +1,6 @@
 """Input-space landscapes: analytic planes on linear models, the loss at the origin, chunking,
 directions, plots, command line and bad input."""
 import argparse
-import math
 
 import pytest
 import torch
@@ -17,22 +16,7 @@ from robustx.landscape import (
     input_landscape,
     random_direction,
 )
-
-
-def linear_model(classes: int, shape=(1, 4, 4), seed: int = 0) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    lin = nn.Linear(math.prod(shape), classes).double()
-    with torch.no_grad():
-        lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen, dtype=torch.float64))
-        lin.bias.copy_(torch.randn(classes, generator=gen, dtype=torch.float64))
-    return nn.Sequential(nn.Flatten(), lin)
-
-
-def small_cnn(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 5)
-    )
+from toy_models import linear_model, small_cnn
 
 
 def images(n: int, dtype=torch.float64, seed: int = 1) -> torch.Tensor:

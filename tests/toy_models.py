@@ -1,0 +1,23 @@
+"""Small models shared by the tests (float64 linear models with seeded weights, a tiny CNN)."""
+import math
+
+import torch
+from torch import nn
+
+
+def linear_model(classes: int, shape=(1, 4, 4), seed: int = 0) -> nn.Module:
+    """Flatten + Linear(prod(shape), classes) in float64 with seeded Gaussian weights."""
+    gen = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(math.prod(shape), classes).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen, dtype=torch.float64))
+        lin.bias.copy_(torch.randn(classes, generator=gen, dtype=torch.float64))
+    return nn.Sequential(nn.Flatten(), lin)
+
+
+def small_cnn(seed: int = 0) -> nn.Module:
+    """Conv-ReLU-Linear-ReLU-Linear on (N, 1, 4, 4) inputs, 5 classes, seeded (float32)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 5)
+    )

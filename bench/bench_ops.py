@@ -94,7 +94,7 @@ def grad_norm_cases(quick):
                 return (
                     lambda: torch.ops.robustx.grad_norm_batch_max(*args)[0],
                     lambda: ops.grad_norm_batch_max_ref(*args)[0],
-                    dict(rtol=2e-5, atol=1e-5),
+                    dict(rtol=1e-4, atol=1e-5),  # float32 sums over D = 150528 differ by ~3e-5
                 )
 
             yield "grad_norm_batch_max", label, make

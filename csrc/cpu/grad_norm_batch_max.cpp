@@ -23,25 +23,26 @@ DualNorm dual_norm_of(double q) {
   return DualNorm::Linf;
 }
 
-// ||a - b||_q (or ||b||_q when a is null) over d entries, eight independent partial sums.
+// ||a - b||_q (or ||b||_q when a is null) over d entries: differences in acc_t (as the
+// reference), accumulated in double over eight independent lanes (D reaches 150528).
 template <typename scalar_t, typename acc_t>
 acc_t row_norm(DualNorm q, const scalar_t* a, const scalar_t* b, int64_t d) {
   constexpr int kLanes = 8;
-  acc_t lane[kLanes] = {};
+  double lane[kLanes] = {};
   int64_t k = 0;
   for (; k + kLanes <= d; k += kLanes) {
     for (int l = 0; l < kLanes; ++l) {
       const acc_t x = a ? static_cast<acc_t>(a[k + l]) - static_cast<acc_t>(b[k + l]) : static_cast<acc_t>(b[k + l]);
-      lane[l] = norm_accumulate(q, lane[l], x);
+      lane[l] = norm_accumulate<double>(q, lane[l], x);
     }
   }
   for (; k < d; ++k) {
     const acc_t x = a ? static_cast<acc_t>(a[k]) - static_cast<acc_t>(b[k]) : static_cast<acc_t>(b[k]);
-    lane[0] = norm_accumulate(q, lane[0], x);
+    lane[0] = norm_accumulate<double>(q, lane[0], x);
   }
-  acc_t total = lane[0];
+  double total = lane[0];
   for (int l = 1; l < kLanes; ++l) total = norm_combine(q, total, lane[l]);
-  return norm_finalize(q, total);
+  return static_cast<acc_t>(norm_finalize(q, total));
 }
 
 std::tuple<at::Tensor, at::Tensor> grad_norm_batch_max_cpu(const at::Tensor& jac, const std::optional<at::Tensor>& source,

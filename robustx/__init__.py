@@ -1,8 +1,8 @@
 """robustx: fast, paper-faithful robustness evaluation of PyTorch image classifiers.
 
-Submodules (imported on first use): ``ops`` (compiled operators), ``sampling``,
-``weibull``, ``clever``, ``attacks``, ``models``, ``coverage``, ``sensitivity``,
-``defenses``, ``landscape``, ``divergence``, ``compat.art``, ``cli``.
+Submodules (imported on first use): ``ops`` (compiled operators and their references),
+``weibull``, ``clever``, ``attacks``, ``models``, ``data``, ``coverage``, ``sensitivity``,
+``defenses``, ``landscape``, ``divergence``, ``compat.art``, ``demo``, ``cli``.
 """
 import importlib
 
@@ -13,8 +13,8 @@ __version__ = "0.1.0"
 __all__ = ["ops", "clever", "__version__"]
 
 _SUBMODULES = {
-    "sampling", "weibull", "attacks", "models", "coverage", "sensitivity", "defenses",
-    "landscape", "divergence", "compat", "cli", "data",
+    "weibull", "attacks", "models", "data", "coverage", "sensitivity", "defenses",
+    "landscape", "divergence", "compat", "demo", "cli", "modelutil",
 }
 
 

@@ -250,3 +250,18 @@ def test_target_equal_to_predicted_class_is_an_error(cnn, images):
     pred = cnn(images).argmax(1)
     with pytest.raises(ValueError, match="predicted class"):
         clever(cnn, images, radius=1.0, targets=pred, **TINY)
+
+
+def test_imagenet_sized_model_is_chunked_within_the_memory_budget():
+    import sys
+
+    mod = sys.modules["robustx.clever"]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                          nn.Linear(64, 1000))
+    x = torch.rand(1, 3, 224, 224)
+    rows = mod._auto_chunk(model, x)
+    per_row = 16 * 224 * 224 * 4 + 3 * 224 * 224 * 4  # the conv output (saved by ReLU) and its input
+    assert 1 <= rows <= mod.CPU_CHUNK_BYTES // per_row
+    res = clever(model, x, radius=1.0, targets="top2", n_batches=2, batch_size=3, progress=False)
+    assert res.targets.shape == (1, 1) and torch.isfinite(res.scores).all() and res.scores.item() > 0

@@ -10,16 +10,10 @@
 #include <vector>
 
 #include "robustx/ball.h"
+#include "robustx/checks.h"
 
 namespace robustx {
 namespace {
-
-BallNorm ball_norm_of(double p) {
-  if (p == 1.0) return BallNorm::L1;
-  if (p == 2.0) return BallNorm::L2;
-  TORCH_CHECK(std::isinf(p) && p > 0, "ball_sample: p must be 1, 2 or inf, got ", p);
-  return BallNorm::Linf;
-}
 
 template <typename scalar_t>
 void sample_point(const scalar_t* center, scalar_t* out, int64_t d, BallNorm norm, const PointStream& stream,
@@ -56,10 +50,7 @@ void sample_point(const scalar_t* center, scalar_t* out, int64_t d, BallNorm nor
 at::Tensor ball_sample_cpu(const at::Tensor& centers, int64_t n, double radius, double p,
                            std::optional<double> clip_min, std::optional<double> clip_max, int64_t seed,
                            int64_t offset) {
-  TORCH_CHECK(centers.dim() == 2, "ball_sample: centers must be (N, d), got ", centers.sizes());
-  TORCH_CHECK(n >= 0 && seed >= 0 && offset >= 0, "ball_sample: n, seed and offset must be >= 0");
-  TORCH_CHECK(radius > 0 && std::isfinite(radius), "ball_sample: radius must be finite and > 0");
-  const BallNorm norm = ball_norm_of(p);
+  const BallNorm norm = check_ball_sample_args(centers, n, radius, p, seed, offset);
   const at::Tensor c = centers.contiguous();
   const int64_t n_centers = c.size(0), d = c.size(1);
   at::Tensor out = at::empty({n_centers, n, d}, c.options());

@@ -13,6 +13,7 @@
 #include <numeric>
 #include <vector>
 
+#include "robustx/checks.h"
 #include "robustx/coverage.h"
 
 namespace robustx {
@@ -84,22 +85,9 @@ void reduce_per_input(int64_t n_count, int64_t m_count, std::vector<double>& lo,
 at::Tensor coverage_update_cpu(const at::Tensor& act, const at::Tensor& low, const at::Tensor& high, int64_t k,
                                double threshold, int64_t top_k, at::Tensor& sections, at::Tensor& upper,
                                at::Tensor& lower, at::Tensor& above, at::Tensor& topk_hit) {
-  TORCH_CHECK(act.dim() == 3, "coverage_update: act must be (N, M, L), got ", act.sizes());
+  check_coverage_args(act, low, high, k, top_k, {&sections, &upper, &lower, &above, &topk_hit}, sections);
   const at::Tensor a = act.contiguous();
   const int64_t n_count = a.size(0), m_count = a.size(1), l_count = a.size(2);
-  TORCH_CHECK(k >= 1, "coverage_update: k must be >= 1");
-  TORCH_CHECK(top_k >= 1 && top_k <= m_count, "coverage_update: top_k must be in [1, M]");
-  TORCH_CHECK(l_count >= 1, "coverage_update: L must be >= 1");
-  TORCH_CHECK(low.scalar_type() == at::kDouble && high.scalar_type() == at::kDouble && low.numel() == m_count &&
-                  high.numel() == m_count && low.is_contiguous() && high.is_contiguous(),
-              "coverage_update: low and high must be contiguous float64 of shape (M,)");
-  for (const at::Tensor* state : {&sections, &upper, &lower, &above, &topk_hit}) {
-    TORCH_CHECK(state->scalar_type() == at::kBool && state->is_contiguous(),
-                "coverage_update: states must be contiguous bool tensors");
-  }
-  TORCH_CHECK(sections.numel() == m_count * k && upper.numel() == m_count && lower.numel() == m_count &&
-                  above.numel() == m_count && topk_hit.numel() == m_count,
-              "coverage_update: state shapes must be (M, k) and (M,)");
   at::Tensor topk_idx = at::empty({n_count, top_k}, a.options().dtype(at::kLong));
   if (n_count == 0) return topk_idx;
 

@@ -11,17 +11,11 @@
 #include <optional>
 #include <tuple>
 
+#include "robustx/checks.h"
 #include "robustx/norms.h"
 
 namespace robustx {
 namespace {
-
-DualNorm dual_norm_of(double q) {
-  if (q == 1.0) return DualNorm::L1;
-  if (q == 2.0) return DualNorm::L2;
-  TORCH_CHECK(std::isinf(q) && q > 0, "grad_norm_batch_max: q must be 1, 2 or inf, got ", q);
-  return DualNorm::Linf;
-}
 
 // ||a - b||_q (or ||b||_q when a is null) over d entries: differences in acc_t (as the
 // reference), accumulated in double over eight independent lanes (D reaches 150528).
@@ -48,21 +42,11 @@ acc_t row_norm(DualNorm q, const scalar_t* a, const scalar_t* b, int64_t d) {
 std::tuple<at::Tensor, at::Tensor> grad_norm_batch_max_cpu(const at::Tensor& jac, const std::optional<at::Tensor>& source,
                                                            const at::Tensor& targets, double q_value, int64_t batch_size,
                                                            bool return_norms) {
-  TORCH_CHECK(jac.dim() == 4, "grad_norm_batch_max: jac must be (M, S, K, D), got ", jac.sizes());
-  TORCH_CHECK(targets.dim() == 2 && targets.size(0) == jac.size(0), "grad_norm_batch_max: targets must be (M, T)");
-  TORCH_CHECK(targets.scalar_type() == at::kLong, "grad_norm_batch_max: targets must be int64");
-  TORCH_CHECK(batch_size > 0 && jac.size(1) % batch_size == 0,
-              "grad_norm_batch_max: S must be a positive multiple of batch_size");
-  const DualNorm q = dual_norm_of(q_value);
+  const DualNorm q = check_grad_norm_args(jac, source, targets, q_value, batch_size);
   const at::Tensor g = jac.contiguous(), tgt = targets.contiguous();
   const int64_t m_count = g.size(0), s_count = g.size(1), k_count = g.size(2), d = g.size(3);
   const int64_t t_count = tgt.size(1), n_batches = s_count / batch_size;
-  at::Tensor src;
-  if (source.has_value()) {
-    src = source->contiguous();
-    TORCH_CHECK(src.dim() == 1 && src.size(0) == m_count && src.scalar_type() == at::kLong,
-                "grad_norm_batch_max: source must be int64 of shape (M,)");
-  }
+  const at::Tensor src = source.has_value() ? source->contiguous() : at::Tensor();
   const auto out_type = g.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor maxima = at::empty({m_count, t_count, n_batches}, g.options().dtype(out_type));
   at::Tensor norms = at::empty({return_norms ? m_count * t_count * s_count : 0}, g.options().dtype(out_type));

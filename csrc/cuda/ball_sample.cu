@@ -15,6 +15,7 @@
 
 #include "robustx/ball.h"
 #include "robustx/block_reduce.cuh"
+#include "robustx/checks.h"
 
 namespace robustx {
 namespace {
@@ -69,11 +70,7 @@ __global__ void ball_sample_kernel(const scalar_t* __restrict__ centers, scalar_
 at::Tensor ball_sample_cuda(const at::Tensor& centers, int64_t n, double radius, double p,
                             std::optional<double> clip_min, std::optional<double> clip_max, int64_t seed,
                             int64_t offset) {
-  TORCH_CHECK(centers.dim() == 2, "ball_sample: centers must be (N, d), got ", centers.sizes());
-  TORCH_CHECK(n >= 0 && seed >= 0 && offset >= 0, "ball_sample: n, seed and offset must be >= 0");
-  TORCH_CHECK(radius > 0 && std::isfinite(radius), "ball_sample: radius must be finite and > 0");
-  TORCH_CHECK(p == 1.0 || p == 2.0 || (std::isinf(p) && p > 0), "ball_sample: p must be 1, 2 or inf, got ", p);
-  const BallNorm norm = p == 1.0 ? BallNorm::L1 : (p == 2.0 ? BallNorm::L2 : BallNorm::Linf);
+  const BallNorm norm = check_ball_sample_args(centers, n, radius, p, seed, offset);
   const c10::cuda::CUDAGuard guard(centers.device());
   const at::Tensor c = centers.contiguous();
   const int64_t n_centers = c.size(0), d = c.size(1), points = n_centers * n;

@@ -15,6 +15,7 @@
 #include <cfloat>
 
 #include "robustx/block_reduce.cuh"
+#include "robustx/checks.h"
 #include "robustx/coverage.h"
 
 namespace robustx {
@@ -137,22 +138,10 @@ unsigned blocks_for(int64_t work, int64_t per_block) {
 at::Tensor coverage_update_cuda(const at::Tensor& act, const at::Tensor& low, const at::Tensor& high, int64_t k,
                                 double threshold, int64_t top_k, at::Tensor& sections, at::Tensor& upper,
                                 at::Tensor& lower, at::Tensor& above, at::Tensor& topk_hit) {
-  TORCH_CHECK(act.dim() == 3, "coverage_update: act must be (N, M, L), got ", act.sizes());
+  check_coverage_args(act, low, high, k, top_k, {&sections, &upper, &lower, &above, &topk_hit}, sections);
   const c10::cuda::CUDAGuard guard(act.device());
   const at::Tensor a = act.contiguous();
   const int64_t n_count = a.size(0), m_count = a.size(1), l_count = a.size(2);
-  TORCH_CHECK(k >= 1 && top_k >= 1 && top_k <= m_count && l_count >= 1,
-              "coverage_update: need k >= 1, 1 <= top_k <= M and L >= 1");
-  TORCH_CHECK(low.scalar_type() == at::kDouble && high.scalar_type() == at::kDouble && low.numel() == m_count &&
-                  high.numel() == m_count && low.is_contiguous() && high.is_contiguous(),
-              "coverage_update: low and high must be contiguous float64 of shape (M,)");
-  for (const at::Tensor* state : {&sections, &upper, &lower, &above, &topk_hit}) {
-    TORCH_CHECK(state->scalar_type() == at::kBool && state->is_contiguous() && state->device() == a.device(),
-                "coverage_update: states must be contiguous bool tensors on the activations' device");
-  }
-  TORCH_CHECK(sections.numel() == m_count * k && upper.numel() == m_count && lower.numel() == m_count &&
-                  above.numel() == m_count && topk_hit.numel() == m_count,
-              "coverage_update: state shapes must be (M, k) and (M,)");
   at::Tensor topk_idx = at::empty({n_count, top_k}, a.options().dtype(at::kLong));
   if (n_count == 0) return topk_idx;
   const auto f64 = a.options().dtype(at::kDouble);

@@ -18,6 +18,7 @@
 #include <type_traits>
 
 #include "robustx/block_reduce.cuh"
+#include "robustx/checks.h"
 #include "robustx/norms.h"
 
 namespace robustx {
@@ -62,23 +63,11 @@ std::tuple<at::Tensor, at::Tensor> grad_norm_batch_max_cuda(const at::Tensor& ja
                                                             const std::optional<at::Tensor>& source,
                                                             const at::Tensor& targets, double q_value,
                                                             int64_t batch_size, bool return_norms) {
-  TORCH_CHECK(jac.dim() == 4, "grad_norm_batch_max: jac must be (M, S, K, D), got ", jac.sizes());
-  TORCH_CHECK(targets.dim() == 2 && targets.size(0) == jac.size(0) && targets.scalar_type() == at::kLong,
-              "grad_norm_batch_max: targets must be int64 of shape (M, T)");
-  TORCH_CHECK(batch_size > 0 && jac.size(1) % batch_size == 0,
-              "grad_norm_batch_max: S must be a positive multiple of batch_size");
-  TORCH_CHECK(q_value == 1.0 || q_value == 2.0 || (std::isinf(q_value) && q_value > 0),
-              "grad_norm_batch_max: q must be 1, 2 or inf, got ", q_value);
-  const DualNorm q = q_value == 1.0 ? DualNorm::L1 : (q_value == 2.0 ? DualNorm::L2 : DualNorm::Linf);
+  const DualNorm q = check_grad_norm_args(jac, source, targets, q_value, batch_size);
   const c10::cuda::CUDAGuard guard(jac.device());
   const at::Tensor g = jac.contiguous(), tgt = targets.contiguous();
   const int64_t m_count = g.size(0), s_count = g.size(1), k_count = g.size(2), d = g.size(3), t_count = tgt.size(1);
-  at::Tensor src;
-  if (source.has_value()) {
-    src = source->contiguous();
-    TORCH_CHECK(src.dim() == 1 && src.size(0) == m_count && src.scalar_type() == at::kLong,
-                "grad_norm_batch_max: source must be int64 of shape (M,)");
-  }
+  const at::Tensor src = source.has_value() ? source->contiguous() : at::Tensor();
   const auto out_type = g.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor maxima = at::zeros({m_count, t_count, s_count / batch_size}, g.options().dtype(out_type));
   at::Tensor norms = at::empty({return_norms ? m_count * t_count * s_count : 0}, g.options().dtype(out_type));

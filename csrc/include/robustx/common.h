@@ -8,3 +8,18 @@
 #endif
 
 #include <cstdint>
+
+namespace robustx {
+
+// Min / max that propagate NaN from either argument (like torch.amin / amax).
+template <typename T>
+RX_HD T nan_min(T a, T b) {
+  return (a != a || a < b) ? a : b;
+}
+
+template <typename T>
+RX_HD T nan_max(T a, T b) {
+  return (a != a || a > b) ? a : b;
+}
+
+}  // namespace robustx

@@ -7,16 +7,6 @@
 
 namespace robustx {
 
-// Min / max that propagate NaN (like torch.amin / amax), for each input's element range.
-template <typename T>
-RX_HD T nan_min(T a, T b) {
-  return (a != a || a < b) ? a : b;
-}
-template <typename T>
-RX_HD T nan_max(T a, T b) {
-  return (a != a || a > b) ? a : b;
-}
-
 // k-section of [low, high] hit by v, inclusive edges, or -1 when v is outside.
 RX_HD int64_t section_index(double v, double low, double high, int64_t k) {
   if (!(v >= low && v <= high)) return -1;

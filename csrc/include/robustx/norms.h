@@ -9,12 +9,6 @@ namespace robustx {
 
 enum class DualNorm { L1, L2, Linf };
 
-// Max that propagates NaN from either side.
-template <typename acc_t>
-RX_HD acc_t nan_max(acc_t a, acc_t b) {
-  return (a != a || a > b) ? a : b;
-}
-
 // Fold |x| into a running accumulator: sum |x| (q=1), sum x^2 (q=2), max |x| (q=inf).
 template <typename acc_t>
 RX_HD acc_t norm_accumulate(DualNorm q, acc_t acc, acc_t x) {

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustx import ops
-from robustx.modelutil import check_images, chunks, frozen_eval, model_device, progress_bar
+from robustx.modelutil import check_images, chunks, clip_pair, frozen_eval, model_device, positive_number, progress_bar
 
 __all__ = ["fgsm", "pgd", "deepfool", "carlini_wagner_l2"]
 
@@ -31,12 +31,6 @@ DEEPFOOL_MARGIN = 1e-4  # added to each DeepFool step's length so it crosses the
 
 
 # ------------------------------------------------------------------ argument checks
-def _positive(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
 def _count(value, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
@@ -51,17 +45,9 @@ def _attack_norm(norm) -> float:
 
 
 def _check_clip(clip_values, required: bool = False) -> Optional[Tuple[float, float]]:
-    if clip_values is None:
-        if required:
-            raise ValueError("clip_values must be a pair (lo, hi) of finite bounds for this attack, got None")
-        return None
-    try:
-        lo, hi = (float(v) for v in clip_values)
-    except (TypeError, ValueError):
-        raise ValueError(f"clip_values must be None or a pair of numbers (lo, hi), got {clip_values!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"clip_values must be finite with lo < hi, got {clip_values!r}")
-    return lo, hi
+    if clip_values is None and required:
+        raise ValueError("clip_values must be a pair (lo, hi) of finite bounds for this attack, got None")
+    return clip_pair(clip_values)
 
 
 def _check_labels(y, x: torch.Tensor, name: str = "y") -> torch.Tensor:
@@ -154,9 +140,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm=
     :func:`robustx.ops.ball_sample` (seed ``seed``, sample index = restart number).
     """
     p = _attack_norm(norm)
-    eps = _positive(eps, "eps")
+    eps = positive_number(eps, "eps")
     steps = _count(steps, "steps")
-    alpha = 2.5 * eps / steps if step_size is None else _positive(step_size, "step_size")
+    alpha = 2.5 * eps / steps if step_size is None else positive_number(step_size, "step_size")
     restarts = _count(restarts, "restarts")
     if restarts > 1 and not random_start:
         raise ValueError("restarts > 1 needs random_start=True (restarts from x itself are identical)")
@@ -287,10 +273,10 @@ def carlini_wagner_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tar
     (per input rather than over the batch, so chunking does not change results). Inputs
     never attacked successfully are returned unchanged. Smaller distortion = less robust.
     """
-    c_init = _positive(c_init, "c_init")
+    c_init = positive_number(c_init, "c_init")
     binary_steps = _count(binary_steps, "binary_steps")
     steps = _count(steps, "steps")
-    lr = _positive(lr, "lr")
+    lr = positive_number(lr, "lr")
     if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 <= confidence < math.inf:
         raise ValueError(f"confidence must be a finite number >= 0, got {confidence!r}")
     batch_size = _count(batch_size, "batch_size")

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from robustx import ops
-from robustx.modelutil import check_images, chunks, frozen_eval, model_device, progress_bar
+from robustx.modelutil import check_images, chunks, clip_pair, frozen_eval, model_device, progress_bar
 from robustx.weibull import fit_reverse_weibull
 
 __all__ = ["clever", "CleverResult", "TARGET_MODES"]
@@ -113,7 +113,7 @@ def clever(
     seed = _check_int(seed, "seed", 0)
     if max_chunk is not None:
         max_chunk = _check_int(max_chunk, "max_chunk", 1)
-    clip = _check_clip(clip_values)
+    clip = clip_pair(clip_values)
     dev = _resolve_device(model, device)
     x = check_images(x, "x", clip).detach().to(dev)
     if x.shape[0] == 0:
@@ -170,18 +170,6 @@ def _check_int(value, name: str, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return value
-
-
-def _check_clip(clip_values) -> Optional[Tuple[float, float]]:
-    if clip_values is None:
-        return None
-    try:
-        lo, hi = (float(v) for v in clip_values)
-    except (TypeError, ValueError):
-        raise ValueError(f"clip_values must be None or a pair of numbers (lo, hi), got {clip_values!r}") from None
-    if not lo < hi:
-        raise ValueError(f"clip_values must satisfy lo < hi, got {clip_values!r}")
-    return lo, hi
 
 
 def _resolve_device(model: nn.Module, device) -> torch.device:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustx.modelutil import check_images, chunks, frozen_eval, model_device, progress_bar
+from robustx.modelutil import check_images, chunks, clip_pair, frozen_eval, model_device, positive_number, progress_bar
 from robustx.ops import ball_sample, parse_norm
 
 __all__ = ["DivergenceResult", "divergence_bound", "kl_divergence", "js_divergence"]
@@ -127,8 +127,9 @@ def divergence_bound(
     depend on ``batch_size``). With ``clip_values`` every point is clipped to the data
     domain. ``divergence`` "kl" (the paper) or "js". Lower = more robust.
     """
+    clip_values = clip_pair(clip_values)
     check_images(x, "x", clip_values)
-    eps = _positive(eps, "eps")
+    eps = positive_number(eps, "eps")
     p = parse_norm(norm)
     if p == 1.0:
         raise ValueError(f"norm must be 2 or inf for the divergence bound (1 is not supported), got {norm!r}")
@@ -137,7 +138,7 @@ def divergence_bound(
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-    step_size = 2.5 * eps / max(steps, 1) if step_size is None else _positive(step_size, "step_size")
+    step_size = 2.5 * eps / max(steps, 1) if step_size is None else positive_number(step_size, "step_size")
     div_fn = _DIVERGENCE_FNS[divergence]
     device = model_device(model)
     x = x.detach().to(device)
@@ -160,7 +161,3 @@ def divergence_bound(
     return DivergenceResult(per_restart.amax(0), per_restart, history, iterates, eps, p, divergence)
 
 
-def _positive(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)

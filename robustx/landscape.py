@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustx.modelutil import check_images, chunks, frozen_eval, model_device, progress_bar
+from robustx.modelutil import check_images, chunks, clip_pair, frozen_eval, model_device, positive_number, progress_bar
 from robustx.ops import parse_norm
 
 __all__ = ["Landscape", "input_landscape", "adversarial_direction", "random_direction", "add_landscape_command"]
@@ -290,7 +290,8 @@ def input_landscape(
     mean more robust. Returns a :class:`Landscape`.
     """
     check_images(x, "x")
-    span = _positive_float(span, "span")
+    clip_values = clip_pair(clip_values)
+    span = positive_number(span, "span")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
         raise ValueError(f"steps must be an int >= 2, got {steps!r}")
     if surface not in SURFACES:
@@ -335,12 +336,6 @@ def input_landscape(
         surface=surface,
         norm=p,
     )
-
-
-def _positive_float(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 def _labels(model, x, y, batch_size) -> torch.Tensor:

@@ -7,6 +7,7 @@ both afterwards, whatever happens inside.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -58,6 +59,26 @@ def check_images(x, name: str = "x", clip_values: Optional[Tuple[float, float]] 
                 f"clip_values=({lo}, {hi})"
             )
     return x
+
+
+def positive_number(value, name: str) -> float:
+    """``value`` as a float, or ValueError naming ``name`` unless it is a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def clip_pair(clip_values) -> Optional[Tuple[float, float]]:
+    """``clip_values`` as (lo, hi) floats (None stays None); ValueError unless finite with lo < hi."""
+    if clip_values is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in clip_values)
+    except (TypeError, ValueError):
+        raise ValueError(f"clip_values must be None or a pair of numbers (lo, hi), got {clip_values!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"clip_values must be finite with lo < hi, got {clip_values!r}")
+    return lo, hi
 
 
 def chunks(n: int, size: int) -> Iterator[slice]:

@@ -1,0 +1,142 @@
+"""The argument checks every public function uses (one vocabulary, no private copies).
+
+Each check returns the normalised value or raises with a message that names the
+argument and the accepted values: ``TypeError`` for a value of the wrong type,
+``ValueError`` for a value of the right type outside the accepted range.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from robustx.geometry import parse_norm
+
+__all__ = [
+    "integer",
+    "positive_float",
+    "seed",
+    "model",
+    "norm",
+    "clip_range",
+    "device",
+    "floating_tensor",
+    "images",
+    "labels",
+]
+
+
+def integer(value, name: str, minimum: int = 1, maximum: Optional[int] = None) -> int:
+    """``value`` as an int in [minimum, maximum] (bools are not ints here)."""
+    bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int {bounds}, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be an int {bounds}, got {value!r}")
+    return int(value)
+
+
+def positive_float(value, name: str) -> float:
+    """``value`` as a float; it must be a finite real number > 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a finite number > 0, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def seed(value, name: str = "seed") -> int:
+    """A seed: an int in [0, 2^63)."""
+    return integer(value, name, 0, 2 ** 63 - 1)
+
+
+def model(value, name: str = "model") -> nn.Module:
+    """A ``torch.nn.Module`` (a model returning logits)."""
+    if not isinstance(value, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {type(value).__name__}")
+    return value
+
+
+def norm(value, name: str = "norm", allowed: Sequence[float] = (1.0, 2.0, math.inf)) -> float:
+    """A norm exponent (see :func:`robustx.geometry.parse_norm`) restricted to ``allowed``."""
+    p = parse_norm(value, name)
+    if p not in allowed:
+        names = ", ".join("inf" if math.isinf(a) else str(int(a)) for a in allowed)
+        raise ValueError(f"{name} must be one of {names} here, got {value!r}")
+    return p
+
+
+def clip_range(clip_values, name: str = "clip_values") -> Optional[Tuple[float, float]]:
+    """``None`` (no data domain) or a pair (lo, hi) of finite floats with lo < hi."""
+    if clip_values is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in clip_values)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be None or a pair of numbers (lo, hi), got {clip_values!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"{name} must be finite with lo < hi, got {clip_values!r}")
+    return lo, hi
+
+
+def device(value, net: Optional[nn.Module] = None, name: str = "device") -> torch.device:
+    """A ``torch.device``; ``None`` means the device of ``net`` (CPU for a stateless one).
+
+    With a model that has parameters or buffers, the device type must be the model's.
+    """
+    home = torch.device("cpu")
+    if net is not None:
+        home = next(iter([*net.parameters(), *net.buffers()]), torch.empty(0)).device
+    if value is None:
+        return home
+    try:
+        dev = torch.device(value)
+    except (TypeError, RuntimeError):
+        raise ValueError(f"{name} must be None, a torch.device or a device string, got {value!r}") from None
+    stateful = net is not None and any(True for _ in [*net.parameters(), *net.buffers()])
+    if stateful and dev.type != home.type:
+        raise ValueError(f"{name}={value!r} but the model lives on {home}; move the model or pass {name}=None")
+    return dev
+
+
+def floating_tensor(value, name: str) -> torch.Tensor:
+    """A floating tensor (float16, bfloat16, float32 or float64)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError(f"{name} must be a floating tensor (float16, bfloat16, float32, float64), got {value.dtype}")
+    return value
+
+
+def images(x, name: str = "x", clip_values: Optional[Tuple[float, float]] = None) -> torch.Tensor:
+    """A batch of inputs (N, ...): floating, finite and inside ``clip_values`` when given."""
+    floating_tensor(x, name)
+    if x.dim() < 2:
+        raise ValueError(f"{name} must have shape (N, ...) with a batch dimension, got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if clip_values is not None:
+        lo, hi = clip_values
+        if x.min() < lo or x.max() > hi:
+            raise ValueError(
+                f"{name} has values in [{x.min().item():.4g}, {x.max().item():.4g}], outside "
+                f"clip_values=({lo}, {hi})"
+            )
+    return x
+
+
+def labels(y, n: int, name: str = "y", n_classes: Optional[int] = None) -> torch.Tensor:
+    """Integer class indices of shape (n,) as int64, each in [0, n_classes) when given."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer class indices, got {y.dtype}")
+    if y.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) to match the inputs, got {tuple(y.shape)}")
+    if n_classes is not None and y.numel() and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError(f"{name} must hold class indices in [0, {n_classes}), got values in "
+                         f"[{y.min().item()}, {y.max().item()}]")
+    return y.long()

@@ -12,7 +12,7 @@ import torch
 from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
-CXX_FLAGS = ["-O3", "-g0", "-fopenmp", "-std=c++20", "-DNDEBUG"]
+CXX_FLAGS = ["-O3", "-g0", "-fopenmp", "-std=c++20", "-DNDEBUG", "-ffp-contract=off"]
 NVCC_FLAGS = ["-O3", "-std=c++20", "-DNDEBUG"]
 LINK_FLAGS = ["-fopenmp", "-g0"]
 

@@ -15,24 +15,17 @@
 namespace robustx {
 namespace {
 
-template <typename scalar_t>
+// One point: L-inf writes each coordinate straight from its Philox block; L1/L2 keep the
+// direction z in `z` between the norm pass and the write (the CUDA kernel recomputes it).
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 void sample_point(const scalar_t* center, scalar_t* out, int64_t d, BallNorm norm, const PointStream& stream,
-                  at::opmath_type<scalar_t> radius, bool has_min, at::opmath_type<scalar_t> lo, bool has_max,
-                  at::opmath_type<scalar_t> hi, std::vector<at::opmath_type<scalar_t>>& z) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t blocks = (d + 3) / 4;
+                  acc_t radius, Box<acc_t> box, std::vector<acc_t>& z) {
   if (norm == BallNorm::Linf) {
-    for (int64_t j = 0; j < blocks; ++j) {
-      const Philox4 bits = stream.block(static_cast<uint32_t>(j));
-      for (int64_t w = 0, k = 4 * j; w < 4 && k < d; ++w, ++k) {
-        const acc_t delta = linf_delta(uniform_from_bits<acc_t>(bits.w[w]), radius);
-        out[k] = static_cast<scalar_t>(clip(static_cast<acc_t>(center[k]) + delta, has_min, lo, has_max, hi));
-      }
-    }
+    write_point_share<scalar_t, acc_t>(norm, stream, center, out, d, radius, acc_t(0), box, 0, 1);
     return;
   }
   double norm_acc = 0;
-  for (int64_t j = 0; j < blocks; ++j) {
+  for (int64_t j = 0; j < (d + 3) / 4; ++j) {
     acc_t zb[4];
     direction_block(norm, stream.block(static_cast<uint32_t>(j)), zb);
     for (int64_t w = 0, k = 4 * j; w < 4 && k < d; ++w, ++k) {
@@ -40,10 +33,10 @@ void sample_point(const scalar_t* center, scalar_t* out, int64_t d, BallNorm nor
       norm_acc += norm_term(norm, zb[w]);
     }
   }
-  const acc_t z_norm = static_cast<acc_t>(norm == BallNorm::L2 ? std::sqrt(norm_acc) : norm_acc);
-  const acc_t scale = ball_radius(stream, radius, d) / z_norm;
+  const acc_t scale = direction_scale(norm, stream, radius, d, norm_acc);
   for (int64_t k = 0; k < d; ++k) {
-    out[k] = static_cast<scalar_t>(clip(static_cast<acc_t>(center[k]) + z[k] * scale, has_min, lo, has_max, hi));
+    out[k] = static_cast<scalar_t>(
+        clip(static_cast<acc_t>(center[k]) + mul_rn(z[k], scale), box.has_min, box.lo, box.has_max, box.hi));
   }
 }
 
@@ -59,15 +52,15 @@ at::Tensor ball_sample_cpu(const at::Tensor& centers, int64_t n, double radius, 
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* cp = c.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    const acc_t lo = static_cast<acc_t>(clip_min.value_or(0)), hi = static_cast<acc_t>(clip_max.value_or(0));
+    const Box<acc_t> box{clip_min.has_value(), clip_max.has_value(), static_cast<acc_t>(clip_min.value_or(0)),
+                         static_cast<acc_t>(clip_max.value_or(0))};
     const int64_t grain = std::max<int64_t>(1, 4096 / d);
     at::parallel_for(0, n_centers * n, grain, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> z(norm == BallNorm::Linf ? 0 : d);
       for (int64_t point = begin; point < end; ++point) {
         const int64_t i = point / n, s = offset + point % n;
         const PointStream stream(static_cast<uint64_t>(seed), static_cast<uint64_t>(s), static_cast<uint32_t>(i));
-        sample_point(cp + i * d, op + point * d, d, norm, stream, static_cast<acc_t>(radius), clip_min.has_value(),
-                     lo, clip_max.has_value(), hi, z);
+        sample_point<scalar_t>(cp + i * d, op + point * d, d, norm, stream, static_cast<acc_t>(radius), box, z);
       }
     });
   });

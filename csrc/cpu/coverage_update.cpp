@@ -106,12 +106,11 @@ at::Tensor coverage_update_cpu(const at::Tensor& act, const at::Tensor& low, con
   at::parallel_for(0, m_count, 64, [&](int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; ++m) {
       for (int64_t n = 0; n < n_count; ++n) {
-        const double value = v[n * m_count + m];
-        const int64_t idx = section_index(value, lo[m], hi[m], k);
-        if (idx >= 0) sec[m * k + idx] = true;
-        if (value > hi[m]) up[m] = true;
-        if (value < lo[m]) down[m] = true;
-        if (scaled_value(value, input_min[n], input_max[n]) > threshold) on[m] = true;
+        const NeuronFlags f = neuron_flags(v[n * m_count + m], lo[m], hi[m], k, input_min[n], input_max[n], threshold);
+        if (f.section >= 0) sec[m * k + f.section] = true;
+        up[m] = up[m] || f.upper;
+        down[m] = down[m] || f.lower;
+        on[m] = on[m] || f.above;
       }
     }
   });

@@ -3,6 +3,10 @@
 //  2. input_reduce: one block per input: the input's min/max element and its top-k neurons;
 //  3. update_flags: one thread per (input, neuron) sets the section / corner / threshold bits.
 // Several threads may set the same flag: they all store `true`, so the races are benign.
+// Per-thread work and combine steps are the host-tested code of robustx/coverage.h; the
+// warp and block reductions are CUB's. Speed work left for a GPU campaign: with element-wise
+// neurons (L = 1) neuron_stats leaves 31 of 32 lanes idle, and input_reduce rescans the M
+// neuron values once per top-k round.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -11,8 +15,9 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cub/warp/warp_reduce.cuh>
+
 #include <algorithm>
-#include <cfloat>
 
 #include "robustx/block_reduce.cuh"
 #include "robustx/checks.h"
@@ -21,94 +26,61 @@
 namespace robustx {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = kMaxThreads;
+constexpr int kWarps = kThreads / 32;
 
-template <typename scalar_t>
-__global__ void neuron_stats_kernel(const scalar_t* __restrict__ act, int64_t rows, int64_t l_count,
-                                    double* __restrict__ v, double* __restrict__ row_min, double* __restrict__ row_max) {
-  const int64_t warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) / 32;
-  const int lane = threadIdx.x % 32;
-  for (int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; row < rows; row += warps) {
-    const scalar_t* x = act + row * l_count;
-    double sum = 0, lo = DBL_MAX, hi = -DBL_MAX;
-    for (int64_t l = lane; l < l_count; l += 32) {
-      const double value = static_cast<double>(x[l]);
-      sum += value;
-      lo = nan_min(value, lo);
-      hi = nan_max(value, hi);
-    }
-    sum = warp_reduce(sum, [](double a, double b) { return a + b; });
-    lo = warp_reduce(lo, [](double a, double b) { return nan_min(a, b); });
-    hi = warp_reduce(hi, [](double a, double b) { return nan_max(a, b); });
-    if (lane == 0) {
-      v[row] = sum / static_cast<double>(l_count);
-      row_min[row] = lo;
-      row_max[row] = hi;
-    }
-  }
-}
-
-struct Ranked {
-  double value;
-  int64_t index;  // -1: no candidate
+struct MergeStats {
+  __device__ RowStats operator()(RowStats a, RowStats b) const { return merge(a, b); }
 };
 
-__device__ __forceinline__ Ranked better(Ranked a, Ranked b) {
-  if (a.index < 0) return b;
-  if (b.index < 0) return a;
-  return ranks_before(a.value, a.index, b.value, b.index) ? a : b;
-}
+struct MergeRange {
+  __device__ Range operator()(Range a, Range b) const { return merge(a, b); }
+};
 
-__device__ __forceinline__ Ranked shfl_down(Ranked r, int delta) {
-  return Ranked{__shfl_down_sync(0xffffffffu, r.value, delta), __shfl_down_sync(0xffffffffu, r.index, delta)};
-}
+struct Better {
+  __device__ Ranked operator()(Ranked a, Ranked b) const { return better(a, b); }
+};
 
-__device__ Ranked block_best(Ranked r) {
-  __shared__ Ranked partial[kThreads / 32];
-  __shared__ Ranked result;
+// One warp per (input, neuron) row: lane shares of the row's sum and range, merged by CUB.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    neuron_stats_kernel(const scalar_t* __restrict__ act, int64_t rows, int64_t l_count, double* __restrict__ v,
+                        double* __restrict__ row_min, double* __restrict__ row_max) {
+  using WarpMerge = cub::WarpReduce<RowStats>;
+  __shared__ typename WarpMerge::TempStorage storage[kWarps];
+  const int64_t warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) / 32;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  for (int delta = 16; delta > 0; delta >>= 1) r = better(r, shfl_down(r, delta));
-  if (lane == 0) partial[warp] = r;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    Ranked best = partial[0];
-    for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) best = better(best, partial[w]);
-    result = best;
+  for (int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; row < rows; row += warps) {
+    const RowStats s = WarpMerge(storage[warp]).Reduce(row_stats_share(act + row * l_count, l_count, lane, 32),
+                                                       MergeStats{});
+    if (lane == 0) {
+      v[row] = s.sum / static_cast<double>(l_count);
+      row_min[row] = s.range.lo;
+      row_max[row] = s.range.hi;
+    }
+    __syncwarp();
   }
-  __syncthreads();
-  const Ranked out = result;
-  __syncthreads();
-  return out;
 }
 
-// One block per input n: input_min/max over its neurons' row min/max, then top_k rounds of
+// One block per input n: input_min/max over its neurons' element ranges, then top_k rounds of
 // selecting the best neuron ranked after the previous pick.
-__global__ void input_reduce_kernel(const double* __restrict__ v, const double* __restrict__ row_min,
-                                    const double* __restrict__ row_max, int64_t m_count, int64_t top_k,
-                                    double* __restrict__ input_min, double* __restrict__ input_max,
-                                    int64_t* __restrict__ topk_idx, bool* __restrict__ topk_hit) {
-  const int64_t n = blockIdx.x;
-  const double* vn = v + n * m_count;
-  double lo = DBL_MAX, hi = -DBL_MAX;
-  for (int64_t m = threadIdx.x; m < m_count; m += blockDim.x) {
-    lo = nan_min(row_min[n * m_count + m], lo);
-    hi = nan_max(row_max[n * m_count + m], hi);
-  }
-  lo = block_reduce(lo, [](double a, double b) { return nan_min(a, b); });
-  hi = block_reduce(hi, [](double a, double b) { return nan_max(a, b); });
+__global__ void __launch_bounds__(kThreads)
+    input_reduce_kernel(const double* __restrict__ v, const double* __restrict__ row_min,
+                        const double* __restrict__ row_max, int64_t m_count, int64_t top_k,
+                        double* __restrict__ input_min, double* __restrict__ input_max,
+                        int64_t* __restrict__ topk_idx, bool* __restrict__ topk_hit) {
+  const int64_t n = blockIdx.x, row = n * m_count;
+  const Range r = block_all_reduce<kThreads>(
+      input_range_share(row_min + row, row_max + row, m_count, threadIdx.x, kThreads), MergeRange{});
   if (threadIdx.x == 0) {
-    input_min[n] = lo;
-    input_max[n] = hi;
+    input_min[n] = r.lo;
+    input_max[n] = r.hi;
   }
-  Ranked previous{0, -1};
-  for (int64_t r = 0; r < top_k; ++r) {
-    Ranked best{0, -1};
-    for (int64_t m = threadIdx.x; m < m_count; m += blockDim.x) {
-      if (previous.index < 0 || ranks_before(previous.value, previous.index, vn[m], m)) best = better(best, Ranked{vn[m], m});
-    }
-    previous = block_best(best);
+  Ranked previous{0.0, -1};
+  for (int64_t round = 0; round < top_k; ++round) {
+    previous = block_all_reduce<kThreads>(topk_share(v + row, m_count, previous, threadIdx.x, kThreads), Better{});
     if (threadIdx.x == 0) {
-      topk_idx[n * top_k + r] = previous.index;
+      topk_idx[n * top_k + round] = previous.index;
       topk_hit[previous.index] = true;
     }
   }
@@ -122,12 +94,11 @@ __global__ void update_flags_kernel(const double* __restrict__ v, const double* 
   const int64_t total = n_count * m_count, stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t nm = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; nm < total; nm += stride) {
     const int64_t n = nm / m_count, m = nm % m_count;
-    const double value = v[nm];
-    const int64_t idx = section_index(value, low[m], high[m], k);
-    if (idx >= 0) sections[m * k + idx] = true;
-    if (value > high[m]) upper[m] = true;
-    if (value < low[m]) lower[m] = true;
-    if (scaled_value(value, input_min[n], input_max[n]) > threshold) above[m] = true;
+    const NeuronFlags f = neuron_flags(v[nm], low[m], high[m], k, input_min[n], input_max[n], threshold);
+    if (f.section >= 0) sections[m * k + f.section] = true;
+    if (f.upper) upper[m] = true;
+    if (f.lower) lower[m] = true;
+    if (f.above) above[m] = true;
   }
 }
 

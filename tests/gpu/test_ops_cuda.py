@@ -207,3 +207,110 @@ def test_coverage_states_on_another_device_are_rejected():
     low, high = torch.zeros(4, dtype=torch.float64, device=CUDA), torch.ones(4, dtype=torch.float64, device=CUDA)
     with pytest.raises((RuntimeError, ValueError), match="device"):
         ops.coverage_update(act, low, high, k=2, threshold=0.5, top_k=1, **_fresh_states(4, 2))
+
+
+# ------------------------------------------- cases the old kernels got wrong (issue 9)
+ULP = {torch.float32: torch.finfo(torch.float32).eps, torch.float64: torch.finfo(torch.float64).eps}
+
+
+@pytest.mark.parametrize("d", [1, 5, 64, 100, 3 * 224 * 224])
+@pytest.mark.parametrize("p", [1.0, 2.0])
+def test_ball_sample_l1_l2_points_reach_the_sphere_on_gpu(d, p):
+    """The old block sum padded idle lanes with partial[0]: ||z|| came out up to 32x too
+    large, so L2 points on an 8x8 input landed near R / sqrt(32). The largest of n uniform
+    radii is above R (1 - 10/n)^(1/d) with probability 1 - e^-10."""
+    n = 3 if d > 10000 else 2000
+    centers = torch.rand(1, d, dtype=torch.float64, device=CUDA)
+    x = torch.ops.robustx.ball_sample(centers, n, 0.5, p, None, None, 7, 0)
+    radii = torch.linalg.vector_norm(x - centers[:, None], ord=p, dim=-1).flatten() / 0.5
+    assert radii.max() <= 1 + 1e-12
+    assert radii.max() >= (1 - 10 / n) ** (1 / d)
+
+
+@pytest.mark.parametrize("d", [1, 31, 33, 3 * 224 * 224])
+@pytest.mark.parametrize("q", [1.0, 2.0, math.inf])
+def test_grad_norm_against_float64_on_gpu(d, q):
+    jac, source, targets = _jacobian_case(2, 4, 3, d, t=2, dtype=torch.float32, seed=d)
+    for src in (None, source):
+        rows = jac.double()[torch.arange(2)[:, None], :, targets]  # (M, T, S, D)
+        if src is not None:
+            rows = jac.double()[torch.arange(2), :, src][:, None] - rows
+        exact = torch.linalg.vector_norm(rows, ord=q, dim=-1)
+        cuda_src = None if src is None else src.to(CUDA)
+        maxima, norms = torch.ops.robustx.grad_norm_batch_max(jac.to(CUDA), cuda_src, targets.to(CUDA), q, 2, True)
+        torch.testing.assert_close(norms.cpu().double(), exact, rtol=1e-6, atol=0)
+        torch.testing.assert_close(maxima.cpu().double(), exact.view(2, 2, 2, 2).amax(-1), rtol=1e-6, atol=0)
+
+
+def test_grad_norm_of_the_single_value_three_on_gpu():
+    """||(3)||_q = 3 for every q; the old kernel returned 96 for q = 1 (and sqrt(32 * 9) for q = 2)."""
+    jac = torch.full((1, 1, 1, 1), 3.0, device=CUDA)
+    for q in (1.0, 2.0, math.inf):
+        maxima, norms = torch.ops.robustx.grad_norm_batch_max(jac, None, torch.zeros(1, 1, dtype=torch.long, device=CUDA), q, 1, True)
+        assert maxima.item() == 3.0 and norms.item() == 3.0
+
+
+@pytest.mark.parametrize("row", [5, -1], ids=["too large", "negative"])
+def test_grad_norm_rejects_out_of_range_rows_on_gpu(row):
+    """The old CUDA kernel read jac at any index it was given."""
+    jac = torch.randn(1, 2, 5, 8, device=CUDA)
+    with pytest.raises(RuntimeError, match="targets holds a row index outside"):
+        torch.ops.robustx.grad_norm_batch_max(jac, None, torch.tensor([[0, row]], device=CUDA), 2.0, 1, False)
+    with pytest.raises(RuntimeError, match="source holds a row index outside"):
+        torch.ops.robustx.grad_norm_batch_max(jac, torch.tensor([row], device=CUDA), torch.tensor([[0, 1]], device=CUDA), 2.0, 1, False)
+
+
+def test_grad_norm_rejects_index_tensors_on_another_device_on_gpu():
+    jac = torch.randn(1, 2, 5, 8, device=CUDA)
+    with pytest.raises(RuntimeError, match="must be on jac's device"):
+        torch.ops.robustx.grad_norm_batch_max(jac, None, torch.tensor([[0, 1]]), 2.0, 1, False)
+    with pytest.raises(RuntimeError, match="must be on jac's device"):
+        torch.ops.robustx.grad_norm_batch_max(jac, torch.tensor([2]), torch.tensor([[0, 1]], device=CUDA), 2.0, 1, False)
+
+
+@pytest.mark.parametrize("fill", [math.inf, -math.inf])
+def test_coverage_all_inf_activations_match_cpu_on_gpu(fill):
+    act = torch.full((3, 6, 4), fill)
+    low, high = torch.zeros(6, dtype=torch.float64), torch.ones(6, dtype=torch.float64)
+    for threshold in (-0.5, 0.5):
+        cpu_states, gpu_states = _fresh_states(6, 3), _fresh_states(6, 3, CUDA)
+        cpu_idx = torch.ops.robustx.coverage_update(act, low, high, 3, threshold, 2, *cpu_states.values())
+        gpu_idx = torch.ops.robustx.coverage_update(act.to(CUDA), low.to(CUDA), high.to(CUDA), 3, threshold, 2, *gpu_states.values())
+        assert torch.equal(gpu_idx.cpu(), cpu_idx)
+        for name in STATE_NAMES:
+            assert torch.equal(gpu_states[name].cpu(), cpu_states[name]), name
+
+
+def test_ball_sample_offset_overflow_is_rejected_on_gpu():
+    centers = torch.rand(1, 4, device=CUDA)
+    with pytest.raises(RuntimeError, match="offset \\+ n must fit in int64"):
+        torch.ops.robustx.ball_sample(centers, 5, 0.5, 2.0, None, None, 0, 2**63 - 3)
+
+
+# ------------------------------------------------ the stated CPU / CUDA agreement
+@pytest.mark.parametrize("d", [7, 64, 3 * 32 * 32])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_cpu_cuda_agreement_as_documented(d, dtype):
+    """README "CPU and CUDA results": L-inf samples are bit-identical; L1/L2 samples use the
+    same Philox bits and differ by the device's log/sin/cos/exp (a few ulp per coordinate);
+    q-norms agree to one ulp of a float32 output and a few ulp of a float64 one (both sum in
+    double, in another order), q = inf exactly."""
+    centers = torch.rand(3, d, dtype=dtype)
+    for p in (math.inf, 1.0, 2.0):
+        args = (17, 0.3, p, 0.0, 1.0, 5, 3)
+        cpu = torch.ops.robustx.ball_sample(centers, *args)
+        gpu = torch.ops.robustx.ball_sample(centers.to(CUDA), *args).cpu()
+        if p == math.inf:
+            assert torch.equal(gpu, cpu)
+        else:
+            torch.testing.assert_close(gpu, cpu, rtol=0, atol=16 * ULP[dtype] * (1 + 0.3))
+    jac, source, targets = _jacobian_case(2, 6, 4, d, t=3, dtype=dtype)
+    for q in (1.0, 2.0, math.inf):
+        cpu_max, cpu_norms = torch.ops.robustx.grad_norm_batch_max(jac, source, targets, q, 3, True)
+        gpu_max, gpu_norms = torch.ops.robustx.grad_norm_batch_max(jac.to(CUDA), source.to(CUDA), targets.to(CUDA), q, 3, True)
+        if q == math.inf:
+            assert torch.equal(gpu_max.cpu(), cpu_max) and torch.equal(gpu_norms.cpu(), cpu_norms)
+        else:
+            rtol = ULP[dtype] * (1 if dtype == torch.float32 else 8)  # float64: the sums' order shows
+            torch.testing.assert_close(gpu_norms.cpu(), cpu_norms, rtol=rtol, atol=0)
+            torch.testing.assert_close(gpu_max.cpu(), cpu_max, rtol=rtol, atol=0)

@@ -11,10 +11,11 @@ namespace robustx {
 
 enum class BallNorm { L1, L2, Linf };
 
-// L-inf: delta_k = R (2u - 1), coordinate-wise uniform in [-R, R].
+// L-inf: delta_k = R (2u - 1), coordinate-wise uniform in [-R, R]. The product is rounded on
+// its own (mul_rn), so center + delta rounds identically on CPU and CUDA.
 template <typename acc_t>
 RX_HD acc_t linf_delta(acc_t u, acc_t radius) {
-  return radius * (acc_t(2) * u - acc_t(1));
+  return mul_rn(radius, acc_t(2) * u - acc_t(1));
 }
 
 // L1 direction: a standard Laplace variate from one uniform (inverse CDF).
@@ -63,6 +64,58 @@ RX_HD acc_t clip(acc_t x, bool has_min, acc_t lo, bool has_max, acc_t hi) {
   if (has_min && x < lo) x = lo;
   if (has_max && x > hi) x = hi;
   return x;
+}
+
+// The optional clip box [lo, hi] of the data domain.
+template <typename acc_t>
+struct Box {
+  bool has_min, has_max;
+  acc_t lo, hi;
+};
+
+// ---- The two phases of one point on a block of `threads` threads (the CUDA kernel's split;
+// tests/kernel_sim runs them on the host with every block size the kernel launches).
+// Thread `tid` owns the Philox blocks j = tid, tid + threads, ... (coordinates 4j .. 4j+3).
+
+// Phase 1 (L1/L2): the thread's share of sum_k norm_term(z_k), in double.
+template <typename acc_t>
+RX_HD double direction_norm_share(BallNorm norm, const PointStream& stream, int64_t d, int64_t tid, int64_t threads) {
+  double share = 0;
+  for (int64_t j = tid; j < (d + 3) / 4; j += threads) {
+    acc_t z[4];
+    direction_block(norm, stream.block(static_cast<uint32_t>(j)), z);
+    for (int64_t w = 0; w < 4 && 4 * j + w < d; ++w) share += norm_term(norm, z[w]);
+  }
+  return share;
+}
+
+// The factor r / ||z||_p that maps the direction onto a radius uniform in the ball
+// (`total` is the sum of all shares of phase 1; unused for L-inf).
+template <typename acc_t>
+RX_HD acc_t direction_scale(BallNorm norm, const PointStream& stream, acc_t radius, int64_t d, double total) {
+  if (norm == BallNorm::Linf) return acc_t(0);
+  const acc_t z_norm = static_cast<acc_t>(norm == BallNorm::L2 ? std::sqrt(total) : total);
+  return ball_radius(stream, radius, d) / z_norm;
+}
+
+// Phase 2: the thread writes x = clip(center + delta) for its coordinates.
+template <typename scalar_t, typename acc_t>
+RX_HD void write_point_share(BallNorm norm, const PointStream& stream, const scalar_t* center, scalar_t* x,
+                             int64_t d, acc_t radius, acc_t scale, Box<acc_t> box, int64_t tid, int64_t threads) {
+  for (int64_t j = tid; j < (d + 3) / 4; j += threads) {
+    const Philox4 bits = stream.block(static_cast<uint32_t>(j));
+    acc_t delta[4];
+    if (norm == BallNorm::Linf) {
+      for (int w = 0; w < 4; ++w) delta[w] = linf_delta(uniform_from_bits<acc_t>(bits.w[w]), radius);
+    } else {
+      direction_block(norm, bits, delta);
+      for (int w = 0; w < 4; ++w) delta[w] = mul_rn(delta[w], scale);
+    }
+    for (int64_t w = 0; w < 4 && 4 * j + w < d; ++w) {
+      const int64_t k = 4 * j + w;
+      x[k] = static_cast<scalar_t>(clip(static_cast<acc_t>(center[k]) + delta[w], box.has_min, box.lo, box.has_max, box.hi));
+    }
+  }
 }
 
 }  // namespace robustx

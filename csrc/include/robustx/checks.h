@@ -1,11 +1,15 @@
 // Argument checks of every operator, shared by its CPU and CUDA kernels (host code only).
-// The Python wrappers in robustx/ops.py check the same things with friendlier messages;
-// these keep a direct torch.ops.robustx.* call from reading out of bounds.
+// The Python wrappers in robustx/ops check the same things with friendlier messages;
+// these keep a direct torch.ops.robustx.* call from reading out of bounds on either
+// backend: shapes, dtypes, devices and every index tensor's range are checked before a
+// kernel runs (an index check on a CUDA tensor costs one small reduction and one sync).
 #pragma once
 #include <ATen/core/Tensor.h>
 
 #include <cmath>
+#include <cstdint>
 #include <initializer_list>
+#include <limits>
 #include <optional>
 
 #include "robustx/ball.h"
@@ -17,9 +21,18 @@ inline BallNorm check_ball_sample_args(const at::Tensor& centers, int64_t n, dou
                                        int64_t offset) {
   TORCH_CHECK(centers.dim() == 2, "ball_sample: centers must be (N, d), got ", centers.sizes());
   TORCH_CHECK(n >= 0 && seed >= 0 && offset >= 0, "ball_sample: n, seed and offset must be >= 0");
+  TORCH_CHECK(offset <= std::numeric_limits<int64_t>::max() - n,
+              "ball_sample: offset + n must fit in int64, got offset ", offset, " and n ", n);
   TORCH_CHECK(radius > 0 && std::isfinite(radius), "ball_sample: radius must be finite and > 0");
   TORCH_CHECK(p == 1.0 || p == 2.0 || (std::isinf(p) && p > 0), "ball_sample: p must be 1, 2 or inf, got ", p);
   return p == 1.0 ? BallNorm::L1 : (p == 2.0 ? BallNorm::L2 : BallNorm::Linf);
+}
+
+// Every entry of the index tensor `idx` lies in [0, rows).
+inline void check_rows_in_range(const at::Tensor& idx, int64_t rows, const char* name) {
+  if (idx.numel() == 0) return;
+  const bool outside = idx.lt(0).logical_or(idx.ge(rows)).any().item<bool>();
+  TORCH_CHECK(!outside, "grad_norm_batch_max: ", name, " holds a row index outside [0, ", rows, ")");
 }
 
 inline DualNorm check_grad_norm_args(const at::Tensor& jac, const std::optional<at::Tensor>& source,
@@ -33,6 +46,10 @@ inline DualNorm check_grad_norm_args(const at::Tensor& jac, const std::optional<
   TORCH_CHECK(batch_size > 0 && jac.size(1) % batch_size == 0,
               "grad_norm_batch_max: S must be a positive multiple of batch_size");
   TORCH_CHECK(q == 1.0 || q == 2.0 || (std::isinf(q) && q > 0), "grad_norm_batch_max: q must be 1, 2 or inf, got ", q);
+  TORCH_CHECK(targets.device() == jac.device() && (!source.has_value() || source->device() == jac.device()),
+              "grad_norm_batch_max: targets and source must be on jac's device (", jac.device(), ")");
+  check_rows_in_range(targets, jac.size(2), "targets");
+  if (source.has_value()) check_rows_in_range(*source, jac.size(2), "source");
   return q == 1.0 ? DualNorm::L1 : (q == 2.0 ? DualNorm::L2 : DualNorm::Linf);
 }
 

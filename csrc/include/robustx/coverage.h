@@ -1,5 +1,6 @@
 // Per-neuron coverage rules shared by the CPU and CUDA kernels of
-// robustx::coverage_update (see robustx.ops.coverage_update_ref for the contract).
+// robustx::coverage_update (see robustx.ops.coverage_update_ref for the contract), and the
+// CUDA kernels' per-thread work, which tests/kernel_sim runs on the host.
 #pragma once
 #include <cmath>
 
@@ -27,6 +28,82 @@ RX_HD bool ranks_before(double va, int64_t ia, double vb, int64_t ib) {
   const bool na = va != va, nb = vb != vb;
   if (na || nb) return na && (!nb || ia < ib);
   return va > vb || (va == vb && ia < ib);
+}
+
+// The coverage flags one neuron value v (of input n, neuron m) sets.
+struct NeuronFlags {
+  int64_t section;  // k-section hit, or -1
+  bool upper, lower, above;
+};
+
+RX_HD NeuronFlags neuron_flags(double v, double low, double high, int64_t k, double input_min, double input_max,
+                               double threshold) {
+  return NeuronFlags{section_index(v, low, high, k), v > high, v < low,
+                     scaled_value(v, input_min, input_max) > threshold};
+}
+
+// ---- The CUDA kernels' split of the work (identities are +-inf, so an all-inf input keeps
+// its value; NaN propagates through nan_min / nan_max).
+
+// Range [lo, hi] of values, NaN-propagating.
+struct Range {
+  double lo, hi;
+};
+
+RX_HD Range empty_range() { return Range{HUGE_VAL, -HUGE_VAL}; }
+
+RX_HD Range widen(Range r, double lo, double hi) { return Range{nan_min(lo, r.lo), nan_max(hi, r.hi)}; }
+
+RX_HD Range merge(Range a, Range b) { return widen(a, b.lo, b.hi); }
+
+// Sum and range of some of a neuron's L elements.
+struct RowStats {
+  double sum;
+  Range range;
+};
+
+RX_HD RowStats merge(RowStats a, RowStats b) { return RowStats{a.sum + b.sum, merge(a.range, b.range)}; }
+
+// Lane `lane` of `lanes`: elements l = lane, lane + lanes, ... of one neuron.
+template <typename scalar_t>
+RX_HD RowStats row_stats_share(const scalar_t* x, int64_t l_count, int64_t lane, int64_t lanes) {
+  RowStats s{0.0, empty_range()};
+  for (int64_t l = lane; l < l_count; l += lanes) {
+    const double value = static_cast<double>(x[l]);
+    s.sum += value;
+    s.range = widen(s.range, value, value);
+  }
+  return s;
+}
+
+// Thread `tid` of `threads`: the range of input n's element ranges over neurons m = tid, tid + threads, ...
+RX_HD Range input_range_share(const double* row_min, const double* row_max, int64_t m_count, int64_t tid,
+                              int64_t threads) {
+  Range r = empty_range();
+  for (int64_t m = tid; m < m_count; m += threads) r = widen(r, row_min[m], row_max[m]);
+  return r;
+}
+
+// A top-k candidate: neuron `index` with value `value` (index -1: none).
+struct Ranked {
+  double value;
+  int64_t index;
+};
+
+RX_HD Ranked better(Ranked a, Ranked b) {
+  if (a.index < 0) return b;
+  if (b.index < 0) return a;
+  return ranks_before(a.value, a.index, b.value, b.index) ? a : b;
+}
+
+// Thread `tid` of `threads` in one top-k round: its best neuron among m = tid, tid + threads, ...
+// that ranks after `previous` (the pick of the last round; index -1 in the first round).
+RX_HD Ranked topk_share(const double* v, int64_t m_count, Ranked previous, int64_t tid, int64_t threads) {
+  Ranked best{0.0, -1};
+  for (int64_t m = tid; m < m_count; m += threads) {
+    if (previous.index < 0 || ranks_before(previous.value, previous.index, v[m], m)) best = better(best, Ranked{v[m], m});
+  }
+  return best;
 }
 
 }  // namespace robustx

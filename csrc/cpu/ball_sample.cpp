@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "robustx/ball.h"
-#include "robustx/checks.h"
+#include "robustx/ball_sample_checks.h"
 
 namespace robustx {
 namespace {

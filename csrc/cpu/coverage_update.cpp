@@ -13,7 +13,7 @@
 #include <numeric>
 #include <vector>
 
-#include "robustx/checks.h"
+#include "robustx/coverage_update_checks.h"
 #include "robustx/coverage.h"
 
 namespace robustx {

@@ -11,7 +11,7 @@
 #include <optional>
 #include <tuple>
 
-#include "robustx/checks.h"
+#include "robustx/grad_norm_batch_max_checks.h"
 #include "robustx/norms.h"
 
 namespace robustx {

@@ -16,7 +16,7 @@
 
 #include "robustx/ball.h"
 #include "robustx/block_reduce.cuh"
-#include "robustx/checks.h"
+#include "robustx/ball_sample_checks.h"
 
 namespace robustx {
 namespace {

@@ -20,7 +20,7 @@
 #include <algorithm>
 
 #include "robustx/block_reduce.cuh"
-#include "robustx/checks.h"
+#include "robustx/coverage_update_checks.h"
 #include "robustx/coverage.h"
 
 namespace robustx {

@@ -20,7 +20,7 @@
 #include <type_traits>
 
 #include "robustx/block_reduce.cuh"
-#include "robustx/checks.h"
+#include "robustx/grad_norm_batch_max_checks.h"
 #include "robustx/norms.h"
 
 namespace robustx {

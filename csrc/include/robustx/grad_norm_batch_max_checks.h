@@ -1,0 +1,41 @@
+// Argument checks of robustx::grad_norm_batch_max, shared by its CPU and CUDA kernels (host
+// code). The Python wrapper checks the same with friendlier messages; these stop a direct
+// torch.ops.robustx.grad_norm_batch_max call from reading out of bounds on either backend:
+// shapes, dtypes, devices and both index tensors' ranges are checked before a kernel runs
+// (on CUDA tensors the range check is one small reduction and one sync).
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cmath>
+#include <optional>
+
+#include "robustx/norms.h"
+
+namespace robustx {
+
+// Every entry of the index tensor `idx` lies in [0, rows).
+inline void check_rows_in_range(const at::Tensor& idx, int64_t rows, const char* name) {
+  if (idx.numel() == 0) return;
+  const bool outside = idx.lt(0).logical_or(idx.ge(rows)).any().item<bool>();
+  TORCH_CHECK(!outside, "grad_norm_batch_max: ", name, " holds a row index outside [0, ", rows, ")");
+}
+
+inline DualNorm check_grad_norm_args(const at::Tensor& jac, const std::optional<at::Tensor>& source,
+                                     const at::Tensor& targets, double q, int64_t batch_size) {
+  TORCH_CHECK(jac.dim() == 4, "grad_norm_batch_max: jac must be (M, S, K, D), got ", jac.sizes());
+  TORCH_CHECK(targets.dim() == 2 && targets.size(0) == jac.size(0) && targets.scalar_type() == at::kLong,
+              "grad_norm_batch_max: targets must be int64 of shape (M, T)");
+  TORCH_CHECK(!source.has_value() ||
+                  (source->dim() == 1 && source->size(0) == jac.size(0) && source->scalar_type() == at::kLong),
+              "grad_norm_batch_max: source must be int64 of shape (M,)");
+  TORCH_CHECK(batch_size > 0 && jac.size(1) % batch_size == 0,
+              "grad_norm_batch_max: S must be a positive multiple of batch_size");
+  TORCH_CHECK(q == 1.0 || q == 2.0 || (std::isinf(q) && q > 0), "grad_norm_batch_max: q must be 1, 2 or inf, got ", q);
+  TORCH_CHECK(targets.device() == jac.device() && (!source.has_value() || source->device() == jac.device()),
+              "grad_norm_batch_max: targets and source must be on jac's device (", jac.device(), ")");
+  check_rows_in_range(targets, jac.size(2), "targets");
+  if (source.has_value()) check_rows_in_range(*source, jac.size(2), "source");
+  return q == 1.0 ? DualNorm::L1 : (q == 2.0 ? DualNorm::L2 : DualNorm::Linf);
+}
+
+}  // namespace robustx

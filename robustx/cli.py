@@ -39,9 +39,40 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _add_landscape(subparsers) -> None:
-    from robustx.landscape import add_landscape_command
+    from robustx.landscape import SURFACES
 
-    add_landscape_command(subparsers)
+    p = subparsers.add_parser(
+        "landscape",
+        help="plot input-space loss landscapes / decision surfaces",
+        description="Write contour, 3-D surface and 1-D slice PNGs of the loss or decision surface "
+        "around chosen test images (Yu et al., IJCAI 2019). Default model: the built-in digits CNN.",
+    )
+    p.add_argument("--model", choices=("digits", "resnet20"), default="digits",
+                   help="architecture: built-in digits CNN on sklearn digits, or CIFAR ResNet-20 "
+                   "on the AISafety CIFAR-10 images (default: digits)")
+    p.add_argument("--weights", default=None, help="state-dict path for the architecture "
+                   "(default: the shipped digits weights; required for resnet20)")
+    p.add_argument("--data-root", default=None, help="AISafety CIFAR-10 folder (resnet20 only)")
+    p.add_argument("--images", type=int, nargs="+", default=[0], help="test-set indices (default: 0)")
+    p.add_argument("--span", type=float, default=None,
+                   help="grid half-width (default: 0.5 for digits, 16/255 for resnet20)")
+    p.add_argument("--steps", type=int, default=41, help="grid points per axis (default: %(default)s)")
+    p.add_argument("--surface", choices=SURFACES, default="loss", help="default: %(default)s")
+    p.add_argument("--norm", choices=("inf", "2"), default="inf", help="default: %(default)s")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random direction (default: %(default)s)")
+    p.add_argument("--out", default="landscapes", help="output folder (default: ./landscapes)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(run=_run_landscape)
+
+
+def _run_landscape(args: argparse.Namespace) -> int:
+    from robustx.landscape import run_landscape
+
+    paths = run_landscape(args.out, model=args.model, weights=args.weights, data_root=args.data_root,
+                          images=args.images, span=args.span, steps=args.steps, surface=args.surface,
+                          norm=args.norm, seed=args.seed, progress=not args.no_progress)
+    print("\n".join(str(path) for path in paths))
+    return 0
 
 
 SUBCOMMANDS = [_add_demo, _add_landscape]

@@ -1,13 +1,21 @@
 """The ``robustx`` command line: one small function per subcommand.
 
-Add a subcommand by writing ``_add_<name>(subparsers)`` (its arguments, and
-``set_defaults(run=...)`` pointing at a ``_run_<name>(args)`` that returns an exit
-status) and listing it in ``SUBCOMMANDS``.
+Every subcommand's parser lives here. Add one by writing ``_add_<name>(subparsers)`` (its
+arguments, then ``_add_output(parser, default_out, _run_<name>)``) and a
+``_run_<name>(args)`` that calls the library with plain arguments and returns an exit
+status, and listing ``_add_<name>`` in ``SUBCOMMANDS``.
 """
 from __future__ import annotations
 
 import argparse
-from typing import List, Optional
+from typing import Callable, List, Optional
+
+
+def _add_output(parser: argparse.ArgumentParser, out: str, run: Callable[[argparse.Namespace], int]) -> None:
+    """The options every subcommand has (--out, --no-progress) and its runner."""
+    parser.add_argument("--out", default=out, help="output folder (default %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.set_defaults(run=run)
 
 
 def _add_demo(subparsers) -> None:
@@ -25,9 +33,7 @@ def _add_demo(subparsers) -> None:
     p.add_argument("--radius-l2", type=float, default=d["radius_l2"], help="L2 sampling radius (default %(default)s)")
     p.add_argument("--radius-linf", type=float, default=d["radius_linf"], help="L-inf radius (default %(default)s)")
     p.add_argument("--seed", type=int, default=d["seed"], help="sampling seed (default %(default)s)")
-    p.add_argument("--out", default="out/demo", help="output directory (default %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(run=_run_demo)
+    _add_output(p, "out/demo", _run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -60,9 +66,7 @@ def _add_landscape(subparsers) -> None:
     p.add_argument("--surface", choices=SURFACES, default="loss", help="default: %(default)s")
     p.add_argument("--norm", choices=("inf", "2"), default="inf", help="default: %(default)s")
     p.add_argument("--seed", type=int, default=0, help="seed of the random direction (default: %(default)s)")
-    p.add_argument("--out", default="landscapes", help="output folder (default: ./landscapes)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(run=_run_landscape)
+    _add_output(p, "landscapes", _run_landscape)
 
 
 def _run_landscape(args: argparse.Namespace) -> int:

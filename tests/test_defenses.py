@@ -189,26 +189,30 @@ def test_dataloader_input(digits_subset):
     assert hist[0]["accuracy"] > 0.0
 
 
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(method="trades"), ValueError, "method"),
+        (dict(epochs=0), ValueError, "epochs"),
+        (dict(optimizer="lbfgs"), ValueError, "optimizer"),
+        (dict(attack="bim"), ValueError, "attack must be one of"),
+        (dict(attack=3), TypeError, "attack must be a name"),
+        (dict(attack=lambda m, x, y: x[:1], epochs=1), ValueError, "attack must return a tensor"),
+    ],
+)
+def test_bad_training_arguments(digits_subset, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        train_adversarial(DigitsCNN(), digits_subset, progress=False, **kwargs)
+
+
 def test_bad_input(digits_subset):
     model = DigitsCNN()
-    with pytest.raises(ValueError, match="method"):
-        train_adversarial(model, digits_subset, method="trades")
-    with pytest.raises(ValueError, match="epochs"):
-        train_adversarial(model, digits_subset, epochs=0)
     with pytest.raises(TypeError, match="iterator"):
         train_adversarial(model, iter([digits_subset]))
     with pytest.raises(TypeError, match="train_data y must hold integer"):
         train_adversarial(model, (digits_subset[0], digits_subset[1].float()))
-    with pytest.raises(ValueError, match="attack must be one of"):
-        train_adversarial(model, digits_subset, attack="bim")
-    with pytest.raises(TypeError, match="attack must be a name"):
-        train_adversarial(model, digits_subset, attack=3)
-    with pytest.raises(ValueError, match="attack must return a tensor"):
-        train_adversarial(model, digits_subset, attack=lambda m, x, y: x[:1], epochs=1, progress=False)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         train_adversarial(lambda t: t, digits_subset)
-    with pytest.raises(ValueError, match="optimizer"):
-        train_adversarial(model, digits_subset, optimizer="lbfgs")
     with pytest.raises(ValueError, match="lam"):
         SNSLoss(model, lam=-1.0)
     with pytest.raises(TypeError, match="refresh_every"):

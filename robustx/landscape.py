@@ -36,8 +36,7 @@ from robustx import checks
 from robustx.geometry import logit_margin, norm_name, project_box, steepest_ascent
 from robustx.modelutil import chunks, frozen_eval, model_device, progress_bar
 
-__all__ = ["Landscape", "input_landscape", "adversarial_direction", "random_direction", "logit_margin",
-           "run_landscape"]
+__all__ = ["Landscape", "input_landscape", "adversarial_direction", "random_direction", "run_landscape"]
 
 SURFACES = ("loss", "margin")
 DIRECTIONS = ("adversarial", "random")
@@ -195,8 +194,8 @@ def _surface_values(logits: torch.Tensor, y: torch.Tensor, surface: str) -> torc
 def adversarial_direction(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm="inf", batch_size: int = 256
 ) -> torch.Tensor:
-    """The normalised cross-entropy gradient at x: sign(grad) (L-inf) or grad / ||grad||_2 (L2);
-    gradients of ``batch_size`` images at a time."""
+    """The normalised cross-entropy gradient at x, :func:`robustx.geometry.steepest_ascent`:
+    sign(grad) (L-inf) or grad / ||grad||_2 (L2); gradients of ``batch_size`` images at a time."""
     checks.model(model)
     p = checks.norm(norm, allowed=LANDSCAPE_NORMS)
     checks.images(x, "x")

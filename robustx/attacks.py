@@ -312,6 +312,7 @@ def _deepfool_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwarg
     return deepfool(model, x, **kwargs)
 
 
+# the built-in attacks by name; get_attack puts one, with its settings, in the protocol form
 ATTACKS = {"fgsm": fgsm, "pgd": pgd, "deepfool": deepfool, "cw": carlini_wagner_l2}
 
 

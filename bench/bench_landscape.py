@@ -10,17 +10,13 @@ and the ratios, measured in this one run. CIFAR rows need ../shared/data/aisafet
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from robustx import data, models  # noqa: E402
-from robustx.landscape import _grid_coefficients, input_landscape  # noqa: E402
-from robustx.modelutil import chunks  # noqa: E402
+from robustx import data, models
+from robustx.landscape import _grid_coefficients, input_landscape
+from robustx.modelutil import chunks
 
 STEPS, BATCH = 41, 4096
 

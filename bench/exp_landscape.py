@@ -1,10 +1,10 @@
 """Landscapes and the prediction-divergence bound of standard vs adversarially trained models.
 
-    python3 bench/exp_landscape.py [--part digits|cifar|all] [--threads N] [--figures bench/figures]
+    python3 bench/exp_landscape.py [--part digits|cifar|all] [--attack pgd] [--threads N] [--figures bench/figures]
 
 Digits (robustx.data.digits, 359 test images): the shipped standard CNN and two CNNs
-trained with robustx.defenses.train_adversarial (PGD, L-inf eps 0.1 and 0.2, 7 steps,
-30 epochs, seed 0).
+trained with robustx.defenses.train_adversarial (``--attack``, default PGD; L-inf eps 0.1
+and 0.2, 7 steps, 30 epochs, seed 0).
 CIFAR-10 (the 100 AISafety images): ResNet-20 standard, PAT (adversarially trained) and
 RAND weights from ../shared/data/aisafety-cifar10.
 
@@ -22,11 +22,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from robustx import attacks, data, defenses, models  # noqa: E402
-from robustx.divergence import divergence_bound  # noqa: E402
-from robustx.landscape import input_landscape  # noqa: E402
+from robustx import attacks, data, defenses, models
+from robustx.divergence import divergence_bound
+from robustx.landscape import input_landscape
 
 CLIP = (0.0, 1.0)
 
@@ -40,14 +38,15 @@ def accuracy(model, x, y) -> float:
         return (model(x).argmax(1) == y).double().mean().item()
 
 
-def digits_models(epochs: int) -> dict:
+def digits_models(epochs: int, attack: str) -> dict:
     x, y = data.digits("train")
     out = {"standard": models.digits_cnn()}
     for eps in (0.1, 0.2):
-        name = f"PGD-AT {eps:g}"
+        name = f"{attack.upper()}-AT {eps:g}"
         t0 = time.perf_counter()
         model = models.DigitsCNN()
-        defenses.train_adversarial(model, (x, y), method="pgd", epochs=epochs, eps=eps, steps=7, seed=0)
+        defenses.train_adversarial(model, (x, y), method="pgd", attack=attack, epochs=epochs, eps=eps, steps=7,
+                                   seed=0, progress=False)
         out[name] = model.eval()
         log(f"trained {name} in {time.perf_counter() - t0:.0f} s")
     return out
@@ -120,7 +119,8 @@ def divergence_vs_pgd(zoo: dict, x, y, eps_list, settings, divergences=("kl",)) 
                 for div in divergences:
                     row[div] = divergence_bound(model, x, eps=eps, steps=steps, restarts=restarts, divergence=div,
                                                 clip_values=CLIP, seed=0, progress=False).mean
-                x_adv = attacks.pgd(model, x, y, eps, steps=steps, restarts=restarts, clip_values=CLIP, seed=0)
+                x_adv = attacks.pgd(model, x, y, eps, steps=steps, restarts=restarts, clip_values=CLIP, seed=0,
+                                    progress=False)
                 row["pgd_acc"] = accuracy(model, x_adv, y)
                 rows.append(row)
                 log(f"{row} ({time.perf_counter() - t0:.0f} s)")
@@ -174,7 +174,7 @@ def spread(values) -> float:
 
 
 def run_digits(args) -> str:
-    zoo = digits_models(args.epochs)
+    zoo = digits_models(args.epochs, args.attack)
     x, y = data.digits("test")
     clean = {n: accuracy(m, x, y) for n, m in zoo.items()}
     pick = examples(zoo, x, y, 4)
@@ -212,6 +212,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", choices=("digits", "cifar", "all"), default="all")
     parser.add_argument("--epochs", type=int, default=30, help="adversarial training epochs (digits)")
+    parser.add_argument("--attack", choices=tuple(attacks.ATTACKS), default="pgd",
+                        help="attack of the adversarial training (digits; default: pgd)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--figures", type=Path, default=Path(__file__).resolve().parent / "figures")
     parser.add_argument("--data-root", default=None, help="AISafety CIFAR-10 folder")

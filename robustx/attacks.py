@@ -11,87 +11,56 @@ Every attack returns adversarial examples with the shape, dtype and device of ``
 model runs in eval mode with frozen parameters (:func:`robustx.modelutil.frozen_eval`);
 gradients are taken w.r.t. the inputs only. Inputs are processed in chunks of
 ``batch_size``; each input's result does not depend on the chunking.
+
+**The attack protocol.** Code that needs adversarial examples (adversarial training,
+evaluation) takes an :class:`Attack`: any callable ``attack(model, x, y) -> x_adv``.
+:func:`get_attack` turns a built-in attack, named in :data:`ATTACKS`, and its settings
+into one: ``get_attack("pgd", eps=8 / 255, steps=10)``.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-from typing import Callable, Optional, Tuple
+import numbers
+from typing import Callable, Dict, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustx import ops
-from robustx.modelutil import check_images, chunks, clip_pair, frozen_eval, model_device, positive_number, progress_bar
+from robustx import checks, ops
+from robustx.geometry import logit_margin, project_ball, project_box, steepest_ascent
+from robustx.modelutil import chunks, frozen_eval, model_device, progress_bar
 
-__all__ = ["fgsm", "pgd", "deepfool", "carlini_wagner_l2"]
+__all__ = ["Attack", "ATTACKS", "get_attack", "attack_settings", "fgsm", "pgd", "deepfool", "carlini_wagner_l2"]
 
-_TINY = 1e-12  # floor of norms before dividing by them
+_TINY = 1e-12  # floor of DeepFool's gradient-difference norms before dividing by them
 DEEPFOOL_MARGIN = 1e-4  # added to each DeepFool step's length so it crosses the linearised boundary
+ATTACK_NORMS = (2.0, math.inf)
 
 
-# ------------------------------------------------------------------ argument checks
-def _count(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
+class Attack(Protocol):
+    """An attack: ``attack(model, x, y) -> x_adv`` with the shape, dtype and device of x
+    (y: the labels, or the targets of a targeted attack)."""
 
-
-def _attack_norm(norm) -> float:
-    p = ops.parse_norm(norm)
-    if p == 1.0:
-        raise ValueError(f"norm must be 2 or inf (or '2', 'inf'), got {norm!r}")
-    return p
-
-
-def _check_clip(clip_values, required: bool = False) -> Optional[Tuple[float, float]]:
-    if clip_values is None and required:
-        raise ValueError("clip_values must be a pair (lo, hi) of finite bounds for this attack, got None")
-    return clip_pair(clip_values)
-
-
-def _check_labels(y, x: torch.Tensor, name: str = "y") -> torch.Tensor:
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer class indices, got {y.dtype}")
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"{name} must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}")
-    return y.long()
-
-
-def _check_label_range(y: torch.Tensor, n_classes: int, name: str = "y") -> None:
-    if y.numel() and (y.min() < 0 or y.max() >= n_classes):
-        raise ValueError(f"{name} must hold class indices in [0, {n_classes}), got values in "
-                         f"[{y.min().item()}, {y.max().item()}]")
-
-
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
-        raise ValueError(f"seed must be an int in [0, 2^63), got {seed!r}")
-    return seed
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
 
 
 # ------------------------------------------------------------------------- helpers
-def _clip(x: torch.Tensor, clip_values: Optional[Tuple[float, float]]) -> torch.Tensor:
-    return x if clip_values is None else x.clamp(*clip_values)
+def _non_negative(value, name: str) -> float:
+    """``value`` as a float; it must be a finite real number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a finite number >= 0, got {value!r}")
+    if not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
-def _norms(t: torch.Tensor) -> torch.Tensor:
-    """Per-sample L2 norms of (N, ...) as (N, 1, ..., 1) for broadcasting."""
-    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
-
-
-def _steepest(g: torch.Tensor, p: float) -> torch.Tensor:
-    """Unit-norm steepest-ascent direction: sign(g) for L-inf, g / ||g||_2 for L2."""
-    return g.sign() if math.isinf(p) else g / _norms(g).clamp_min(_TINY)
-
-
-def _project(delta: torch.Tensor, eps: float, p: float) -> torch.Tensor:
-    """Projection onto the Lp ball of radius eps (p in {2, inf})."""
-    if math.isinf(p):
-        return delta.clamp(-eps, eps)
-    return delta * (eps / _norms(delta).clamp_min(_TINY)).clamp(max=1.0)
+def _n_classes(model: nn.Module, x: torch.Tensor) -> int:
+    """Number of logits the model outputs (one forward pass on the first input)."""
+    with torch.no_grad():
+        return model(x[:1]).shape[1]
 
 
 def _objective(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
@@ -122,43 +91,44 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm
     with the shape, dtype and device of x.
     """
     return pgd(model, x, y, eps, norm=norm, steps=1, step_size=eps, random_start=False,
-               clip_values=clip_values, targeted=targeted, batch_size=batch_size)
+               clip_values=clip_values, targeted=targeted, batch_size=batch_size, progress=False)
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm="inf", steps: int = 10,
         step_size: Optional[float] = None, random_start: bool = True, restarts: int = 1,
         clip_values=(0.0, 1.0), seed: int = 0, targeted: bool = False, batch_size: int = 256,
-        progress: bool = False) -> torch.Tensor:
+        progress: bool = True) -> torch.Tensor:
     """Projected gradient ascent on the cross-entropy inside the Lp ball (Madry et al. 2018).
 
     x_0 = x (or uniform in B_p(x, eps), clipped, with ``random_start``), then ``steps`` times
-        x_{t+1} = clip(x + P_eps(x_t + alpha * s(grad_x J(x_t)) - x)),
-    s = sign (L-inf) or g / ||g||_2 (L2), P_eps the projection onto the eps-ball, J as in
+            x_{t+1} = clip(P_eps(x_t + alpha * s(grad_x J(x_t)))),
+    s the steepest-ascent direction (:func:`robustx.geometry.steepest_ascent`: sign for L-inf,
+    g / ||g||_2 for L2), P_eps the projection onto B_p(x, eps), clip onto the box, J as in
     :func:`fgsm`, alpha = ``step_size`` (default 2.5 eps / steps). With ``restarts`` > 1
     (random starts only) every input keeps its first successful result (misclassified, or
     classified as the target), else the one with the highest J. Random starts come from
     :func:`robustx.ops.ball_sample` (seed ``seed``, sample index = restart number).
     """
-    p = _attack_norm(norm)
-    eps = positive_number(eps, "eps")
-    steps = _count(steps, "steps")
-    alpha = 2.5 * eps / steps if step_size is None else positive_number(step_size, "step_size")
-    restarts = _count(restarts, "restarts")
+    checks.model(model)
+    p = checks.norm(norm, allowed=ATTACK_NORMS)
+    eps = checks.positive_float(eps, "eps")
+    steps = checks.integer(steps, "steps")
+    alpha = 2.5 * eps / steps if step_size is None else checks.positive_float(step_size, "step_size")
+    restarts = checks.integer(restarts, "restarts")
     if restarts > 1 and not random_start:
         raise ValueError("restarts > 1 needs random_start=True (restarts from x itself are identical)")
-    seed = _check_seed(seed)
-    batch_size = _count(batch_size, "batch_size")
-    clip_values = _check_clip(clip_values)
-    check_images(x, "x", clip_values)
-    y = _check_labels(y, x)
+    seed = checks.seed(seed)
+    batch_size = checks.integer(batch_size, "batch_size")
+    clip_values = checks.clip_range(clip_values)
+    checks.images(x, "x", clip_values)
     device = model_device(model)
-    x0, y = x.detach().to(device), y.to(device)
+    x0 = x.detach().to(device)
 
     def run(xs, starts, ys):
         xa = starts
         for _ in progress_bar(range(steps), progress, "pgd"):
-            xa = xa + alpha * _steepest(_objective_gradient(model, xa, ys, targeted), p)
-            xa = _clip(xs + _project(xa - xs, eps, p), clip_values)
+            xa = xa + alpha * steepest_ascent(_objective_gradient(model, xa, ys, targeted), p)
+            xa = project_box(project_ball(xa, xs, eps, p), clip_values)
         return xa.detach()
 
     def logits_of(xs):
@@ -166,7 +136,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm=
             return model(xs)
 
     with frozen_eval(model), torch.enable_grad():
-        _check_label_range(y, logits_of(x0[:1]).shape[1])
+        y = checks.labels(y, x.shape[0], n_classes=_n_classes(model, x0)).to(device)
         best = x0.clone()
         best_obj = torch.full((x0.shape[0],), -math.inf, device=device, dtype=torch.float64)
         done = torch.zeros(x0.shape[0], dtype=torch.bool, device=device)
@@ -190,7 +160,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm=
 # -------------------------------------------------------------------------- DeepFool
 def deepfool(model: nn.Module, x: torch.Tensor, *, steps: int = 50, overshoot: float = 0.02,
              candidates: int = 10, clip_values=None, batch_size: int = 128,
-             progress: bool = False) -> torch.Tensor:
+             progress: bool = True) -> torch.Tensor:
     """DeepFool, L2 (Moosavi-Dezfooli et al. 2016, Algorithm 2): the smallest step to the
     nearest boundary of the model linearised at the current iterate, repeated.
 
@@ -202,13 +172,13 @@ def deepfool(model: nn.Module, x: torch.Tensor, *, steps: int = 50, overshoot: f
     For a linear model one step suffices: ||x' - x||_2 = (1 + overshoot) *
     (min_k |f_k0 - f_k| / ||w_k0 - w_k||_2 + 1e-4). Smaller is less robust.
     """
-    steps = _count(steps, "steps")
-    if isinstance(overshoot, bool) or not isinstance(overshoot, (int, float)) or not 0 <= overshoot < math.inf:
-        raise ValueError(f"overshoot must be a finite number >= 0, got {overshoot!r}")
-    candidates = _count(candidates, "candidates", minimum=2)
-    batch_size = _count(batch_size, "batch_size")
-    clip_values = _check_clip(clip_values)
-    check_images(x, "x", clip_values)
+    checks.model(model)
+    steps = checks.integer(steps, "steps")
+    overshoot = _non_negative(overshoot, "overshoot")
+    candidates = checks.integer(candidates, "candidates", minimum=2)
+    batch_size = checks.integer(batch_size, "batch_size")
+    clip_values = checks.clip_range(clip_values)
+    checks.images(x, "x", clip_values)
     x0 = x.detach().to(model_device(model))
 
     def run(xs):
@@ -239,7 +209,7 @@ def deepfool(model: nn.Module, x: torch.Tensor, *, steps: int = 50, overshoot: f
             rows = torch.arange(idx.shape[0], device=xs.device)
             scale = (f_diff[rows, best] / w_norm[rows, best] + DEEPFOOL_MARGIN) / w_norm[rows, best]
             r_total[idx] += scale.view(-1, *([1] * (xs.dim() - 1))) * w[rows, best]
-            xa[idx] = _clip(xs[idx] + (1.0 + overshoot) * r_total[idx], clip_values)
+            xa[idx] = project_box(xs[idx] + (1.0 + overshoot) * r_total[idx], clip_values)
         return xa
 
     with frozen_eval(model), torch.enable_grad():
@@ -248,24 +218,18 @@ def deepfool(model: nn.Module, x: torch.Tensor, *, steps: int = 50, overshoot: f
 
 
 # ------------------------------------------------------------------- Carlini-Wagner
-def _cw_margin(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
-    """Z_y - max_{i != y} Z_i (untargeted) or max_{i != t} Z_i - Z_t (targeted, t = y)."""
-    z_y = logits.gather(1, y[:, None]).squeeze(1)
-    z_other = logits.scatter(1, y[:, None], -math.inf).amax(1)
-    return z_other - z_y if targeted else z_y - z_other
-
-
 def carlini_wagner_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, targeted: bool = False,
                       c_init: float = 1e-3, binary_steps: int = 9, steps: int = 1000, lr: float = 1e-2,
                       confidence: float = 0.0, abort_early: bool = True, clip_values=(0.0, 1.0),
-                      batch_size: int = 128, progress: bool = False) -> torch.Tensor:
+                      batch_size: int = 128, progress: bool = True) -> torch.Tensor:
     """Carlini & Wagner (2017) L2 attack: the smallest-L2 adversarial example found.
 
     With lo, hi = ``clip_values`` and x'(w) = lo + (hi - lo)(tanh(w) + 1) / 2 (always in
     the box), Adam (``lr``, ``steps`` steps from x'(w) = x) minimises per input
         ||x'(w) - x||_2^2 + c * max(margin(Z(x'(w))), -kappa)
     (x as reconstructed through the tanh map, so the search starts at distance 0),
-    margin = Z_y - max_{i != y} Z_i (untargeted; targeted: max_{i != t} Z_i - Z_t, t = y),
+    margin = Z_y - max_{i != y} Z_i (:func:`robustx.geometry.logit_margin`; targeted, towards
+    t = y: max_{i != t} Z_i - Z_t),
     kappa = ``confidence``, Z the logits. A binary search over c per input (``binary_steps``
     rounds, starting at ``c_init``: c *= 10 until an adversarial example is found, then
     bisection) keeps the smallest-L2 x' whose margin is <= -kappa. ``abort_early``: an input
@@ -273,18 +237,19 @@ def carlini_wagner_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tar
     (per input rather than over the batch, so chunking does not change results). Inputs
     never attacked successfully are returned unchanged. Smaller distortion = less robust.
     """
-    c_init = positive_number(c_init, "c_init")
-    binary_steps = _count(binary_steps, "binary_steps")
-    steps = _count(steps, "steps")
-    lr = positive_number(lr, "lr")
-    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 <= confidence < math.inf:
-        raise ValueError(f"confidence must be a finite number >= 0, got {confidence!r}")
-    batch_size = _count(batch_size, "batch_size")
-    lo, hi = _check_clip(clip_values, required=True)
-    check_images(x, "x", (lo, hi))
-    y = _check_labels(y, x)
+    checks.model(model)
+    c_init = checks.positive_float(c_init, "c_init")
+    binary_steps = checks.integer(binary_steps, "binary_steps")
+    steps = checks.integer(steps, "steps")
+    lr = checks.positive_float(lr, "lr")
+    confidence = _non_negative(confidence, "confidence")
+    batch_size = checks.integer(batch_size, "batch_size")
+    if clip_values is None:
+        raise ValueError("clip_values must be a pair (lo, hi) of finite bounds for this attack, got None")
+    lo, hi = checks.clip_range(clip_values)
+    checks.images(x, "x", (lo, hi))
     device = model_device(model)
-    x0, y = x.detach().to(device), y.to(device)
+    x0 = x.detach().to(device)
     check_every = math.ceil(steps / 10)
 
     def to_box(w):
@@ -309,7 +274,7 @@ def carlini_wagner_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tar
                 w.requires_grad_(True)
                 xa = to_box(w)
                 logits = model(xa)
-                margin = _cw_margin(logits, ys, targeted)
+                margin = -logit_margin(logits, ys) if targeted else logit_margin(logits, ys)
                 objective = (xa - x_rec).flatten(1).pow(2).sum(1) + c_t * margin.clamp(min=-confidence)
                 (grad,) = torch.autograd.grad(objective.sum(), w)
                 w = w.detach()
@@ -336,7 +301,44 @@ def carlini_wagner_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tar
         return best
 
     with frozen_eval(model), torch.enable_grad():
-        with torch.no_grad():
-            _check_label_range(y, model(x0[:1]).shape[1])
+        y = checks.labels(y, x.shape[0], n_classes=_n_classes(model, x0)).to(device)
         out = _chunked(run, batch_size, x0, y)
     return out.to(device=x.device, dtype=x.dtype)
+
+
+# ------------------------------------------------------------------ attack protocol
+def _deepfool_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:
+    """:func:`deepfool` in the protocol's form: it moves away from the predicted class, y is unused."""
+    return deepfool(model, x, **kwargs)
+
+
+# the built-in attacks by name; get_attack puts one, with its settings, in the protocol form
+ATTACKS = {"fgsm": fgsm, "pgd": pgd, "deepfool": deepfool, "cw": carlini_wagner_l2}
+
+
+def attack_settings(name: str) -> Dict[str, inspect.Parameter]:
+    """The settings of the built-in attack ``name``: its parameters besides model, x and y, by name."""
+    if not isinstance(name, str):
+        raise TypeError(f"attack must be a name in {tuple(ATTACKS)} or a callable attack(model, x, y), "
+                        f"got {type(name).__name__}")
+    if name not in ATTACKS:
+        raise ValueError(f"attack must be one of {tuple(ATTACKS)} or a callable attack(model, x, y), got {name!r}")
+    params = inspect.signature(ATTACKS[name]).parameters
+    return {k: v for k, v in params.items() if k not in ("model", "x", "y")}
+
+
+def get_attack(name: str, **settings) -> Attack:
+    """The built-in attack ``name`` (a key of :data:`ATTACKS`: "fgsm", "pgd", "deepfool", or
+    "cw" for :func:`carlini_wagner_l2`) with ``settings`` fixed, as an :class:`Attack`
+    ``attack(model, x, y) -> x_adv``. Unknown or missing settings raise TypeError naming them.
+
+    ``get_attack("pgd", eps=0.1, steps=20)(model, x, y)`` is ``pgd(model, x, y, eps=0.1, steps=20)``.
+    """
+    accepted = attack_settings(name)
+    unknown = sorted(set(settings) - set(accepted))
+    if unknown:
+        raise TypeError(f"attack {name!r} has no setting(s) {unknown}; it accepts {sorted(accepted)}")
+    missing = [k for k, v in accepted.items() if v.default is inspect.Parameter.empty and k not in settings]
+    if missing:
+        raise TypeError(f"attack {name!r} needs the setting(s) {missing}")
+    return functools.partial(_deepfool_attack if name == "deepfool" else ATTACKS[name], **settings)

@@ -1,8 +1,8 @@
 """Training-time defenses: PGD adversarial training (Madry et al. 2018) and Sensitive
 Neuron Stabilizing, SNS (Zhang et al., arXiv 1909.06978).
 
-SNS minimises, per batch of benign inputs x_i, their PGD adversarial versions x'_i and
-labels y_i::
+SNS minimises, per batch of benign inputs x_i, their adversarial versions x'_i (PGD by
+default; any :class:`robustx.attacks.Attack`) and labels y_i::
 
     L = CE(f(x'), y) + lambda * sum_l sum_{m in S_l} sigma_l^m(x, x')
     sigma_l^m(x, x') = (1/B) sum_i ||F_l^m(x_i) - F_l^m(x'_i)||_1 / dim(F_l^m)
@@ -13,14 +13,15 @@ functions train the model: they update its parameters in place.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustx.attacks import pgd
-from robustx.modelutil import LayerOutputs, LayerSpec, check_images, model_device, progress_bar, resolve_layers
+from robustx import attacks, checks
+from robustx.attacks import Attack
+from robustx.modelutil import LayerOutputs, LayerSpec, frozen_eval, model_device, progress_bar, resolve_layers
 from robustx.sensitivity import neuron_distance, per_neuron, top_k_count, top_k_indices
 
 __all__ = ["SNSLoss", "train_adversarial", "train_sns", "METHODS"]
@@ -49,18 +50,15 @@ class SNSLoss:
         k: Union[int, float] = 0.1,
         refresh_every: int = 10,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        checks.model(model)
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
             raise ValueError(f"lam must be a number >= 0, got {lam!r}")
-        if isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every < 1:
-            raise ValueError(f"refresh_every must be a positive int, got {refresh_every!r}")
         top_k_count(k, 1)  # validates k
         self.model = model
         self.modules = resolve_layers(model, layers)
         self.lam = float(lam)
         self.k = k
-        self.refresh_every = refresh_every
+        self.refresh_every = checks.integer(refresh_every, "refresh_every")
         self.steps = 0
         self.sensitive: Dict[str, torch.Tensor] = {}
         self.last: Dict[str, float] = {}
@@ -106,16 +104,39 @@ def _batches(train_data, batch_size: int, generator: torch.Generator) -> Iterabl
     return train_data
 
 
-def _check_train_data(train_data) -> None:
+def _check_train_data(train_data):
+    """``train_data`` checked: an (x, y) tensor pair (y as int64) or a re-iterable of batches."""
     if isinstance(train_data, (tuple, list)) and len(train_data) == 2 and isinstance(train_data[0], torch.Tensor):
         x, y = train_data
-        check_images(x, "train_data x")
-        if not isinstance(y, torch.Tensor) or y.dtype != torch.long or y.shape != x.shape[:1]:
-            raise ValueError("train_data must be (x, y) with y an int64 tensor of shape (N,), "
-                             "or an iterable of such batches")
-    elif iter(train_data) is train_data:
+        checks.images(x, "train_data x")
+        return x, checks.labels(y, x.shape[0], "train_data y")
+    if iter(train_data) is train_data:
         raise TypeError("train_data must be an (x, y) tensor pair or a re-iterable of batches "
                         "(e.g. a DataLoader), not an iterator")
+    return train_data
+
+
+def _attack_maker(attack: Union[str, Attack], settings: dict) -> Callable[[int], Attack]:
+    """Batch seed -> the attack to run on that batch. A callable is used as given; a built-in
+    name gets the ``settings`` it accepts, no progress bar, and the batch seed if it takes one."""
+    if callable(attack):
+        return lambda seed: attack
+    accepted = attacks.attack_settings(attack)
+    fixed = {k: v for k, v in {**settings, "progress": False}.items() if k in accepted}
+    if "seed" in accepted:
+        return lambda seed: attacks.get_attack(attack, **fixed, seed=seed)
+    built = attacks.get_attack(attack, **fixed)
+    return lambda seed: built
+
+
+def _adversarial(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """attack(model, x, y) with the model in eval mode and frozen, detached and shape-checked."""
+    with frozen_eval(model):
+        x_adv = attack(model, x, y)
+    if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
+        raise ValueError(f"attack must return a tensor of the inputs' shape {tuple(x.shape)}, got "
+                         f"{tuple(x_adv.shape) if isinstance(x_adv, torch.Tensor) else type(x_adv).__name__}")
+    return x_adv.detach().to(device=x.device, dtype=x.dtype)
 
 
 def _optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -132,6 +153,7 @@ def train_adversarial(
     train_data,
     *,
     method: str = "pgd",
+    attack: Union[str, Attack] = "pgd",
     epochs: int = 10,
     lr: float = 1e-3,
     batch_size: int = 64,
@@ -147,32 +169,37 @@ def train_adversarial(
     sns_layers: LayerSpec = None,
     refresh_every: int = 10,
     seed: int = 0,
-    progress: bool = False,
+    progress: bool = True,
 ) -> List[Dict[str, float]]:
     """Train ``model`` in place and return one record per epoch (mean "loss", "ce",
     "penalty" (SNS only, else NaN) and "accuracy" on the batches it trained on).
 
     ``method``: "standard" (cross-entropy on the clean inputs), "pgd" (Madry et al.:
-    cross-entropy on PGD adversarial examples with ``eps``, ``norm``, ``steps``,
-    ``step_size``, random start) or "sns" (:class:`SNSLoss` on the same PGD examples,
-    with ``sns_lambda``, ``sns_k``, ``sns_layers``, ``refresh_every``). All three use the
-    same optimiser, batches and epochs, so they compare at the same budget. Adversarial
-    examples are made with the model in eval mode (``robustx.attacks.pgd``), the update
-    in train mode; the model's mode is restored at the end.
+    cross-entropy on the adversarial examples of ``attack``) or "sns" (:class:`SNSLoss`
+    on the same adversarial examples, with ``sns_lambda``, ``sns_k``, ``sns_layers``,
+    ``refresh_every``). All three use the same optimiser, batches and epochs, so they
+    compare at the same budget.
+    ``attack``: a callable ``attack(model, x, y) -> x_adv`` (:class:`robustx.attacks.Attack`,
+    e.g. ``robustx.attacks.get_attack("cw", steps=100)``), or the name of a built-in attack
+    ("pgd", the default: random start; "fgsm", "deepfool", "cw"), run with those of ``eps``,
+    ``norm``, ``steps``, ``step_size``, ``clip_values`` it accepts and a fresh seed per batch.
+    Adversarial examples are made with the model in eval mode and frozen, the update in
+    train mode; the model's mode is restored at the end.
     ``train_data``: an (x, y) tensor pair (shuffled each epoch from ``seed``) or a
     re-iterable of (x, y) batches such as a DataLoader. Same seed, same model.
     """
+    checks.model(model)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("steps", steps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    _check_train_data(train_data)
-    opt = _optimizer(model, optimizer, lr, weight_decay)
+    epochs = checks.integer(epochs, "epochs")
+    batch_size = checks.integer(batch_size, "batch_size")
+    seed = checks.seed(seed)
+    make_attack = _attack_maker(attack, dict(eps=eps, norm=norm, steps=steps, step_size=step_size,
+                                             clip_values=clip_values))
+    train_data = _check_train_data(train_data)
+    opt = _optimizer(model, optimizer, checks.positive_float(lr, "lr"), weight_decay)
     sns = SNSLoss(model, sns_layers, lam=sns_lambda, k=sns_k, refresh_every=refresh_every) if method == "sns" else None
     generator = torch.Generator().manual_seed(seed)
-    attack = None if method == "standard" else dict(
-        eps=eps, norm=norm, steps=steps, step_size=step_size, clip_values=clip_values)
     was_training = model.training
     history: List[Dict[str, float]] = []
     try:
@@ -180,21 +207,23 @@ def train_adversarial(
             torch.manual_seed(seed)  # dropout and other in-model randomness
             for epoch in progress_bar(range(epochs), progress, f"{method} training", epochs):
                 batches = _batches(train_data, batch_size, generator)
-                record = _epoch(model, batches, opt, attack, sns, seed * 1_000_003 + len(history) * 100_003)
+                record = _epoch(model, batches, opt, None if method == "standard" else make_attack, sns,
+                                seed * 1_000_003 + len(history) * 100_003)
                 history.append({"epoch": epoch, **record})
     finally:
         model.train(was_training)
     return history
 
 
-def _epoch(model, batches, opt, attack: Optional[dict], sns: Optional[SNSLoss], seed: int) -> Dict[str, float]:
+def _epoch(model, batches, opt, make_attack: Optional[Callable[[int], Attack]], sns: Optional[SNSLoss],
+           seed: int) -> Dict[str, float]:
     """One pass over ``batches``; returns the epoch means of loss, ce, penalty, accuracy."""
     device = model_device(model)
     sums = {"loss": 0.0, "ce": 0.0, "penalty": 0.0, "accuracy": 0.0}
     n = 0
     for step, (x, y) in enumerate(batches):
         x, y = x.to(device), y.to(device)
-        x_train = x if attack is None else pgd(model, x, y, **attack, seed=(seed + step) % 2**63)
+        x_train = x if make_attack is None else _adversarial(model, make_attack((seed + step) % 2**63), x, y)
         model.train()
         if sns is None:
             logits = model(x_train)

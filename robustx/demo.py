@@ -15,6 +15,7 @@ from typing import Callable, Dict, Tuple
 
 import torch
 
+from robustx import checks
 from robustx.clever import CleverResult, clever
 
 __all__ = ["run_demo", "DEMO_DEFAULTS"]
@@ -40,8 +41,7 @@ def run_demo(
     from robustx.models import digits_cnn
 
     x, y = digits("test")
-    if isinstance(n_images, bool) or not isinstance(n_images, int) or not 1 <= n_images <= x.shape[0]:
-        raise ValueError(f"n_images must be an int in [1, {x.shape[0]}], got {n_images!r}")
+    n_images = checks.integer(n_images, "n_images", 1, x.shape[0])
     x, y = x[:n_images], y[:n_images]
     model = digits_cnn()
     radii = {"L2": radius_l2, "Linf": radius_linf}

@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustx.modelutil import check_images, chunks, clip_pair, frozen_eval, model_device, positive_number, progress_bar
-from robustx.ops import ball_sample, parse_norm
+from robustx import checks
+from robustx.geometry import norm_name, project_ball, project_box, steepest_ascent
+from robustx.modelutil import chunks, frozen_eval, model_device, progress_bar
+from robustx.ops import ball_sample
 
 __all__ = ["DivergenceResult", "divergence_bound", "kl_divergence", "js_divergence"]
 
@@ -47,6 +49,19 @@ class DivergenceResult:
         """The model's score: mean of ``per_sample`` (lower = more robust)."""
         return float(self.per_sample.mean())
 
+    def to_dict(self) -> dict:
+        """JSON-ready dict: the score, settings and every tensor as nested lists (norm as "2" / "inf")."""
+        return {
+            "mean": self.mean,
+            "per_sample": self.per_sample.tolist(),
+            "per_restart": self.per_restart.tolist(),
+            "history": self.history.tolist(),
+            "iterates": None if self.iterates is None else self.iterates.tolist(),
+            "eps": self.eps,
+            "norm": norm_name(self.norm),
+            "divergence": self.divergence,
+        }
+
 
 def kl_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """KL(p || q) = sum_i p_i (log p_i - log q_i) per row, from log-probabilities (rounding
@@ -63,25 +78,10 @@ def js_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 _DIVERGENCE_FNS = {"kl": kl_divergence, "js": js_divergence}
 
 
-def _ascent_step(grad: torch.Tensor, p: float) -> torch.Tensor:
-    """Steepest-ascent unit step: sign(grad) (L-inf) or grad / ||grad||_2 (L2)."""
-    if math.isinf(p):
-        return grad.sign()
-    norms = grad.flatten(1).norm(dim=1).clamp_min(torch.finfo(grad.dtype).tiny)
-    return grad / norms.view(-1, *([1] * (grad.dim() - 1)))
-
-
-def _project(delta: torch.Tensor, eps: float, p: float) -> torch.Tensor:
-    """Euclidean projection onto the Lp ball of radius eps (clamp for L-inf, rescale for L2)."""
-    if math.isinf(p):
-        return delta.clamp(-eps, eps)
-    norms = delta.flatten(1).norm(dim=1)
-    scale = (eps / norms.clamp_min(torch.finfo(delta.dtype).tiny)).clamp(max=1.0)
-    return delta * scale.view(-1, *([1] * (delta.dim() - 1)))
-
-
 def _ascend(model, x, log_p, start, *, eps, p, steps, step_size, clip_values, div_fn, keep_iterates):
-    """Projected gradient ascent on D(p(x) || p(x + delta)) from ``start`` for one chunk.
+    """Projected gradient ascent on D(p(x) || p(x')) from x'_0 = ``start`` for one chunk:
+    x'_{t+1} = clip(P_eps(x'_t + step_size * s(grad D))), s the steepest-ascent direction,
+    P_eps the projection onto B_p(x, eps), clip onto the box (when given).
 
     Returns the divergence at each visited point (steps + 1, n) and the points if asked."""
     point = start.clone()
@@ -96,10 +96,7 @@ def _ascend(model, x, log_p, start, *, eps, p, steps, step_size, clip_values, di
             break
         (grad,) = torch.autograd.grad(d.sum(), point)
         with torch.no_grad():
-            delta = _project(point + step_size * _ascent_step(grad, p) - x, eps, p)
-            point = x + delta
-            if clip_values is not None:
-                point = point.clamp(*clip_values)
+            point = project_box(project_ball(point + step_size * steepest_ascent(grad, p), x, eps, p), clip_values)
     return torch.stack(history), (torch.stack(visited) if keep_iterates else None)
 
 
@@ -121,24 +118,24 @@ def divergence_bound(
 ) -> DivergenceResult:
     """Lower estimate of max_{||delta||_p <= eps} D(p(x) || p(x + delta)) for each input.
 
-    ``norm`` 2 or inf; ``steps`` ascent steps of ``step_size`` (default 2.5 eps / steps,
+    ``norm`` 2 or inf; ``steps`` (>= 0) ascent steps of ``step_size`` (default 2.5 eps / steps,
     Madry et al.) from each of ``restarts`` random starts uniform in the ball (restart r
     uses ``ball_sample(x, 1, eps, norm, clip_values, seed, offset=r)``, so results do not
     depend on ``batch_size``). With ``clip_values`` every point is clipped to the data
     domain. ``divergence`` "kl" (the paper) or "js". Lower = more robust.
     """
-    clip_values = clip_pair(clip_values)
-    check_images(x, "x", clip_values)
-    eps = positive_number(eps, "eps")
-    p = parse_norm(norm)
-    if p == 1.0:
-        raise ValueError(f"norm must be 2 or inf for the divergence bound (1 is not supported), got {norm!r}")
-    for name, value, low in (("steps", steps, 0), ("restarts", restarts, 1), ("batch_size", batch_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    checks.model(model)
+    clip_values = checks.clip_range(clip_values)
+    checks.images(x, "x", clip_values)
+    eps = checks.positive_float(eps, "eps")
+    p = checks.norm(norm, allowed=(2.0, math.inf))
+    steps = checks.integer(steps, "steps", minimum=0)
+    restarts = checks.integer(restarts, "restarts")
+    batch_size = checks.integer(batch_size, "batch_size")
+    seed = checks.seed(seed)
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-    step_size = 2.5 * eps / max(steps, 1) if step_size is None else positive_number(step_size, "step_size")
+    step_size = 2.5 * eps / max(steps, 1) if step_size is None else checks.positive_float(step_size, "step_size")
     div_fn = _DIVERGENCE_FNS[divergence]
     device = model_device(model)
     x = x.detach().to(device)

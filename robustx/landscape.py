@@ -22,25 +22,26 @@ Every grid point of every image goes through the model in large chunked batches.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustx.modelutil import check_images, chunks, clip_pair, frozen_eval, model_device, positive_number, progress_bar
-from robustx.ops import parse_norm
+from robustx import checks
+from robustx.geometry import logit_margin, norm_name, project_box, steepest_ascent
+from robustx.modelutil import chunks, frozen_eval, model_device, progress_bar
 
-__all__ = ["Landscape", "input_landscape", "adversarial_direction", "random_direction", "add_landscape_command"]
+__all__ = ["Landscape", "input_landscape", "adversarial_direction", "random_direction", "run_landscape"]
 
 SURFACES = ("loss", "margin")
 DIRECTIONS = ("adversarial", "random")
 PLOT_KINDS = ("contour", "surface")
+LANDSCAPE_NORMS = (2.0, math.inf)
 
 
 @dataclass
@@ -63,6 +64,20 @@ class Landscape:
     direction_names: Tuple[str, str]
     surface: str
     norm: float
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict: every tensor as nested lists, the direction names, surface and norm ("2" / "inf")."""
+        return {
+            "axis": self.axis.tolist(),
+            "values": self.values.tolist(),
+            "margin": self.margin.tolist(),
+            "slices": self.slices.tolist(),
+            "slice_margins": self.slice_margins.tolist(),
+            "directions": self.directions.tolist(),
+            "direction_names": list(self.direction_names),
+            "surface": self.surface,
+            "norm": norm_name(self.norm),
+        }
 
     def plot(self, path, kind: str = "contour", index: Union[int, Sequence[int]] = 0, titles=None) -> Path:
         """Write a PNG of the surface of image(s) ``index`` (one panel each), decision boundary in red."""
@@ -169,13 +184,6 @@ def _zero_crossings(axis, margin) -> list:
 
 
 # ------------------------------------------------------------------------- surfaces
-def logit_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Z_y - max_{i != y} Z_i per row (> 0: classified as y)."""
-    z_y = logits.gather(1, y[:, None])[:, 0]
-    others = logits.scatter(1, y[:, None], -math.inf)
-    return z_y - others.amax(1)
-
-
 def _surface_values(logits: torch.Tensor, y: torch.Tensor, surface: str) -> torch.Tensor:
     if surface == "loss":
         return F.cross_entropy(logits, y, reduction="none")
@@ -183,27 +191,23 @@ def _surface_values(logits: torch.Tensor, y: torch.Tensor, surface: str) -> torc
 
 
 # ----------------------------------------------------------------------- directions
-def _normalise(v: torch.Tensor, p: float) -> torch.Tensor:
-    """v scaled to unit Lp norm per image (p = inf: sign(v)); a zero v stays zero."""
-    if math.isinf(p):
-        return v.sign()
-    norms = v.flatten(1).norm(dim=1).clamp_min(torch.finfo(v.dtype).tiny)
-    return v / norms.view(-1, *([1] * (v.dim() - 1)))
-
-
 def adversarial_direction(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm="inf", batch_size: int = 256
 ) -> torch.Tensor:
-    """The normalised cross-entropy gradient at x: sign(grad) (L-inf) or grad / ||grad||_2 (L2);
-    gradients of ``batch_size`` images at a time."""
-    p = _landscape_norm(norm)
+    """The normalised cross-entropy gradient at x, :func:`robustx.geometry.steepest_ascent`:
+    sign(grad) (L-inf) or grad / ||grad||_2 (L2); gradients of ``batch_size`` images at a time."""
+    checks.model(model)
+    p = checks.norm(norm, allowed=LANDSCAPE_NORMS)
+    checks.images(x, "x")
+    batch_size = checks.integer(batch_size, "batch_size")
+    y = checks.labels(y, x.shape[0])
     out = torch.empty_like(x)
     with frozen_eval(model):
         for sl in chunks(x.shape[0], batch_size):
             xc = x[sl].detach().clone().requires_grad_(True)
             loss = F.cross_entropy(model(xc), y[sl], reduction="sum")
             (grad,) = torch.autograd.grad(loss, xc)
-            out[sl] = _normalise(grad, p)
+            out[sl] = steepest_ascent(grad, p)
     zero = out.flatten(1).abs().amax(1) == 0
     if zero.any():
         warnings.warn(
@@ -220,20 +224,13 @@ def random_direction(
 ) -> torch.Tensor:
     """Random unit directions (N, *shape): Rademacher +-1 (L-inf) or Gaussian / ||.||_2 (L2),
     drawn from ``seed`` on the CPU."""
-    p = _landscape_norm(norm)
-    gen = torch.Generator().manual_seed(seed)
+    p = checks.norm(norm, allowed=LANDSCAPE_NORMS)
+    gen = torch.Generator().manual_seed(checks.seed(seed))
     if math.isinf(p):
         d = torch.randint(0, 2, shape, generator=gen, dtype=torch.int64).to(dtype) * 2 - 1
     else:
-        d = _normalise(torch.randn(shape, generator=gen, dtype=torch.float64), p).to(dtype)
+        d = steepest_ascent(torch.randn(shape, generator=gen, dtype=torch.float64), p).to(dtype)
     return d.to(device)
-
-
-def _landscape_norm(norm) -> float:
-    p = parse_norm(norm)
-    if p == 1.0:
-        raise ValueError(f"norm must be 2 or inf for landscapes (1 is not supported), got {norm!r}")
-    return p
 
 
 def _resolve_direction(spec, k: int, model, x, y, p, seed) -> Tuple[torch.Tensor, str]:
@@ -245,7 +242,7 @@ def _resolve_direction(spec, k: int, model, x, y, p, seed) -> Tuple[torch.Tensor
                 f"directions[{k}] as a tensor must have shape {tuple(x.shape)} or {tuple(x.shape[1:])}, "
                 f"got {tuple(spec.shape)}"
             )
-        check_images(spec, f"directions[{k}]")
+        checks.images(spec, f"directions[{k}]")
         return spec.to(device=x.device, dtype=x.dtype), "given"
     if spec == "adversarial":
         return adversarial_direction(model, x, y, p), spec
@@ -289,18 +286,18 @@ def input_landscape(
     model per forward call. Flatter loss and a boundary farther from the origin
     mean more robust. Returns a :class:`Landscape`.
     """
-    check_images(x, "x")
-    clip_values = clip_pair(clip_values)
-    span = positive_number(span, "span")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-        raise ValueError(f"steps must be an int >= 2, got {steps!r}")
+    checks.model(model)
+    checks.images(x, "x")
+    clip_values = checks.clip_range(clip_values)
+    span = checks.positive_float(span, "span")
+    steps = checks.integer(steps, "steps", minimum=2)
+    seed = checks.seed(seed)
     if surface not in SURFACES:
         raise ValueError(f"surface must be one of {SURFACES}, got {surface!r}")
     if isinstance(directions, (str, torch.Tensor)) or len(directions) != 2:
         raise ValueError(f"directions must be a pair of {DIRECTIONS} names or tensors, got {directions!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    p = _landscape_norm(norm)
+    batch_size = checks.integer(batch_size, "batch_size")
+    p = checks.norm(norm, allowed=LANDSCAPE_NORMS)
     device = model_device(model)
     x = x.detach().to(device)
     y = _labels(model, x, y, batch_size)
@@ -318,9 +315,7 @@ def input_landscape(
             flat = torch.arange(sl.start, sl.stop, device=device)
             img, pt = flat // n_points, flat % n_points
             points = x[img] + alpha[pt].view(expand) * d[0, img] + beta[pt].view(expand) * d[1, img]
-            if clip_values is not None:
-                points = points.clamp(*clip_values)
-            logits = model(points)
+            logits = model(project_box(points, clip_values))
             values[sl] = _surface_values(logits, y[img], surface).double().cpu()
             margins[sl] = logit_margin(logits, y[img]).double().cpu()
     grid = steps * steps
@@ -342,68 +337,55 @@ def _labels(model, x, y, batch_size) -> torch.Tensor:
     if y is None:
         with frozen_eval(model), torch.no_grad():
             return torch.cat([model(x[sl]).argmax(1) for sl in chunks(x.shape[0], batch_size)])
-    if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int32, torch.int64):
-        raise TypeError("y must be an integer tensor of labels (or None for the model's predictions)")
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
-    return y.to(device=x.device, dtype=torch.int64)
+    return checks.labels(y, x.shape[0]).to(x.device)
 
 
-# --------------------------------------------------------------------- command line
-def add_landscape_command(subparsers) -> argparse.ArgumentParser:
-    """Register ``robustx landscape`` (plots for chosen images of a model) on argparse subparsers;
-    ``args.run(args)`` runs it."""
-    parser = subparsers.add_parser(
-        "landscape",
-        help="plot input-space loss landscapes / decision surfaces",
-        description="Write contour, 3-D surface and 1-D slice PNGs of the loss or decision surface "
-        "around chosen test images (Yu et al., IJCAI 2019). Default model: the built-in digits CNN.",
-    )
-    parser.add_argument("--model", choices=("digits", "resnet20"), default="digits",
-                        help="architecture: built-in digits CNN on sklearn digits, or CIFAR ResNet-20 "
-                        "on the AISafety CIFAR-10 images (default: digits)")
-    parser.add_argument("--weights", default=None, help="state-dict path for the architecture "
-                        "(default: the shipped digits weights; required for resnet20)")
-    parser.add_argument("--data-root", default=None, help="AISafety CIFAR-10 folder (resnet20 only)")
-    parser.add_argument("--images", type=int, nargs="+", default=[0], help="test-set indices (default: 0)")
-    parser.add_argument("--span", type=float, default=None,
-                        help="grid half-width (default: 0.5 for digits, 16/255 for resnet20)")
-    parser.add_argument("--steps", type=int, default=41, help="grid points per axis (default: 41)")
-    parser.add_argument("--surface", choices=SURFACES, default="loss")
-    parser.add_argument("--norm", choices=("inf", "2"), default="inf")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="landscapes", help="output folder (default: ./landscapes)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.set_defaults(run=main_landscape)
-    return parser
+# ------------------------------------------------------------------------ run
+def run_landscape(
+    out_dir="landscapes",
+    *,
+    model: str = "digits",
+    weights=None,
+    data_root=None,
+    images: Sequence[int] = (0,),
+    span: Optional[float] = None,
+    steps: int = 41,
+    surface: str = "loss",
+    norm="inf",
+    seed: int = 0,
+    progress: bool = True,
+) -> List[Path]:
+    """Landscapes of test images ``images`` of a built-in model, written as contour, 3-D
+    surface and slice PNGs to ``out_dir`` (``robustx landscape``); returns the paths.
 
-
-def main_landscape(args: argparse.Namespace) -> int:
-    """Compute the landscapes of ``args.images`` and write contour, surface and slice PNGs."""
+    ``model`` "digits" (the digits CNN on sklearn digits; ``weights`` default: the shipped
+    ones, span default 0.5) or "resnet20" (CIFAR ResNet-20 on the AISafety CIFAR-10 images
+    under ``data_root``; ``weights`` required, span default 16/255).
+    """
     from robustx import data, models
 
-    if args.model == "digits":
-        model = models.digits_cnn(pretrained=args.weights is None)
-        if args.weights is not None:
-            model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+    if model == "digits":
+        net = models.digits_cnn(pretrained=weights is None)
+        if weights is not None:
+            net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         x, y = data.digits("test")
-        span = 0.5 if args.span is None else args.span
+        span = 0.5 if span is None else span
+    elif model == "resnet20":
+        if weights is None:
+            raise ValueError("weights is required with model='resnet20'")
+        net = models.resnet20_cifar(weights)
+        x, y = data.aisafety_cifar10(data_root)
+        span = 16 / 255 if span is None else span
     else:
-        if args.weights is None:
-            raise ValueError("--weights is required with --model resnet20")
-        model = models.resnet20_cifar(args.weights)
-        x, y = data.aisafety_cifar10(args.data_root)
-        span = 16 / 255 if args.span is None else args.span
-    bad = [i for i in args.images if not 0 <= i < x.shape[0]]
-    if bad:
-        raise ValueError(f"--images {bad} outside the test set's [0, {x.shape[0]})")
-    idx = torch.tensor(args.images)
-    land = input_landscape(model, x[idx], y[idx], span=span, steps=args.steps, surface=args.surface,
-                           norm=args.norm, seed=args.seed, progress=not args.no_progress)
-    out = Path(args.out)
-    for k, i in enumerate(args.images):
+        raise ValueError(f"model must be 'digits' or 'resnet20', got {model!r}")
+    images = [checks.integer(i, "images", 0, x.shape[0] - 1) for i in images]
+    idx = torch.tensor(images, dtype=torch.int64)
+    land = input_landscape(net, x[idx], y[idx], span=span, steps=steps, surface=surface, norm=norm, seed=seed,
+                           progress=progress)
+    out, paths = Path(out_dir), []
+    for k, i in enumerate(images):
         title = f"test image {i} (label {int(y[i])})"
         for kind in PLOT_KINDS:
-            print(land.plot(out / f"{args.model}_{i}_{args.surface}_{kind}.png", kind, k, [title]))
-        print(land.plot_slices(out / f"{args.model}_{i}_{args.surface}_slices.png", k, [title]))
-    return 0
+            paths.append(land.plot(out / f"{model}_{i}_{surface}_{kind}.png", kind, k, [title]))
+        paths.append(land.plot_slices(out / f"{model}_{i}_{surface}_slices.png", k, [title]))
+    return paths

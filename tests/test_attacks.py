@@ -1,16 +1,21 @@
-"""Attacks against foolbox 3.3.4 (same algorithms), analytic linear-model cases and invariants."""
+"""Attacks against foolbox 3.3.4 (same algorithms; skipped without foolbox), analytic
+linear-model cases, the attack protocol and invariants."""
 import math
 
-import foolbox as fb
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from robustx.attacks import carlini_wagner_l2, deepfool, fgsm, pgd
+from robustx.attacks import ATTACKS, attack_settings, carlini_wagner_l2, deepfool, fgsm, get_attack, pgd
 from robustx.data import digits
 from robustx.models import digits_cnn
 
 
+@pytest.fixture(scope="module")
+def fb():
+    """foolbox, the peer library of the comparison tests (skipped when it is not installed)."""
+    return pytest.importorskip("foolbox")
 
 @pytest.fixture(scope="module")
 def cnn():
@@ -44,29 +49,25 @@ def linear_model(d=20, k=5, seed=0):
     return layer
 
 
-@pytest.mark.parametrize(
-    "norm, fb_attack, eps", [("inf", fb.attacks.FGSM, 0.1), (2, fb.attacks.L2FastGradientAttack, 0.5)]
-)
-def test_fgsm_matches_foolbox(cnn, batch, norm, fb_attack, eps):
+@pytest.mark.parametrize("norm, fb_attack, eps", [("inf", "FGSM", 0.1), (2, "L2FastGradientAttack", 0.5)])
+def test_fgsm_matches_foolbox(fb, cnn, batch, norm, fb_attack, eps):
     x, y = batch
     ours = fgsm(cnn, x, y, eps, norm=norm)
-    _, theirs, _ = fb_attack()(fb.PyTorchModel(cnn, bounds=(0, 1)), x, y, epsilons=eps)
+    _, theirs, _ = getattr(fb.attacks, fb_attack)()(fb.PyTorchModel(cnn, bounds=(0, 1)), x, y, epsilons=eps)
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
     assert accuracy(cnn, ours, y) < 1.0
 
 
-@pytest.mark.parametrize(
-    "norm, fb_attack, eps, atol", [("inf", fb.attacks.LinfPGD, 0.1, 1e-6), (2, fb.attacks.L2PGD, 1.0, 1e-3)]
-)
-def test_pgd_without_random_start_matches_foolbox(cnn, batch, norm, fb_attack, eps, atol):
+@pytest.mark.parametrize("norm, fb_attack, eps, atol", [("inf", "LinfPGD", 0.1, 1e-6), (2, "L2PGD", 1.0, 1e-3)])
+def test_pgd_without_random_start_matches_foolbox(fb, cnn, batch, norm, fb_attack, eps, atol):
     x, y = batch
     ours = pgd(cnn, x, y, eps, norm=norm, steps=10, step_size=eps / 4, random_start=False)
-    attack = fb_attack(abs_stepsize=eps / 4, steps=10, random_start=False)
+    attack = getattr(fb.attacks, fb_attack)(abs_stepsize=eps / 4, steps=10, random_start=False)
     _, theirs, _ = attack(fb.PyTorchModel(cnn, bounds=(0, 1)), x, y, epsilons=eps)
     torch.testing.assert_close(ours, theirs, atol=atol, rtol=0)
 
 
-def test_pgd_random_start_stays_in_ball_and_matches_foolbox_accuracy(cnn, batch):
+def test_pgd_random_start_stays_in_ball_and_matches_foolbox_accuracy(fb, cnn, batch):
     x, y = batch
     fmodel = fb.PyTorchModel(cnn, bounds=(0, 1))
     for eps in (0.1, 0.2):
@@ -125,7 +126,7 @@ def test_deepfool_linear_model_finds_exact_boundary_distance():
     assert adv.dtype == torch.float64
 
 
-def test_deepfool_matches_foolbox_on_digits_cnn(cnn, batch):
+def test_deepfool_matches_foolbox_on_digits_cnn(fb, cnn, batch):
     x, y = batch
     ours = deepfool(cnn, x, clip_values=(0, 1))
     _, theirs, _ = fb.attacks.L2DeepFoolAttack()(fb.PyTorchModel(cnn, bounds=(0, 1)), x, y, epsilons=None)
@@ -134,7 +135,7 @@ def test_deepfool_matches_foolbox_on_digits_cnn(cnn, batch):
     torch.testing.assert_close(deepfool(cnn, x, clip_values=(0, 1), batch_size=5), ours, atol=1e-5, rtol=0)
 
 
-def test_carlini_wagner_matches_foolbox_on_digits_cnn(cnn, batch):
+def test_carlini_wagner_matches_foolbox_on_digits_cnn(fb, cnn, batch):
     x, y = batch[0][:16], batch[1][:16]
     kwargs = dict(binary_search_steps=4, steps=50, stepsize=5e-2, initial_const=0.1)
     ours = carlini_wagner_l2(cnn, x, y, binary_steps=4, steps=50, lr=5e-2, c_init=0.1)
@@ -194,6 +195,14 @@ def test_bad_arguments_raise(cnn, batch):
         pgd(cnn, x, y, 0.1, norm="l7")
     with pytest.raises(ValueError, match="y must have shape"):
         pgd(cnn, x, y[:3], 0.1)
+    with pytest.raises(TypeError, match="steps must be an int"):
+        pgd(cnn, x, y, 0.1, steps=2.0)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        pgd(lambda t: t, x, y, 0.1)
+    with pytest.raises(TypeError, match="overshoot"):
+        deepfool(cnn, x, overshoot="big")
+    with pytest.raises(ValueError, match="confidence"):
+        carlini_wagner_l2(cnn, x, y, confidence=-1.0)
     with pytest.raises(TypeError, match="y must hold integer"):
         fgsm(cnn, x, y.float(), 0.1)
     with pytest.raises(ValueError, match=r"class indices in \[0, 10\)"):
@@ -208,3 +217,46 @@ def test_bad_arguments_raise(cnn, batch):
         carlini_wagner_l2(cnn, x, y, clip_values=None)
     with pytest.raises(ValueError, match="x contains NaN"):
         deepfool(cnn, x * math.nan)
+
+
+def linear_grad_ce(model, x, y):
+    """grad_x CE(Wx + b, y) = W^T (softmax(Wx + b) - onehot(y)) per row (analytic)."""
+    with torch.no_grad():
+        p = torch.softmax(model(x), 1)
+    return (p - F.one_hot(y, p.shape[1]).double()) @ model.weight
+
+
+@pytest.mark.parametrize("norm", ["inf", 2])
+def test_get_attack_fgsm_is_the_analytic_step_on_a_linear_model(norm):
+    model = linear_model()
+    x = 0.25 + 0.5 * torch.rand(6, 20, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    y = torch.arange(6) % 5
+    g = linear_grad_ce(model, x, y)
+    step = g.sign() if norm == "inf" else g / g.norm(dim=1, keepdim=True)
+    attack = get_attack("fgsm", eps=0.2, norm=norm)
+    torch.testing.assert_close(attack(model, x, y), (x + 0.2 * step).clamp(0, 1), rtol=0, atol=1e-12)
+
+
+def test_get_attack_deepfool_ignores_labels_and_pgd_takes_its_settings():
+    model = linear_model()
+    x = torch.rand(5, 20, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    y = torch.zeros(5, dtype=torch.long)
+    attack = get_attack("deepfool", overshoot=0.0, progress=False)
+    torch.testing.assert_close(attack(model, x, y), attack(model, x, y + 3), rtol=0, atol=0)
+    with torch.no_grad():
+        assert (model(attack(model, x, y)).argmax(1) != model(x).argmax(1)).all()
+    adv = get_attack("pgd", eps=0.05, steps=3, random_start=False, clip_values=None, progress=False)(model, x, y)
+    assert (adv - x).abs().max().item() == pytest.approx(0.05, abs=1e-12)  # eps reached, not exceeded
+
+
+def test_get_attack_rejects_unknown_names_and_settings():
+    assert set(ATTACKS) == {"fgsm", "pgd", "deepfool", "cw"}
+    assert {"eps", "steps", "seed"} <= set(attack_settings("pgd")) and "y" not in attack_settings("deepfool")
+    with pytest.raises(ValueError, match="attack must be one of"):
+        get_attack("bim", eps=0.1)
+    with pytest.raises(TypeError, match="attack must be a name"):
+        get_attack(3)
+    with pytest.raises(TypeError, match=r"no setting\(s\) \['epsilon'\]"):
+        get_attack("pgd", epsilon=0.1)
+    with pytest.raises(TypeError, match=r"needs the setting\(s\) \['eps'\]"):
+        get_attack("fgsm")

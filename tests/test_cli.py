@@ -1,4 +1,6 @@
-"""The ``robustx`` command line: the demo writes a sane JSON report and a histogram PNG."""
+"""The ``robustx`` command line: every subcommand has a parser, a runner and help; the demo
+writes a sane JSON report and a histogram PNG (the landscape command: tests/test_landscape.py)."""
+import argparse
 import json
 import subprocess
 import sys
@@ -43,10 +45,30 @@ def test_bad_option_exits_with_a_message(tmp_path, capsys):
     assert "n_images" in capsys.readouterr().err
 
 
-def test_every_subcommand_has_a_runner():
+def subcommands(parser) -> dict:
+    """name -> subparser of every registered subcommand."""
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def test_every_subcommand_has_a_runner_and_help(capsys):
     parser = build_parser()
+    commands = subcommands(parser)
+    assert set(commands) == {"demo", "landscape"}
+    for name, sub in commands.items():
+        args = parser.parse_args([name])
+        assert args.command == name and callable(args.run) and args.run.__name__ == f"_run_{name}"
+        assert not args.no_progress  # progress bars are on unless asked otherwise
+        with pytest.raises(SystemExit) as err:
+            parser.parse_args([name, "--help"])
+        assert err.value.code == 0
+        text = capsys.readouterr().out
+        assert text.startswith(f"usage: robustx {name}") and "--no-progress" in text
+        assert sub.description and sub.description.split()[0] in text
     args = parser.parse_args(["demo"])
-    assert callable(args.run) and args.n_images >= 1 and args.out == "out/demo"
+    assert args.n_images >= 1 and args.out == "out/demo"
+    args = parser.parse_args(["landscape"])
+    assert args.model == "digits" and args.images == [0] and args.steps == 41
     with pytest.raises(SystemExit):
         parser.parse_args([])  # a subcommand is required
 

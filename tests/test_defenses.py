@@ -132,6 +132,56 @@ def test_adversarial_training_beats_standard_under_pgd():
     assert acc["pgd"] > acc["standard"] + 0.1, acc
 
 
+class CountingIdentity:
+    """An attack that returns x unchanged and records how it was called."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, model, x, y):
+        frozen = not any(p.requires_grad for p in model.parameters())
+        self.calls.append((x.shape[0], model.training, frozen))
+        return x.clone()
+
+
+def parameters_after(attack, data, method="pgd", **kwargs):
+    torch.manual_seed(0)
+    model = DigitsCNN()
+    history = train_adversarial(model, data, method=method, attack=attack, epochs=2, seed=3, progress=False,
+                                **kwargs)
+    return [p.detach().clone() for p in model.parameters()], history
+
+
+def test_a_custom_attack_callable_is_the_one_used(digits_subset):
+    """An identity attack turns PGD training into standard training, step for step."""
+    attack = CountingIdentity()
+    ours, hist = parameters_after(attack, digits_subset)
+    standard, hist_standard = parameters_after("pgd", digits_subset, method="standard")
+    assert attack.calls == [(64, False, True)] * 8  # 2 epochs x 4 batches, eval mode, frozen
+    assert [{**h, "penalty": 0} for h in hist] == [{**h, "penalty": 0} for h in hist_standard]  # NaN != NaN
+    for p, q in zip(ours, standard):
+        assert torch.equal(p, q)
+    sns_attack = CountingIdentity()
+    parameters_after(sns_attack, digits_subset, method="sns")
+    assert len(sns_attack.calls) == 8
+
+
+def test_a_string_picks_the_built_in_attack(digits_subset):
+    """attack="fgsm" trains exactly like a hand-written FGSM x + eps sign(grad CE), clipped."""
+    def hand_fgsm(model, x, y):
+        x = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), x)
+        return (x + 0.1 * grad.sign()).clamp(0, 1).detach()
+
+    built_in, hist = parameters_after("fgsm", digits_subset, eps=0.1)
+    by_hand, hist_hand = parameters_after(hand_fgsm, digits_subset)
+    for p, q in zip(built_in, by_hand):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-5)
+    assert hist[1]["loss"] == pytest.approx(hist_hand[1]["loss"], rel=1e-4)
+    pgd_params, _ = parameters_after("pgd", digits_subset, eps=0.1, steps=2)
+    assert max((p - q).abs().max().item() for p, q in zip(pgd_params, built_in)) > 1e-3  # a different attack
+
+
 def test_dataloader_input(digits_subset):
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*digits_subset), batch_size=64)
     torch.manual_seed(0)
@@ -139,20 +189,34 @@ def test_dataloader_input(digits_subset):
     assert hist[0]["accuracy"] > 0.0
 
 
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(method="trades"), ValueError, "method"),
+        (dict(epochs=0), ValueError, "epochs"),
+        (dict(optimizer="lbfgs"), ValueError, "optimizer"),
+        (dict(attack="bim"), ValueError, "attack must be one of"),
+        (dict(attack=3), TypeError, "attack must be a name"),
+        (dict(attack=lambda m, x, y: x[:1], epochs=1), ValueError, "attack must return a tensor"),
+    ],
+)
+def test_bad_training_arguments(digits_subset, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        train_adversarial(DigitsCNN(), digits_subset, progress=False, **kwargs)
+
+
 def test_bad_input(digits_subset):
     model = DigitsCNN()
-    with pytest.raises(ValueError, match="method"):
-        train_adversarial(model, digits_subset, method="trades")
-    with pytest.raises(ValueError, match="epochs"):
-        train_adversarial(model, digits_subset, epochs=0)
     with pytest.raises(TypeError, match="iterator"):
         train_adversarial(model, iter([digits_subset]))
-    with pytest.raises(ValueError, match="train_data"):
+    with pytest.raises(TypeError, match="train_data y must hold integer"):
         train_adversarial(model, (digits_subset[0], digits_subset[1].float()))
-    with pytest.raises(ValueError, match="optimizer"):
-        train_adversarial(model, digits_subset, optimizer="lbfgs")
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        train_adversarial(lambda t: t, digits_subset)
     with pytest.raises(ValueError, match="lam"):
         SNSLoss(model, lam=-1.0)
+    with pytest.raises(TypeError, match="refresh_every"):
+        SNSLoss(model, refresh_every=1.5)
     with pytest.raises(ValueError, match="refresh_every"):
         SNSLoss(model, refresh_every=0)
     with pytest.raises(ValueError, match="k must be"):

@@ -1,5 +1,6 @@
 """Prediction-divergence bound: the exact maximum on binary linear models, zero for a constant
 model, growth with eps, lower bound of the visited points, chunking, seeds and bad input."""
+import json
 import math
 
 import numpy as np
@@ -100,7 +101,7 @@ def test_bound_dominates_every_visited_point_and_random_points(norm):
     p = probs(model, x)
     visited = np.stack([[entropy(p.T, probs(model, it[r, t]).T) for t in range(7)] for r in range(2)])
     np.testing.assert_allclose(result.history.numpy(), visited, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(result.per_sample.numpy(), visited.max(axis=(0, 1)), rtol=1e-12)
+    np.testing.assert_allclose(result.per_sample.numpy(), visited.max(axis=(0, 1)), rtol=1e-9)
     # projected ascent beats 400 uniform random points of the same ball
     pts = ball_sample(x, 400, eps, norm, clip_values=(0, 1), seed=9)
     random_kl = np.stack([entropy(p.T, probs(model, pts[:, s]).T) for s in range(400)]).max(0)
@@ -119,6 +120,17 @@ def test_chunking_and_seeds():
     assert whole.iterates is None and whole.per_restart.shape == (2, 7)
 
 
+def test_to_dict_is_json_with_the_same_numbers():
+    model, x = small_cnn().double(), images(3)
+    result = divergence_bound(model, x, eps=0.2, norm=2, steps=2, restarts=2, return_iterates=True, progress=False)
+    doc = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert doc["norm"] == "2" and doc["eps"] == 0.2 and doc["divergence"] == "kl"
+    assert doc["mean"] == pytest.approx(sum(doc["per_sample"]) / 3, rel=1e-12)
+    for name in ("per_sample", "per_restart", "history", "iterates"):
+        torch.testing.assert_close(torch.tensor(doc[name], dtype=torch.float64), getattr(result, name).double())
+    assert divergence_bound(model, x, eps=0.2, steps=1, progress=False).to_dict()["iterates"] is None
+
+
 def test_model_state_is_restored():
     model = small_cnn().double().train()
     divergence_bound(model, images(2), eps=0.1, steps=2, progress=False)
@@ -135,6 +147,8 @@ def test_model_state_is_restored():
         (dict(eps=0.1, norm="l3"), ValueError, "norm"),
         (dict(eps=0.1, divergence="hellinger"), ValueError, "divergence"),
         (dict(eps=0.1, steps=-1), ValueError, "steps"),
+        (dict(eps=0.1, steps=1.5), TypeError, "steps"),
+        (dict(eps=0.1, seed=-1), ValueError, "seed"),
         (dict(eps=0.1, restarts=0), ValueError, "restarts"),
         (dict(eps=0.1, batch_size=0), ValueError, "batch_size"),
         (dict(eps=0.1, step_size=0.0), ValueError, "step_size"),

@@ -1,6 +1,6 @@
 """Input-space landscapes: analytic planes on linear models, the loss at the origin, chunking,
-directions, plots, command line and bad input."""
-import argparse
+directions, plots, JSON form, command line and bad input."""
+import json
 
 import pytest
 import torch
@@ -11,11 +11,11 @@ from robustx.landscape import (
     Landscape,
     _boundary_mask,
     _zero_crossings,
-    add_landscape_command,
     adversarial_direction,
     input_landscape,
     random_direction,
 )
+from robustx.cli import main
 from toy_models import linear_model, small_cnn
 
 
@@ -177,48 +177,62 @@ def test_boundary_helpers_locate_sign_changes():
     assert edge.tolist() == [[False, True, False], [True, False, False], [False, False, False]]
 
 
-def test_command_line_writes_plots(tmp_path):
+def test_command_line_writes_plots(tmp_path, capsys):
     from robustx.models import DigitsCNN
 
     weights = tmp_path / "w.pt"
     torch.manual_seed(0)
     torch.save(DigitsCNN().state_dict(), weights)
-    parser = argparse.ArgumentParser()
-    add_landscape_command(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["landscape", "--weights", str(weights), "--images", "0", "3", "--steps", "5",
-                              "--surface", "margin", "--out", str(tmp_path / "out"), "--no-progress"])
-    assert args.run(args) == 0
+    status = main(["landscape", "--weights", str(weights), "--images", "0", "3", "--steps", "5",
+                   "--surface", "margin", "--out", str(tmp_path / "out"), "--no-progress"])
+    assert status == 0
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == sorted(f"digits_{i}_margin_{k}.png" for i in (0, 3) for k in ("contour", "surface", "slices"))
+    assert sorted(capsys.readouterr().out.split()) == sorted(str(p) for p in (tmp_path / "out").iterdir())
+    with pytest.raises(SystemExit) as err:
+        main(["landscape", "--images", "400", "--out", str(tmp_path / "bad"), "--no-progress"])
+    assert err.value.code == 2 and "images must be an int in [0, 358]" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, error, match",
     [
-        (dict(span=0.0), "span"),
-        (dict(span=-1.0), "span"),
-        (dict(span=float("nan")), "span"),
-        (dict(span=1.0, steps=1), "steps"),
-        (dict(span=1.0, steps=2.5), "steps"),
-        (dict(span=1.0, surface="accuracy"), "surface"),
-        (dict(span=1.0, directions=("adversarial", "pca")), "directions"),
-        (dict(span=1.0, directions=("random",)), "directions"),
-        (dict(span=1.0, directions=(torch.zeros(2, 2), "random")), "directions"),
-        (dict(span=1.0, norm=1), "norm"),
-        (dict(span=1.0, norm="fro"), "norm"),
-        (dict(span=1.0, batch_size=0), "batch_size"),
+        (dict(span=0.0), ValueError, "span"),
+        (dict(span=-1.0), ValueError, "span"),
+        (dict(span=float("nan")), ValueError, "span"),
+        (dict(span=1.0, steps=1), ValueError, "steps"),
+        (dict(span=1.0, steps=2.5), TypeError, "steps"),
+        (dict(span=1.0, surface="accuracy"), ValueError, "surface"),
+        (dict(span=1.0, directions=("adversarial", "pca")), ValueError, "directions"),
+        (dict(span=1.0, directions=("random",)), ValueError, "directions"),
+        (dict(span=1.0, directions=(torch.zeros(2, 2), "random")), ValueError, "directions"),
+        (dict(span=1.0, norm=1), ValueError, "norm"),
+        (dict(span=1.0, norm="fro"), ValueError, "norm"),
+        (dict(span=1.0, batch_size=0), ValueError, "batch_size"),
+        (dict(span=1.0, seed=-1), ValueError, "seed"),
     ],
 )
-def test_bad_input(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_input(kwargs, error, match):
+    with pytest.raises(error, match=match):
         input_landscape(small_cnn().double(), images(2), torch.tensor([0, 1]), progress=False, **kwargs)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        input_landscape(lambda t: t, images(2), span=1.0, progress=False)
+
+
+def test_to_dict_is_json_with_the_same_numbers():
+    land = input_landscape(small_cnn().double(), images(2), torch.tensor([0, 1]), span=1.0, steps=3, norm=2,
+                           progress=False)
+    doc = json.loads(json.dumps(land.to_dict(), allow_nan=False))
+    assert doc["norm"] == "2" and doc["surface"] == "loss" and doc["direction_names"] == ["adversarial", "random"]
+    for name in ("axis", "values", "margin", "slices", "slice_margins", "directions"):
+        torch.testing.assert_close(torch.tensor(doc[name], dtype=torch.float64), getattr(land, name).double())
 
 
 def test_bad_labels_and_images():
     model = small_cnn().double()
     with pytest.raises(ValueError, match="y must have shape"):
         input_landscape(model, images(2), torch.tensor([0]), span=1.0, progress=False)
-    with pytest.raises(TypeError, match="y must be an integer"):
+    with pytest.raises(TypeError, match="y must hold integer"):
         input_landscape(model, images(2), torch.tensor([0.0, 1.0]), span=1.0, progress=False)
     with pytest.raises(ValueError, match="x contains NaN"):
         input_landscape(model, images(2) * float("nan"), torch.tensor([0, 1]), span=1.0, progress=False)

@@ -1,6 +1,6 @@
 """Attacks: accuracy / distortion / time against foolbox 3.3.4, and the AISafety README table.
 
-    python3 bench/attacks.py [--threads 1] [--skip-cifar]
+    python3 bench/bench_attacks.py [--threads 1] [--skip-cifar]
 
 Part 1 (needs ../shared/data/aisafety-cifar10): clean accuracy and accuracy under PGD L-inf
 eps 8/255, 10 steps of 2/255, random start, of the three ResNet-20 weight files on the 100
@@ -12,18 +12,14 @@ and wall time of each in this run (ratio = foolbox / robustx).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import foolbox as fb
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from robustx import attacks  # noqa: E402
-from robustx.data import aisafety_cifar10, aisafety_dir, digits  # noqa: E402
-from robustx.models import digits_cnn, resnet20_cifar  # noqa: E402
+from robustx import attacks
+from robustx.data import aisafety_cifar10, aisafety_dir, digits
+from robustx.models import digits_cnn, resnet20_cifar
 
 
 def accuracy(model, x, y) -> float:
@@ -42,7 +38,8 @@ def cifar_table() -> None:
     print("| weights | clean acc | PGD acc | PGD time (s) |\n| --- | --- | --- | --- |")
     for name in ("resnet20_cifar.pt", "CIFAR10_PAT_enhanced.pt", "CIFAR10_RAND_enhanced.pt"):
         model = resnet20_cifar(aisafety_dir() / name)
-        adv, sec = timed(lambda: attacks.pgd(model, x, y, 8 / 255, steps=10, step_size=2 / 255, seed=0))
+        adv, sec = timed(lambda: attacks.pgd(model, x, y, 8 / 255, steps=10, step_size=2 / 255, seed=0,
+                                             progress=False))
         print(f"| {name} | {accuracy(model, x, y):.2f} | {accuracy(model, adv, y):.2f} | {sec:.1f} |")
 
 
@@ -61,14 +58,15 @@ def digits_table() -> None:
     cases = [
         ("FGSM Linf eps 0.1", lambda: attacks.fgsm(model, x, y, 0.1),
          lambda: fb.attacks.FGSM()(fmodel, x, y, epsilons=0.1)[1]),
-        ("PGD Linf eps 0.1, 20 steps", lambda: attacks.pgd(model, x, y, 0.1, steps=20),
+        ("PGD Linf eps 0.1, 20 steps", lambda: attacks.pgd(model, x, y, 0.1, steps=20, progress=False),
          lambda: fb.attacks.LinfPGD(steps=20, abs_stepsize=2.5 * 0.1 / 20)(fmodel, x, y, epsilons=0.1)[1]),
-        ("PGD L2 eps 1, 20 steps", lambda: attacks.pgd(model, x, y, 1.0, norm=2, steps=20),
+        ("PGD L2 eps 1, 20 steps", lambda: attacks.pgd(model, x, y, 1.0, norm=2, steps=20, progress=False),
          lambda: fb.attacks.L2PGD(steps=20, abs_stepsize=2.5 / 20)(fmodel, x, y, epsilons=1.0)[1]),
-        ("DeepFool L2, 50 steps", lambda: attacks.deepfool(model, x, clip_values=(0, 1)),
+        ("DeepFool L2, 50 steps", lambda: attacks.deepfool(model, x, clip_values=(0, 1), progress=False),
          lambda: fb.attacks.L2DeepFoolAttack()(fmodel, x, y, epsilons=None)[1]),
         ("C&W L2, 5 x 100 steps, lr 0.05, c0 0.1",
-         lambda: attacks.carlini_wagner_l2(model, x, y, binary_steps=5, steps=100, lr=0.05, c_init=0.1),
+         lambda: attacks.carlini_wagner_l2(model, x, y, binary_steps=5, steps=100, lr=0.05, c_init=0.1,
+                                            progress=False),
          lambda: fb.attacks.L2CarliniWagnerAttack(binary_search_steps=5, steps=100, stepsize=0.05,
                                                   initial_const=0.1)(fmodel, x, y, epsilons=None)[1]),
     ]

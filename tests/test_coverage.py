@@ -116,6 +116,18 @@ def test_hand_computed_linear_layer():
     assert r.layers["0"].KMNC == pytest.approx(5 / 6)
 
 
+def test_result_to_dict_is_json():
+    import json
+
+    model = linear_model(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    r = NeuronCoverage(model, sections=2, top_k=1).profile(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+    d = json.loads(json.dumps(r.assess(torch.tensor([[0.25, 2.0]])).to_dict()))
+    # n0: section 0 of 2, n1 above high; scaled (0, 1) -> n1 above 0.5; top n1
+    assert d == {"NC": 0.5, "KMNC": 0.25, "NBC": 0.25, "SNAC": 0.5, "TKNC": 0.5, "TKNP": 1, "inputs": 1,
+                 "neurons": 2, "layers": {"0": {"NC": 0.5, "KMNC": 0.25, "NBC": 0.25, "SNAC": 0.5, "TKNC": 0.5,
+                                                "neurons": 2, "source": "0"}}}
+
+
 def test_kmnc_section_edges_are_inclusive():
     # one neuron, profile range [0, 1], k = 4: 0 -> section 0, 1 -> section 3, 0.5 -> 2, outside -> none
     model = linear_model(torch.tensor([[1.0]]))

@@ -92,8 +92,8 @@ def main() -> None:
             f"Profile: {n_prof} of the 100 AISafety images ({args.per_class} per class); assessed: the other "
             f"{n_test}, clean and PGD L-inf eps 8/255 (10 x 2/255, random start, seed 0) against the same model. "
             f"Layers: every Conv/Linear output ({args.position}-activation), {neurons} channel neurons; "
-            f"sections={args.sections}, top_k={args.top_k}, NC threshold {args.threshold}. Higher = the inputs exercise more "
-            f"of the model; clean+PGD = both sets counted together (TKNP distinct patterns).\n\n{table}\n"
+            f"sections={args.sections}, top_k={args.top_k}, NC threshold {args.threshold}. Higher = the inputs "
+            f"exercise more of the model; clean+PGD = both sets counted together (TKNP distinct patterns).\n\n{table}\n"
         )
         with open(ROOT / "bench" / "RESULTS.md", "a") as f:
             f.write(text)

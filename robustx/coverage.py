@@ -66,6 +66,7 @@ from shards unite; a collision among 10^9 patterns has probability ~1e-21).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -346,7 +347,7 @@ class NeuronCoverage:
     def _run(self, data, name: str, consume, after_batch, desc: str) -> None:
         """Forward every batch of ``data``; each layer's output goes to ``consume(layer, output)``."""
         rec: Optional[LayerOutputs] = None
-        with frozen_eval(self.model), torch.no_grad():
+        with frozen_eval(self.model), torch.no_grad(), contextlib.ExitStack() as hooks:
             try:
                 for x in progress_bar(self._batches(data, name), self.progress, desc, self._total(data)):
                     if x.shape[0] == 0:
@@ -354,14 +355,12 @@ class NeuronCoverage:
                     x = x.to(self.device)
                     if not self._verified:
                         self._prepare(x)
-                    if rec is None:
-                        rec = self._recorder(consume).__enter__()
+                    if rec is None:  # the layers are known after the first batch
+                        rec = hooks.enter_context(self._recorder(consume))
                     rec.clear()
                     self.model(x)
                     after_batch(x.shape[0])
             finally:
-                if rec is not None:
-                    rec.__exit__(None, None, None)
                 self._topk = {}
 
     def _recorder(self, consume) -> LayerOutputs:

@@ -352,6 +352,10 @@ def test_bad_arguments():
     ):
         with pytest.raises(ValueError, match=name):
             NeuronCoverage(model, **kwargs)
+    wrong_types = ((dict(sections=2.5), "sections"), (dict(top_k="2"), "top_k"), (dict(threshold="a"), "threshold"))
+    for kwargs, name in wrong_types:
+        with pytest.raises(TypeError, match=name):
+            NeuronCoverage(model, **kwargs)
     with pytest.raises(TypeError, match="model"):
         NeuronCoverage("model")
     cov = NeuronCoverage(model)

@@ -58,7 +58,7 @@ def bench(model, x, batch_size: int, reps: int, device: torch.device) -> dict:
     model = model.to(device).eval()
     x = x.to(device)
     batches = list(x.split(batch_size))
-    cov = NeuronCoverage(model, batch_size=batch_size).profile(x[: 2 * batch_size])
+    cov = NeuronCoverage(model, batch_size=batch_size, progress=False).profile(x[: 2 * batch_size])
 
     def assess():  # steady state: the layers were found once, the profile is kept
         cov.reset().assess(batches)
@@ -75,7 +75,7 @@ def bench(model, x, batch_size: int, reps: int, device: torch.device) -> dict:
     for _ in range(reps):
         for name, fn in runs.items():
             best[name] = min(best[name], timed(fn, device))
-    best["neurons"] = cov.result()["neurons"]
+    best["neurons"] = cov.result().neurons
     return best
 
 

@@ -48,7 +48,7 @@ def bench(label, model, shape, args, device) -> str:
     model = model.to(device).eval()
     runs = {
         "2 forwards": lambda: two_forwards(model, x, x_adv, args.batch_size),
-        "sensitivity, all Conv/Linear": lambda: neuron_sensitivity(model, x, x_adv, batch_size=args.batch_size),
+        "sensitivity, all Conv/Linear": lambda: neuron_sensitivity(model, x, x_adv, batch_size=args.batch_size, progress=False),
     }
     for fn in runs.values():  # warm-up
         fn()
@@ -58,7 +58,7 @@ def bench(label, model, shape, args, device) -> str:
             times[k].append(timed(fn, device))
     med = {k: statistics.median(v) for k, v in times.items()}
     base = med["2 forwards"]
-    n_layers = len(neuron_sensitivity(model, x[:2], x_adv[:2]))
+    n_layers = len(neuron_sensitivity(model, x[:2], x_adv[:2], progress=False))
     return "\n".join(
         f"| {label} ({n_layers} layers) | {args.n} | {k} | {v * 1e3:.1f} | {v / base:.2f} |" for k, v in med.items()
     )

@@ -38,7 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", default=None, help="AISafety folder (default: ../shared/data/aisafety-cifar10)")
     ap.add_argument("--per-class", type=int, default=5, help="profile images per class")
-    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--sections", type=int, default=10, help="KMNC sections (its k)")
     ap.add_argument("--top-k", type=int, default=2)
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--position", default="pre", choices=("pre", "post"))
@@ -49,6 +49,7 @@ def main() -> None:
     x, y = data.aisafety_cifar10(args.root)
     prof_idx, test_idx = stratified_split(y, args.per_class)
     folder = data.aisafety_dir(args.root)
+    settings = dict(sections=args.sections, top_k=args.top_k, threshold=args.threshold, position=args.position)
     rows = []
     for weights in WEIGHTS:
         model = models.resnet20_cifar(folder / weights)
@@ -59,11 +60,11 @@ def main() -> None:
         with torch.no_grad():
             acc = (model(x_test).argmax(1) == y_test).float().mean().item()
             acc_adv = (model(x_adv).argmax(1) == y_test).float().mean().item()
-        cov = NeuronCoverage(model, k=args.k, top_k=args.top_k, threshold=args.threshold, position=args.position)
+        cov = NeuronCoverage(model, **settings)
         cov.profile(x[prof_idx])
         profile = cov.state_dict()
         clean = cov.assess(x_test)
-        adv = NeuronCoverage(model, k=args.k, top_k=args.top_k, threshold=args.threshold, position=args.position)
+        adv = NeuronCoverage(model, **settings)
         adv = adv.load_state_dict(profile, coverage=False).assess(x_adv)
         both = cov.update(x_adv).result()
         for name, r, a in (("clean", clean, acc), ("PGD", adv, acc_adv), ("clean+PGD", both, None)):
@@ -76,10 +77,10 @@ def main() -> None:
         "|" + " --- |" * (3 + len(COLUMNS)),
     ]
     for weights, name, acc, r in rows:
-        vals = [f"{r[c]:.3f}" if c != "TKNP" else str(r[c]) for c in COLUMNS]
+        vals = [f"{getattr(r, c):.3f}" if c != "TKNP" else str(r.TKNP) for c in COLUMNS]
         acc_s = "-" if acc is None else f"{acc:.2f}"
-        lines.append(f"| {weights} | {name} ({r['inputs']}) | {acc_s} | {' | '.join(vals)} |")
-    neurons = rows[0][3]["neurons"]
+        lines.append(f"| {weights} | {name} ({r.inputs}) | {acc_s} | {' | '.join(vals)} |")
+    neurons = rows[0][3].neurons
     table = "\n".join(lines)
     print(table)
     if args.append:
@@ -91,8 +92,8 @@ def main() -> None:
             f"Profile: {n_prof} of the 100 AISafety images ({args.per_class} per class); assessed: the other "
             f"{n_test}, clean and PGD L-inf eps 8/255 (10 x 2/255, random start, seed 0) against the same model. "
             f"Layers: every Conv/Linear output ({args.position}-activation), {neurons} channel neurons; "
-            f"k={args.k}, top_k={args.top_k}, NC threshold {args.threshold}. Higher = the inputs exercise more "
-            f"of the model; clean+PGD = both sets counted together (TKNP distinct patterns).\n\n{table}\n"
+            f"sections={args.sections}, top_k={args.top_k}, NC threshold {args.threshold}. Higher = the inputs "
+            f"exercise more of the model; clean+PGD = both sets counted together (TKNP distinct patterns).\n\n{table}\n"
         )
         with open(ROOT / "bench" / "RESULTS.md", "a") as f:
             f.write(text)

@@ -56,7 +56,7 @@ def evaluate(model, x, y, eps, steps, step_size, seed):
     """Clean accuracy, PGD accuracy, the sensitivity on (x, PGD(x)) and its relative value."""
     model.eval()
     x_adv = pgd(model, x, y, eps, steps=steps, step_size=step_size, seed=seed)
-    sens = neuron_sensitivity(model, x, x_adv)
+    sens = neuron_sensitivity(model, x, x_adv, progress=False)
     return accuracy(model, x, y), accuracy(model, x_adv, y), sens, relative_sensitivity(model, x, sens)
 
 
@@ -81,7 +81,7 @@ def digits_part(args, out: Path) -> str:
         model = DigitsCNN()
         start = time.perf_counter()
         hist = train_adversarial(model, (x, y), method=method, epochs=args.epochs, lr=args.lr, eps=args.eps,
-                                 steps=args.train_steps, sns_lambda=lam, sns_k=args.k,
+                                 steps=args.train_steps, sns_lambda=lam, sns_k=args.top_k,
                                  refresh_every=args.refresh_every, seed=args.seed)
         secs = time.perf_counter() - start
         tag = method + (f"_{lam:g}" if method == "sns" else "")
@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=7)
     parser.add_argument("--eval-steps", type=int, default=20)
     parser.add_argument("--lam", type=float, nargs="+", default=[0.1, 0.3], help="SNS lambda values")
-    parser.add_argument("--k", type=float, default=0.1, help="SNS: fraction of sensitive neurons per layer")
+    parser.add_argument("--top-k", type=float, default=0.1, help="SNS: fraction of sensitive neurons per layer")
     parser.add_argument("--refresh-every", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for tiny models)")

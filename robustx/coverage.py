@@ -6,12 +6,12 @@ set N of all neurons of the chosen layers and a neuron value phi(x, n):
 * **profile** (training data): low_n = min_x phi(x, n), high_n = max_x phi(x, n)
   (plus mean and std, reported for reference).
 * **KMNC(k)** = sum_n |{i : some x has phi(x, n) in section i of [low_n, high_n]}| / (k |N|),
-  the k sections of equal width with inclusive edges: section floor((phi - low) k /
-  (high - low)), a value equal to high_n hits section k - 1, a value outside
+  the k = ``sections`` sections of equal width with inclusive edges: section
+  floor((phi - low) k / (high - low)), a value equal to high_n hits section k - 1, a value outside
   [low_n, high_n] hits none (a neuron with high_n == low_n has one reachable section).
 * **NBC** = (|UpperCorner| + |LowerCorner|) / (2 |N|), UpperCorner = {n : some x has
   phi(x, n) > high_n}, LowerCorner likewise with phi < low_n.  **SNAC** = |UpperCorner| / |N|.
-* **TKNC(k)** = |union over x and layers of the top-k neurons of the layer| / |N|.
+* **TKNC(k)** = |union over x and layers of the top-k neurons of the layer| / |N|, k = ``top_k``.
 * **TKNP(k)** = number of distinct patterns, a pattern being the tuple over layers of
   the *sets* of top-k neurons of one input.
 * **NC(t)** (DeepXplore): each layer's output of an input is scaled to [0, 1] by the
@@ -19,10 +19,13 @@ set N of all neurons of the chosen layers and a neuron value phi(x, n):
   exceeds t.
 
 Higher coverage = the inputs exercise more of the model's behaviour (these measure a
-data set's adequacy, not a model's robustness). A *neuron* is a conv channel (the
-spatial mean of its feature map, ``neuron="channel"``, the default) or every element of
-the output (``neuron="element"``); a Linear layer's neurons are its units. The neuron
-axis of a layer output of shape (N, C, ...) is C.
+data set's adequacy, not a model's robustness). The neurons of a layer are the indices
+of its neuron axis, by the rule of :mod:`robustx.neurons` shared with sensitivity: a
+conv output (N, C, ...) has C channels, a Linear output (N, ..., C) C units (its last
+axis, also for token inputs (N, T, C)); ``axis`` overrides it. A neuron's value is the
+mean of its elements (the spatial mean of a conv channel, ``neuron="channel"``, the
+default), or every element of the output is a neuron (``neuron="element"``). With
+``position="post"`` the axis is still the chosen module's.
 
 Choices where the reference implementations differ (this module follows the papers and
 ../shared/DESIGN.md):
@@ -51,7 +54,7 @@ activation. With ``position="post"`` it is the output of the activation module
 dropout / identity modules (found by following the tensor through the first forward
 pass); a layer whose output reaches no activation module that way (the logits layer, a
 residual branch whose ReLU comes after an addition) keeps its own output, and
-``result()["layers"][name]["source"]`` says which module each layer's values came from.
+``result().layers[name].source`` says which module each layer's values came from.
 To take exactly the post-activation tensors, select the activation modules themselves
 (``layers=nn.ReLU``) or whole blocks by name. A module called several times per forward
 pass (a shared ``nn.ReLU``) gives one layer per call, named ``name#0``, ``name#1``, ...
@@ -63,8 +66,11 @@ from shards unite; a collision among 10^9 patterns has probability ~1e-21).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import math
+import numbers
 import warnings
 from collections.abc import Iterable
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -73,10 +79,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from robustx import ops
-from robustx.modelutil import LayerSpec, check_images, chunks, frozen_eval, model_device, progress_bar, resolve_layers
+from robustx import checks, ops
+from robustx.modelutil import LayerOutputs, LayerSpec, chunks, frozen_eval, model_device, progress_bar, resolve_layers
+from robustx.neurons import AxisSpec, RunningMoments, neuron_axes, neuron_view
 
-__all__ = ["NeuronCoverage", "METRICS", "PROFILE_METRICS"]
+__all__ = ["NeuronCoverage", "CoverageResult", "LayerCoverage", "METRICS", "PROFILE_METRICS"]
 
 METRICS = ("NC", "KMNC", "NBC", "SNAC", "TKNC", "TKNP")
 PROFILE_METRICS = ("KMNC", "NBC", "SNAC")
@@ -100,42 +107,78 @@ _ACTIVATIONS = (
 _DIGEST_BYTES = 16
 
 
+@dataclasses.dataclass
+class LayerCoverage:
+    """Coverage of one layer (fractions of its ``neurons``; None without a profile) and
+    the module call its values came from (``source``). Higher = more exercised."""
+
+    NC: float
+    KMNC: Optional[float]
+    NBC: Optional[float]
+    SNAC: Optional[float]
+    TKNC: float
+    neurons: int
+    source: str
+
+
+@dataclasses.dataclass
+class CoverageResult:
+    """Coverage over every input counted: NC, KMNC, NBC, SNAC, TKNC fractions of the
+    ``neurons`` of all layers (KMNC, NBC, SNAC None without a profile), TKNP a count of
+    patterns, ``inputs`` counted, and the per-layer breakdown. Higher = more exercised."""
+
+    NC: float
+    KMNC: Optional[float]
+    NBC: Optional[float]
+    SNAC: Optional[float]
+    TKNC: float
+    TKNP: int
+    inputs: int
+    neurons: int
+    layers: Dict[str, LayerCoverage]
+
+    def to_dict(self) -> dict:
+        """The result as plain JSON-able dicts, numbers and strings."""
+        return dataclasses.asdict(self)
+
+
 class _Layer:
     """One neuron layer: the module call holding its values, its profile and its bitmaps."""
 
-    def __init__(
-        self, name: str, source: Tuple[str, int], label: str, shape: Tuple[int, ...], neuron: str, k: int, device
-    ):
+    def __init__(self, name: str, source: Tuple[str, int], label: str, shape: Tuple[int, ...], axis: int,
+                 neuron: str, sections: int, device):
         self.name = name
         self.source = source  # (module name, call index within one forward pass)
         self.label = label  # the source as reported: module name, "#i" when called several times
         self.shape = torch.Size(shape)  # output shape without the batch dimension
-        self.m = math.prod(shape) if neuron == "element" or not shape else shape[0]
+        self.axis = axis  # neuron axis of the output (batch axis 0 included)
+        self.neuron = neuron
+        _, c, length = neuron_view(torch.empty((1, *shape), device="meta"), axis, name).shape
+        self.m = c * length if neuron == "element" else c
         self.device = device
         self.reset_profile()
-        self.reset_states(k)
+        self.reset_states(sections)
+
+    @property
+    def spec(self) -> tuple:
+        return self.name, self.source, self.label, tuple(self.shape), self.axis
 
     def reset_profile(self) -> None:
-        f64 = dict(dtype=torch.float64, device=self.device)
-        self.count = 0
-        self.vmin = torch.full((self.m,), math.inf, **f64)
-        self.vmax = torch.full((self.m,), -math.inf, **f64)
-        self.mean = torch.zeros(self.m, **f64)
-        self.m2 = torch.zeros(self.m, **f64)
+        self.moments = RunningMoments()
+        self.vmin = torch.full((self.m,), math.inf, dtype=torch.float64, device=self.device)
+        self.vmax = torch.full((self.m,), -math.inf, dtype=torch.float64, device=self.device)
 
-    def reset_states(self, k: int) -> None:
-        self.states = self.new_states(k)
+    def reset_states(self, sections: int) -> None:
+        self.states = self.new_states(sections)
 
-    def new_states(self, k: int) -> Dict[str, torch.Tensor]:
-        shapes = {"sections": (self.m, k), **{s: (self.m,) for s in _STATES[1:]}}
+    def new_states(self, sections: int) -> Dict[str, torch.Tensor]:
+        shapes = {"sections": (self.m, sections), **{s: (self.m,) for s in _STATES[1:]}}
         return {s: torch.zeros(shape, dtype=torch.bool, device=self.device) for s, shape in shapes.items()}
 
-
-def _neuron_view(out: torch.Tensor, neuron: str) -> torch.Tensor:
-    """(N, C, ...) -> (N, M, L): "channel" M = C, L = prod(...); "element" M = C*prod(...), L = 1."""
-    if neuron == "channel" and out.dim() > 2:
-        return out.flatten(2)
-    return out.reshape(out.shape[0], -1).unsqueeze(-1)
+    def activations(self, out: torch.Tensor) -> torch.Tensor:
+        """The output as (N, M, L): M neurons of L elements each (L = 1 for element neurons)."""
+        v = neuron_view(out, self.axis, self.name)
+        return v.reshape(v.shape[0], -1, 1) if self.neuron == "element" else v
 
 
 def _label(name: str, call: int, n_calls: int) -> str:
@@ -145,19 +188,20 @@ def _label(name: str, call: int, n_calls: int) -> str:
 class NeuronCoverage:
     """Neuron coverage (NC, KMNC, NBC, SNAC, TKNC, TKNP) of a model over whole data sets.
 
-    ``layers``: None (every leaf Conv/Linear module), module names as in
-    ``named_modules()`` (dotted; nested models work) or module types, see
-    :func:`robustx.modelutil.resolve_layers`. ``neuron``: "channel" (spatial mean of a
-    conv channel) or "element". ``position``: "pre" (the module's own output) or "post"
-    (the output of the activation module it feeds; see the module docstring). ``k``:
-    sections of KMNC; ``top_k``: neurons per layer of TKNC / TKNP; ``threshold``: NC's t
-    on the per-input [0, 1] scaling. ``batch_size`` chunks the tensors passed in;
-    ``progress`` shows a tqdm bar over the batches.
+    ``layers``: None (every Conv/Linear module), module names as in ``named_modules()``
+    (dotted; nested models work) or module types, see
+    :func:`robustx.modelutil.resolve_layers`. ``neuron``: "channel" (mean of a neuron's
+    elements, e.g. a conv channel's spatial mean) or "element"; ``axis`` overrides the
+    neuron axis of :mod:`robustx.neurons`. ``position``: "pre" (the module's own output)
+    or "post" (the output of the activation module it feeds; see the module docstring).
+    ``sections``: KMNC's k; ``top_k``: neurons per layer of TKNC / TKNP; ``threshold``:
+    NC's t on the per-input [0, 1] scaling. ``batch_size`` chunks the tensors passed in;
+    ``progress`` shows a progress bar over the batches.
 
     Usage: ``cov.profile(train_x)`` once (or :meth:`load_state_dict` of a saved
-    profile), then ``cov.assess(test_loader)`` -> dict of metrics. KMNC, NBC and SNAC
-    need the profile: counting without one reports them as None (with a warning), and
-    the profile cannot change once inputs were counted (call :meth:`reset` first).
+    profile), then ``cov.assess(test_loader)`` -> :class:`CoverageResult`. KMNC, NBC and
+    SNAC need the profile: counting without one reports them as None (with a warning),
+    and the profile cannot change once inputs were counted (call :meth:`reset` first).
     """
 
     def __init__(
@@ -167,32 +211,33 @@ class NeuronCoverage:
         *,
         neuron: str = "channel",
         position: str = "pre",
-        k: int = 10,
+        axis: AxisSpec = None,
+        sections: int = 10,
         top_k: int = 2,
         threshold: float = 0.5,
         batch_size: int = 256,
-        progress: bool = False,
+        progress: bool = True,
     ):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        checks.model(model)
         if neuron not in _NEURONS:
             raise ValueError(f"neuron must be one of {_NEURONS}, got {neuron!r}")
         if position not in _POSITIONS:
             raise ValueError(f"position must be one of {_POSITIONS}, got {position!r}")
-        for name, value in (("k", k), ("top_k", top_k), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
+            raise TypeError(f"threshold must be a finite number, got {threshold!r}")
+        if not math.isfinite(threshold):
             raise ValueError(f"threshold must be a finite number, got {threshold!r}")
         self.model = model
         self.modules = resolve_layers(model, layers)
+        self.axes = neuron_axes(self.modules, axis)
         self.neuron, self.position = neuron, position
-        self.k, self.top_k, self.threshold = k, top_k, float(threshold)
-        self.batch_size, self.progress = batch_size, progress
+        self.sections = checks.integer(sections, "sections")
+        self.top_k = checks.integer(top_k, "top_k")
+        self.threshold = float(threshold)
+        self.batch_size, self.progress = checks.integer(batch_size, "batch_size"), progress
         self.device = model_device(model)
         self._layers: Optional[List[_Layer]] = None
         self._verified = False  # layers checked against a forward pass of this model
-        self._calls: Dict[str, int] = {}
         self._topk: Dict[str, torch.Tensor] = {}
         self.reset()
 
@@ -203,7 +248,7 @@ class NeuronCoverage:
         self.patterns: set = set()
         self._scratch: Dict[str, tuple] = {}
         for layer in self._layers or ():
-            layer.reset_states(self.k)
+            layer.reset_states(self.sections)
             if profile:
                 layer.reset_profile()
         return self
@@ -211,7 +256,7 @@ class NeuronCoverage:
     @property
     def profiled(self) -> bool:
         """True once a profile was computed or loaded (KMNC, NBC, SNAC can be counted)."""
-        return self._layers is not None and all(layer.count > 0 for layer in self._layers)
+        return self._layers is not None and all(layer.moments.n > 0 for layer in self._layers)
 
     @property
     def layer_names(self) -> List[str]:
@@ -220,77 +265,65 @@ class NeuronCoverage:
 
     # -------------------------------------------------------------- discovery
     def _discover(self, x: torch.Tensor) -> List[tuple]:
-        """One forward pass: (name, source, label, shape) of each layer, in execution order."""
+        """One forward pass: (name, source, label, shape, axis) of each layer, in execution order."""
         selected = {id(m) for m in self.modules.values()}
         watch = dict(self.modules)
         if self.position == "post":
             followers = _PASSTHROUGH + _ACTIVATIONS
-            watch.update({n: m for n, m in self.model.named_modules() if n and isinstance(m, followers)})
-        calls: Dict[str, int] = {}
+            watch.update({n: m for n, m in self.model.named_modules() if isinstance(m, followers)})
         order: List[Tuple[str, int]] = []  # calls of selected modules
         shapes: Dict[Tuple[str, int], torch.Size] = {}
         post: Dict[Tuple[str, int], Tuple[str, int]] = {}
         flow: Dict[int, List[Tuple[str, int]]] = {}  # id(tensor) -> layers whose values it carries
         alive: List[torch.Tensor] = []  # keeps the tensors alive so that their ids stay unique
 
-        def hook_for(name: str, module: nn.Module):
-            def hook(_m, inputs, out):
-                key = (name, calls.get(name, 0))
-                calls[name] = key[1] + 1
-                if not isinstance(out, torch.Tensor):
-                    if id(module) in selected:
-                        raise TypeError(f"layers: module {name!r} returned {type(out).__name__}, not a tensor")
-                    return
-                alive.append(out)
-                shapes[key] = out.shape[1:]
-                first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
-                upstream = flow.get(id(first), []) if first is not None else []
+        def trace(name: str, call: int, inputs: tuple, out: torch.Tensor) -> None:
+            key, module = (name, call), watch[name]
+            alive.append(out)
+            shapes[key] = out.shape[1:]
+            first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+            upstream = flow.get(id(first), []) if first is not None else []
+            if isinstance(module, _ACTIVATIONS):
+                for layer in upstream:
+                    post.setdefault(layer, key)
+            if id(module) in selected:
+                order.append(key)
                 if isinstance(module, _ACTIVATIONS):
-                    for layer in upstream:
-                        post.setdefault(layer, key)
-                if id(module) in selected:
-                    order.append(key)
-                    if isinstance(module, _ACTIVATIONS):
-                        post[key] = key
-                    flow.setdefault(id(out), []).append(key)
-                elif isinstance(module, _PASSTHROUGH) and upstream:
-                    flow.setdefault(id(out), []).extend(upstream)
+                    post[key] = key
+                flow.setdefault(id(out), []).append(key)
+            elif isinstance(module, _PASSTHROUGH) and upstream:
+                flow.setdefault(id(out), []).extend(upstream)
 
-            return hook
-
-        handles = [m.register_forward_hook(hook_for(n, m)) for n, m in watch.items()]
-        try:
+        with LayerOutputs(watch, consume=trace) as rec:
             self.model(x)
-        finally:
-            for h in handles:
-                h.remove()
-        missing = [n for n in self.modules if n not in calls]
+        missing = [n for n in self.modules if n not in rec.calls]
         if missing:
             raise ValueError(f"layers: module(s) {missing} are not called by the model's forward pass")
         specs = []
         for key in order:
             src = post.get(key, key) if self.position == "post" else key
-            specs.append((_label(*key, calls[key[0]]), src, _label(*src, calls[src[0]]), tuple(shapes[src])))
+            label = _label(*src, rec.calls[src[0]])
+            specs.append((_label(*key, rec.calls[key[0]]), src, label, tuple(shapes[src]), self.axes[key[0]]))
         return specs
 
     def _prepare(self, x: torch.Tensor) -> None:
         """Find the layers on the first batch, or check loaded layers against the model."""
         specs = self._discover(x[:1])
         if self._layers is None:
-            self._layers = [_Layer(*spec, self.neuron, self.k, self.device) for spec in specs]
+            self._layers = [_Layer(*spec, self.neuron, self.sections, self.device) for spec in specs]
         else:
-            have = [(l.name, l.source, l.label, tuple(l.shape)) for l in self._layers]
+            have = [layer.spec for layer in self._layers]
             if have != specs:
                 raise ValueError(
                     "the loaded / merged coverage state does not match this model's layers: state has "
-                    f"{[(h[0], h[3]) for h in have]}, the model gives {[(s[0], s[3]) for s in specs]}"
+                    f"{[(h[0], h[3], h[4]) for h in have]}, the model gives {[(s[0], s[3], s[4]) for s in specs]}"
                 )
         self._verified = True
 
     # ------------------------------------------------------------ forward runs
     def _batches(self, data, name: str) -> Iterator[torch.Tensor]:
         if isinstance(data, torch.Tensor):
-            check_images(data, name)
+            checks.images(data, name)
             items: Iterable = (data,)
         elif isinstance(data, Iterable):
             items = data
@@ -302,7 +335,7 @@ class NeuronCoverage:
         for item in items:
             x = item[0] if isinstance(item, (tuple, list)) else item
             if x is not data:
-                check_images(x, name)
+                checks.images(x, name)
             for s in chunks(x.shape[0], self.batch_size):
                 yield x[s]
 
@@ -312,9 +345,9 @@ class NeuronCoverage:
         return len(data) if hasattr(data, "__len__") else None
 
     def _run(self, data, name: str, consume, after_batch, desc: str) -> None:
-        """Forward every batch of ``data``; hooks call ``consume(layer, output)``."""
-        handles: Optional[list] = None
-        with frozen_eval(self.model), torch.no_grad():
+        """Forward every batch of ``data``; each layer's output goes to ``consume(layer, output)``."""
+        rec: Optional[LayerOutputs] = None
+        with frozen_eval(self.model), torch.no_grad(), contextlib.ExitStack() as hooks:
             try:
                 for x in progress_bar(self._batches(data, name), self.progress, desc, self._total(data)):
                     if x.shape[0] == 0:
@@ -322,30 +355,23 @@ class NeuronCoverage:
                     x = x.to(self.device)
                     if not self._verified:
                         self._prepare(x)
-                    if handles is None:
-                        handles = self._register(consume)
-                    self._calls.clear()
+                    if rec is None:  # the layers are known after the first batch
+                        rec = hooks.enter_context(self._recorder(consume))
+                    rec.clear()
                     self.model(x)
                     after_batch(x.shape[0])
             finally:
-                for h in handles or ():
-                    h.remove()
                 self._topk = {}
 
-    def _register(self, consume) -> list:
+    def _recorder(self, consume) -> LayerOutputs:
+        """Hooks on the source modules, handing each call's output to its layers."""
         named = dict(self.model.named_modules())
-        by_module: Dict[str, Dict[int, List[_Layer]]] = {}
+        by_source: Dict[str, Dict[int, List[_Layer]]] = {}
         for layer in self._layers:
-            by_module.setdefault(layer.source[0], {}).setdefault(layer.source[1], []).append(layer)
-        return [named[n].register_forward_hook(self._hook(n, by_call, consume)) for n, by_call in by_module.items()]
+            by_source.setdefault(layer.source[0], {}).setdefault(layer.source[1], []).append(layer)
 
-    def _hook(self, name: str, by_call: Dict[int, List[_Layer]], consume):
-        calls = self._calls
-
-        def hook(_m, _inputs, out):
-            i = calls.get(name, 0)
-            calls[name] = i + 1
-            for layer in by_call.get(i, ()):
+        def route(name: str, call: int, _inputs: tuple, out: torch.Tensor) -> None:
+            for layer in by_source[name].get(call, ()):
                 if out.shape[1:] != layer.shape:
                     raise ValueError(
                         f"layer {layer.name!r}: output shape changed from {tuple(layer.shape)} to "
@@ -353,13 +379,14 @@ class NeuronCoverage:
                     )
                 consume(layer, out)
 
-        return hook
+        return LayerOutputs({n: named[n] for n in by_source}, consume=route)
 
     # --------------------------------------------------------------- profiling
     def profile(self, data) -> "NeuronCoverage":
         """Stream ``data`` (a tensor (N, ...), or an iterable of tensors or (x, y) batches)
-        and accumulate each neuron's min, max, mean and std in float64 (Chan et al.'s
-        pairwise update). Calling it again adds more data to the same profile."""
+        and accumulate each neuron's min, max, mean and std in float64
+        (:class:`robustx.neurons.RunningMoments`). Calling it again adds more data to the
+        same profile."""
         if self.n_inputs:
             raise RuntimeError(
                 "profile() after inputs were counted would move the KMNC/NBC/SNAC bounds midway: call reset() first"
@@ -368,15 +395,8 @@ class NeuronCoverage:
         return self
 
     def _profile_layer(self, layer: _Layer, out: torch.Tensor) -> None:
-        v = _neuron_view(out, self.neuron).to(torch.float64).mean(-1)
-        n_b = v.shape[0]
-        mean_b = v.mean(0)
-        m2_b = ((v - mean_b) ** 2).sum(0)
-        n = layer.count + n_b
-        delta = mean_b - layer.mean
-        layer.mean += delta * (n_b / n)
-        layer.m2 += m2_b + delta * delta * (layer.count * n_b / n)
-        layer.count = n
+        v = layer.activations(out).to(torch.float64).mean(-1)
+        layer.moments.update(v)
         torch.minimum(layer.vmin, v.amin(0), out=layer.vmin)
         torch.maximum(layer.vmax, v.amax(0), out=layer.vmax)
 
@@ -385,35 +405,35 @@ class NeuronCoverage:
         if not self.profiled:
             raise RuntimeError("no profile yet: call profile() or load_state_dict() first")
         return {
-            l.name: {"low": l.vmin, "high": l.vmax, "mean": l.mean, "std": (l.m2 / l.count).sqrt()}
+            l.name: {"low": l.vmin, "high": l.vmax, "mean": l.moments.mean, "std": l.moments.variance().sqrt()}
             for l in self._layers
         }
 
     # ----------------------------------------------------------------- counting
     def update(self, x: torch.Tensor) -> "NeuronCoverage":
         """Count a tensor of inputs (N, ...), chunked by ``batch_size``."""
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        checks.floating_tensor(x, "x")
         self._run(x, "x", self._count_layer, self._record_patterns, "coverage")
         return self
 
-    def assess(self, data) -> dict:
+    def assess(self, data) -> CoverageResult:
         """Count every batch of ``data`` (a tensor, a DataLoader, an iterable of tensors
         or (x, y) pairs) and return :meth:`result`."""
         self._run(data, "data", self._count_layer, self._record_patterns, "coverage")
         return self.result()
 
     def _count_layer(self, layer: _Layer, out: torch.Tensor) -> None:
-        states, low, high = (layer.states, layer.vmin, layer.vmax) if layer.count else self._unprofiled(layer)
+        states, low, high = (layer.states, layer.vmin, layer.vmax) if layer.moments.n else self._unprofiled(layer)
         self._topk[layer.name] = ops.coverage_update(
-            _neuron_view(out, self.neuron), low, high, k=self.k, threshold=self.threshold,
+            layer.activations(out), low, high, k=self.sections, threshold=self.threshold,
             top_k=min(self.top_k, layer.m), **states,
         )
 
     def _unprofiled(self, layer: _Layer) -> tuple:
         """Without a profile: the real NC / top-k bitmaps, throw-away section and corner ones."""
         if layer.name not in self._scratch:
-            states = dict(layer.new_states(self.k), above=layer.states["above"], topk_hit=layer.states["topk_hit"])
+            states = dict(layer.new_states(self.sections), above=layer.states["above"],
+                          topk_hit=layer.states["topk_hit"])
             zero = torch.zeros(layer.m, dtype=torch.float64, device=self.device)
             self._scratch[layer.name] = (states, zero, zero)
         return self._scratch[layer.name]
@@ -429,13 +449,8 @@ class NeuronCoverage:
         self.n_inputs += n
 
     # ------------------------------------------------------------------ results
-    def result(self) -> dict:
-        """Metrics over every input counted so far (higher = more of the model exercised).
-
-        {"NC", "KMNC", "NBC", "SNAC", "TKNC": float (KMNC / NBC / SNAC None without a
-        profile), "TKNP": int, "inputs": int, "neurons": |N|, "layers": {name: {"NC",
-        "KMNC", "NBC", "SNAC", "TKNC", "neurons", "source"}}}.
-        """
+    def result(self) -> CoverageResult:
+        """Metrics over every input counted so far (higher = more of the model exercised)."""
         if self._layers is None:
             raise RuntimeError("nothing counted yet: call update() or assess() first")
         profiled = self.profiled
@@ -452,18 +467,19 @@ class NeuronCoverage:
             counts = {s: int(t.sum()) for s, t in layer.states.items()}
             for s in _STATES:
                 sums[s] += counts[s]
-            per_layer[layer.name] = dict(self._metrics(counts, layer.m, profiled), neurons=layer.m, source=layer.label)
+            metrics = self._metrics(counts, layer.m, profiled)
+            per_layer[layer.name] = LayerCoverage(**metrics, neurons=layer.m, source=layer.label)
         total = sum(layer.m for layer in self._layers)
-        out = self._metrics(sums, total, profiled)
-        out.update(TKNP=len(self.patterns), inputs=self.n_inputs, neurons=total, layers=per_layer)
-        return out
+        return CoverageResult(**self._metrics(sums, total, profiled), TKNP=len(self.patterns), inputs=self.n_inputs,
+                              neurons=total, layers=per_layer)
 
     def _metrics(self, c: Dict[str, int], m: int, profiled: bool) -> Dict[str, Optional[float]]:
-        """NC = |above| / m; KMNC = |sections| / (k m); NBC = (|upper| + |lower|) / (2 m);
+        """NC = |above| / m; KMNC = |sections hit| / (sections m); NBC = (|upper| + |lower|) / (2 m);
         SNAC = |upper| / m; TKNC = |topk_hit| / m."""
         out = {"NC": c["above"] / m, "KMNC": None, "NBC": None, "SNAC": None, "TKNC": c["topk_hit"] / m}
         if profiled:
-            out.update(KMNC=c["sections"] / (self.k * m), NBC=(c["upper"] + c["lower"]) / (2 * m), SNAC=c["upper"] / m)
+            out.update(KMNC=c["sections"] / (self.sections * m), NBC=(c["upper"] + c["lower"]) / (2 * m),
+                       SNAC=c["upper"] / m)
         return out
 
     # ------------------------------------------------------------------ merging
@@ -476,14 +492,14 @@ class NeuronCoverage:
             return self
         if self._layers is None:
             return self.load_state_dict(other.state_dict())
-        for attr in ("neuron", "position", "k", "top_k", "threshold"):
+        for attr in ("neuron", "position", "sections", "top_k", "threshold"):
             if getattr(self, attr) != getattr(other, attr):
                 raise ValueError(f"cannot merge: {attr} differs ({getattr(self, attr)!r} vs {getattr(other, attr)!r})")
-        if [(l.name, l.shape) for l in self._layers] != [(l.name, l.shape) for l in other._layers]:
+        if [(l.name, l.shape, l.axis) for l in self._layers] != [(l.name, l.shape, l.axis) for l in other._layers]:
             raise ValueError("cannot merge: the two coverage states have different layers")
         for a, b in zip(self._layers, other._layers):
-            same = a.count == 0 and b.count == 0 or (
-                a.count > 0 and b.count > 0
+            same = a.moments.n == 0 and b.moments.n == 0 or (
+                a.moments.n > 0 and b.moments.n > 0
                 and torch.equal(a.vmin, b.vmin.to(a.device)) and torch.equal(a.vmax, b.vmax.to(a.device))
             )
             if not same:
@@ -504,18 +520,18 @@ class NeuronCoverage:
         profile = None
         if self.profiled:
             profile = {
-                l.name: {
-                    "count": l.count, "min": l.vmin.cpu(), "max": l.vmax.cpu(), "mean": l.mean.cpu(), "m2": l.m2.cpu()
-                }
+                l.name: {"count": l.moments.n, "min": l.vmin.cpu(), "max": l.vmax.cpu(),
+                         "mean": l.moments.mean.cpu(), "m2": l.moments.m2.cpu()}
                 for l in self._layers
             }
         digests = np.frombuffer(b"".join(sorted(self.patterns)), dtype=np.uint8).reshape(-1, _DIGEST_BYTES)
         return {
             "config": {
-                "neuron": self.neuron, "position": self.position, "k": self.k, "top_k": self.top_k,
+                "neuron": self.neuron, "position": self.position, "sections": self.sections, "top_k": self.top_k,
                 "threshold": self.threshold,
                 "layers": [
-                    {"name": l.name, "source": list(l.source), "label": l.label, "shape": list(l.shape)}
+                    {"name": l.name, "source": list(l.source), "label": l.label, "shape": list(l.shape),
+                     "axis": l.axis}
                     for l in self._layers
                 ],
             },
@@ -529,12 +545,12 @@ class NeuronCoverage:
 
     def load_state_dict(self, state: dict, coverage: bool = True) -> "NeuronCoverage":
         """Load a :meth:`state_dict`: the layers and profile, and with ``coverage=True``
-        the counted states too (then k, top_k and threshold must match). The layers are
-        checked against the model on the next forward pass."""
+        the counted states too (then sections, top_k and threshold must match). The
+        layers are checked against the model on the next forward pass."""
         if not isinstance(state, dict) or not {"config", "profile", "coverage"} <= set(state):
             raise ValueError("state must be a dict returned by NeuronCoverage.state_dict()")
         cfg = state["config"]
-        for attr in ("neuron", "position") + (("k", "top_k", "threshold") if coverage else ()):
+        for attr in ("neuron", "position") + (("sections", "top_k", "threshold") if coverage else ()):
             if cfg[attr] != getattr(self, attr):
                 raise ValueError(
                     f"state was saved with {attr}={cfg[attr]!r}, this object has {attr}={getattr(self, attr)!r}"
@@ -544,7 +560,8 @@ class NeuronCoverage:
         if unknown:
             raise ValueError(f"state: modules {unknown} do not exist in the model")
         self._layers = [
-            _Layer(s["name"], tuple(s["source"]), s["label"], tuple(s["shape"]), self.neuron, self.k, self.device)
+            _Layer(s["name"], tuple(s["source"]), s["label"], tuple(s["shape"]), s["axis"], self.neuron,
+                   self.sections, self.device)
             for s in cfg["layers"]
         ]
         self._verified = False
@@ -552,9 +569,9 @@ class NeuronCoverage:
         for layer in self._layers:
             p = (state["profile"] or {}).get(layer.name)
             if p is not None:
-                layer.count = int(p["count"])
-                for attr, key in (("vmin", "min"), ("vmax", "max"), ("mean", "mean"), ("m2", "m2")):
-                    setattr(layer, attr, p[key].to(self.device, torch.float64).clone())
+                f64 = dict(device=self.device, dtype=torch.float64)
+                layer.moments = RunningMoments(int(p["count"]), p["mean"].to(**f64).clone(), p["m2"].to(**f64).clone())
+                layer.vmin, layer.vmax = p["min"].to(**f64).clone(), p["max"].to(**f64).clone()
         if coverage:
             cov = state["coverage"]
             for layer in self._layers:

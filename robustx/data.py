@@ -37,6 +37,8 @@ def digits(split: str = "train") -> Tuple[torch.Tensor, torch.Tensor]:
     ``split`` is "train" (1,438 images) or "test" (359 images); the split is stratified
     by class and the same on every call.
     """
+    if not isinstance(split, str):
+        raise TypeError(f"split must be one of {_SPLITS}, got {split!r}")
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
     from sklearn.datasets import load_digits

@@ -22,7 +22,8 @@ from torch import nn
 from robustx import attacks, checks
 from robustx.attacks import Attack
 from robustx.modelutil import LayerOutputs, LayerSpec, frozen_eval, model_device, progress_bar, resolve_layers
-from robustx.sensitivity import neuron_distance, per_neuron, top_k_count, top_k_indices
+from robustx.neurons import default_axis, neuron_view
+from robustx.sensitivity import neuron_distance, top_k_count, top_k_indices
 
 __all__ = ["SNSLoss", "train_adversarial", "train_sns", "METHODS"]
 
@@ -68,10 +69,10 @@ class SNSLoss:
         """Logits on ``x_adv`` and, per layer, the batch's per-neuron sigma (C,), with graph."""
         with LayerOutputs(self.modules) as rec:
             self.model(x)
-            benign = {n: per_neuron(rec.get(n), m, n) for n, m in self.modules.items()}
+            benign = {n: neuron_view(rec.get(n), default_axis(m), n) for n, m in self.modules.items()}
             logits_adv = self.model(x_adv)
             sigma = {
-                n: neuron_distance(benign[n], per_neuron(rec.get(n), m, n)).mean(dim=0)
+                n: neuron_distance(benign[n], neuron_view(rec.get(n), default_axis(m), n)).mean(dim=0)
                 for n, m in self.modules.items()
             }
         return logits_adv, sigma

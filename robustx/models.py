@@ -15,6 +15,8 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from robustx import checks
+
 __all__ = ["DigitsCNN", "digits_cnn", "BasicBlock", "ResNet20", "resnet20_cifar", "DIGITS_WEIGHTS"]
 
 DIGITS_WEIGHTS = Path(__file__).resolve().parent / "weights" / "digits_cnn.pt"
@@ -45,6 +47,8 @@ class DigitsCNN(nn.Module):
 
 
 def _load_state(path: Union[str, os.PathLike], name: str) -> dict:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{name}: weight file not found: {path}")
@@ -54,6 +58,8 @@ def _load_state(path: Union[str, os.PathLike], name: str) -> dict:
 def digits_cnn(pretrained: bool = True) -> DigitsCNN:
     """The digits CNN in eval mode; ``pretrained=True`` loads the shipped weights
     (>= 97 % test accuracy on ``robustx.data.digits("test")``)."""
+    if not isinstance(pretrained, bool):
+        raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
     model = DigitsCNN()
     if pretrained:
         model.load_state_dict(_load_state(DIGITS_WEIGHTS, "digits_cnn"))
@@ -91,6 +97,7 @@ class ResNet20(nn.Module):
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
+        num_classes = checks.integer(num_classes, "num_classes", minimum=2)
         self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=True)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU()

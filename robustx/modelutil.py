@@ -1,4 +1,4 @@
-"""Helpers every method shares: model hygiene, input checks, layer selection, chunking.
+"""Helpers every method shares: model hygiene, layer selection and hooks, chunking, progress bars.
 
 The library treats a user's model as borrowed: :func:`frozen_eval` puts it in eval mode
 with parameters frozen (so no ``.grad`` is ever accumulated into them) and restores
@@ -7,19 +7,20 @@ both afterwards, whatever happens inside.
 from __future__ import annotations
 
 import contextlib
-import math
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+import os
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from robustx import checks
+
 
 @contextlib.contextmanager
 def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode and ``requires_grad=False`` on every parameter; both restored on exit."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    checks.model(model)
     modes = {m: m.training for m in model.modules()}
     flags = {p: p.requires_grad for p in model.parameters()}
     model.eval()
@@ -41,46 +42,6 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def check_images(x, name: str = "x", clip_values: Optional[Tuple[float, float]] = None) -> torch.Tensor:
-    """Validate a batch of inputs (N, ...): floating, finite and inside ``clip_values``."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got {x.dtype}")
-    if x.dim() < 2:
-        raise ValueError(f"{name} must have shape (N, ...) with a batch dimension, got {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    if clip_values is not None:
-        lo, hi = clip_values
-        if x.min() < lo or x.max() > hi:
-            raise ValueError(
-                f"{name} has values in [{x.min().item():.4g}, {x.max().item():.4g}], outside "
-                f"clip_values=({lo}, {hi})"
-            )
-    return x
-
-
-def positive_number(value, name: str) -> float:
-    """``value`` as a float, or ValueError naming ``name`` unless it is a finite number > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def clip_pair(clip_values) -> Optional[Tuple[float, float]]:
-    """``clip_values`` as (lo, hi) floats (None stays None); ValueError unless finite with lo < hi."""
-    if clip_values is None:
-        return None
-    try:
-        lo, hi = (float(v) for v in clip_values)
-    except (TypeError, ValueError):
-        raise ValueError(f"clip_values must be None or a pair of numbers (lo, hi), got {clip_values!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"clip_values must be finite with lo < hi, got {clip_values!r}")
-    return lo, hi
-
-
 def chunks(n: int, size: int) -> Iterator[slice]:
     """Consecutive slices of at most ``size`` covering range(n)."""
     for start in range(0, n, size):
@@ -88,8 +49,12 @@ def chunks(n: int, size: int) -> Iterator[slice]:
 
 
 def progress_bar(iterable: Iterable, enabled: bool, desc: str, total: Optional[int] = None):
-    """A tqdm progress bar over ``iterable`` when ``enabled``, else the iterable itself."""
-    return tqdm(iterable, desc=desc, total=total, leave=False) if enabled else iterable
+    """A tqdm progress bar over ``iterable`` when ``enabled``, else the iterable itself.
+    The environment variable ``ROBUSTX_NO_PROGRESS`` set to anything but "" or "0" turns
+    every bar off (batch jobs, logs)."""
+    if not enabled or os.environ.get("ROBUSTX_NO_PROGRESS", "") not in ("", "0"):
+        return iterable
+    return tqdm(iterable, desc=desc, total=total, leave=False)
 
 
 LayerSpec = Union[None, str, type, Sequence[Union[str, type]]]
@@ -97,12 +62,13 @@ DEFAULT_LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 def resolve_layers(model: nn.Module, layers: LayerSpec = None) -> Dict[str, nn.Module]:
-    """Map dotted module names (as in ``named_modules()``) to modules.
+    """Map dotted module names (as in ``named_modules()``) to modules, in model order.
 
-    ``layers``: None (every leaf Conv/Linear module), a module name, a module type, or a
-    list mixing both. Unknown names raise ``ValueError`` listing what exists.
+    ``layers``: None (every Conv/Linear module), a module name, a module type, or a list
+    mixing both. The model itself counts too, under the name "" (a model that is a bare
+    ``nn.Linear`` is its own layer). Unknown names raise ``ValueError`` listing what exists.
     """
-    named = dict(model.named_modules())
+    named = dict(checks.model(model).named_modules())
     if layers is None:
         layers = list(DEFAULT_LAYER_TYPES)
     elif isinstance(layers, (str, type)):
@@ -110,38 +76,48 @@ def resolve_layers(model: nn.Module, layers: LayerSpec = None) -> Dict[str, nn.M
     chosen: Dict[str, nn.Module] = {}
     for spec in layers:
         if isinstance(spec, str):
-            if spec not in named or spec == "":
-                options = ", ".join(n for n in named if n) or "(none)"
+            if spec not in named:
+                options = ", ".join(repr(n) for n in named)
                 raise ValueError(f"layers: no module named {spec!r} in the model; modules: {options}")
             chosen[spec] = named[spec]
         elif isinstance(spec, type) and issubclass(spec, nn.Module):
-            chosen.update({n: m for n, m in named.items() if n and isinstance(m, spec)})
+            chosen.update({n: m for n, m in named.items() if isinstance(m, spec)})
         else:
             raise TypeError(f"layers must hold module names (str) or nn.Module types, got {spec!r}")
     if not chosen:
         raise ValueError(f"layers={layers!r} selects no module of the model")
-    return {n: chosen[n] for n in named if n in chosen}  # model order
+    return {n: chosen[n] for n in named if n in chosen}
 
 
 class LayerOutputs:
-    """Context manager recording the outputs of chosen modules on every forward call.
+    """Context manager hooking the chosen modules: the one place forward hooks are set.
 
-    ``with LayerOutputs(names_to_modules) as rec: model(x)`` then ``rec.get(name)``.
-    Outputs keep their autograd graph (detach them if not needed). ``get`` refuses an
-    output that a later module changed in place (e.g. ``nn.ReLU(inplace=True)`` after a
-    conv), which would otherwise silently turn the conv's output into the activation's.
+    ``with LayerOutputs(names_to_modules) as rec: model(x)`` then ``rec.get(name)``: the
+    output of the module's last call. With ``consume``, every call's output is instead
+    handed over at once, ``consume(name, call, inputs, output)`` (``call`` counts the
+    module's calls since the last :meth:`clear`), and nothing is kept. Outputs keep their
+    autograd graph (detach them if not needed). ``get`` refuses an output that a later
+    module changed in place (e.g. ``nn.ReLU(inplace=True)`` after a conv), which would
+    otherwise silently turn the conv's output into the activation's.
     """
 
-    def __init__(self, modules: Dict[str, nn.Module]):
+    def __init__(self, modules: Dict[str, nn.Module], consume: Optional[Callable] = None):
         self.modules = modules
+        self.consume = consume
         self.outputs: Dict[str, torch.Tensor] = {}
+        self.calls: Dict[str, int] = {}
         self._versions: Dict[str, int] = {}
         self._handles: List = []
 
     def _hook(self, name: str):
-        def record(_module, _inputs, output):
+        def record(_module, inputs, output):
             if not isinstance(output, torch.Tensor):
-                raise TypeError(f"layer {name!r} returned {type(output).__name__}, not a tensor")
+                raise TypeError(f"layers: module {name!r} returned {type(output).__name__}, not a tensor")
+            call = self.calls.get(name, 0)
+            self.calls[name] = call + 1
+            if self.consume is not None:
+                self.consume(name, call, inputs, output)
+                return
             self.outputs[name] = output
             self._versions[name] = output._version
 
@@ -157,6 +133,12 @@ class LayerOutputs:
             )
         return out
 
+    def clear(self) -> None:
+        """Forget the recorded outputs and restart the call counts (before a new forward pass)."""
+        self.outputs.clear()
+        self.calls.clear()
+        self._versions.clear()
+
     def __enter__(self) -> "LayerOutputs":
         self._handles = [m.register_forward_hook(self._hook(n)) for n, m in self.modules.items()]
         return self
@@ -165,3 +147,12 @@ class LayerOutputs:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+# TEMP: removed by the lead at merge (callers switch to robustx.checks)
+check_images = checks.images
+clip_pair = checks.clip_range
+
+
+def positive_number(value, name: str) -> float:  # TEMP: removed by the lead at merge
+    return checks.positive_float(value, name)

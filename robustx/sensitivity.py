@@ -1,8 +1,9 @@
 """Neuron sensitivity and neuron uncertainty (Zhang et al., arXiv 1909.06978; Guo et al.,
 arXiv 2101.09617).
 
-A *neuron* is one output channel of a chosen module: a conv channel's whole feature map,
-or one unit of a Linear layer (the last axis of its output). For neuron m of layer l and
+A *neuron* is one index of a layer's neuron axis (:mod:`robustx.neurons`, the same rule
+as coverage): a conv channel's whole feature map, or one unit of a Linear layer (its last
+axis; for an output (N, T, C) the unit's T token values). For neuron m of layer l and
 N pairs of benign inputs x_i and adversarial inputs x'_i::
 
     sigma_l^m = (1/N) sum_i ||F_l^m(x_i) - F_l^m(x'_i)||_1 / dim(F_l^m)
@@ -17,27 +18,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-from robustx.modelutil import (
-    LayerOutputs,
-    LayerSpec,
-    check_images,
-    chunks,
-    frozen_eval,
-    model_device,
-    progress_bar,
-    resolve_layers,
-)
+from robustx import checks
+from robustx.modelutil import LayerOutputs, LayerSpec, chunks, frozen_eval, model_device, progress_bar, resolve_layers
+from robustx.neurons import AxisSpec, RunningMoments, neuron_axes, neuron_view
 
 __all__ = [
     "LayerScores",
     "TopK",
-    "per_neuron",
     "neuron_distance",
     "top_k_count",
     "top_k_indices",
@@ -55,18 +49,19 @@ class TopK(NamedTuple):
     indices: torch.Tensor
 
 
-def top_k_count(k: Union[int, float], n_neurons: int) -> int:
-    """Number of neurons selected by ``k``: an int >= 1 (capped at ``n_neurons``) or a
-    fraction in (0, 1] (rounded up, at least one neuron)."""
-    if isinstance(k, bool) or not isinstance(k, (int, float)):
-        raise TypeError(f"k must be an int >= 1 or a fraction in (0, 1], got {k!r}")
-    if isinstance(k, int):
-        if k < 1:
-            raise ValueError(f"k must be an int >= 1 or a fraction in (0, 1], got {k!r}")
-        return min(k, n_neurons)
-    if not 0.0 < k <= 1.0:
-        raise ValueError(f"k must be an int >= 1 or a fraction in (0, 1], got {k!r}")
-    return max(1, min(n_neurons, math.ceil(round(k * n_neurons, 9))))
+def top_k_count(top_k: Union[int, float], n_neurons: int) -> int:
+    """Number of neurons selected by ``top_k``: an int >= 1 (capped at ``n_neurons``) or
+    a fraction in (0, 1] (rounded up, at least one neuron)."""
+    accepted = f"top_k must be an int >= 1 or a fraction in (0, 1], got {top_k!r}"
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, float)):
+        raise TypeError(accepted)
+    if isinstance(top_k, int):
+        if top_k < 1:
+            raise ValueError(accepted)
+        return min(top_k, n_neurons)
+    if not 0.0 < top_k <= 1.0:
+        raise ValueError(accepted)
+    return max(1, min(n_neurons, math.ceil(round(top_k * n_neurons, 9))))
 
 
 def top_k_indices(scores: torch.Tensor, count: int) -> torch.Tensor:
@@ -74,27 +69,34 @@ def top_k_indices(scores: torch.Tensor, count: int) -> torch.Tensor:
     return torch.sort(scores, descending=True, stable=True).indices[:count]
 
 
+@dataclass(eq=False)
 class LayerScores(Mapping):
-    """Per-neuron scores of every chosen layer: ``scores[name]`` is a 1-D float64 tensor
+    """Per-neuron scores of every chosen layer: ``result[name]`` is a 1-D float64 tensor
     with one entry per neuron (channel or unit), in the model's layer order.
 
     ``quantity`` names what the scores are ("sensitivity", "uncertainty"); ``n_inputs``
     is the number of inputs (or benign/adversarial pairs) they average over.
     """
 
-    def __init__(self, scores: Dict[str, torch.Tensor], n_inputs: int, quantity: str) -> None:
-        self._scores = dict(scores)
-        self.n_inputs = n_inputs
-        self.quantity = quantity
+    scores: Dict[str, torch.Tensor]
+    n_inputs: int
+    quantity: str
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self._scores[name]
+        return self.scores[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._scores)
+        return iter(self.scores)
 
     def __len__(self) -> int:
-        return len(self._scores)
+        return len(self.scores)
+
+    def to_dict(self) -> dict:
+        """JSON-able: quantity, n_inputs, mean, layer_means and the per-neuron scores as lists."""
+        return {
+            "quantity": self.quantity, "n_inputs": self.n_inputs, "mean": self.mean(),
+            "layer_means": self.layer_means(), "scores": {n: s.tolist() for n, s in self.scores.items()},
+        }
 
     def __repr__(self) -> str:
         means = ", ".join(f"{n}: {v:.4g}" for n, v in self.layer_means().items())
@@ -102,18 +104,18 @@ class LayerScores(Mapping):
 
     def layer_means(self) -> Dict[str, float]:
         """Mean over the neurons of each layer."""
-        return {n: s.mean().item() for n, s in self._scores.items()}
+        return {n: s.mean().item() for n, s in self.scores.items()}
 
     def mean(self) -> float:
         """Mean over every neuron of every chosen layer."""
-        return torch.cat(list(self._scores.values())).mean().item()
+        return torch.cat(list(self.scores.values())).mean().item()
 
-    def top_k(self, k: Union[int, float] = 0.1) -> Dict[str, TopK]:
-        """Per layer, the k highest-scoring neurons (the *sensitive* neurons for
-        sensitivity); ``k`` is a count or a fraction of the layer's neurons."""
+    def top_k(self, top_k: Union[int, float] = 0.1) -> Dict[str, TopK]:
+        """Per layer, the ``top_k`` highest-scoring neurons (the *sensitive* neurons for
+        sensitivity); ``top_k`` is a count or a fraction of the layer's neurons."""
         out = {}
-        for name, s in self._scores.items():
-            idx = top_k_indices(s, top_k_count(k, s.numel()))
+        for name, s in self.scores.items():
+            idx = top_k_indices(s, top_k_count(top_k, s.numel()))
             out[name] = TopK(s[idx], idx)
         return out
 
@@ -122,12 +124,12 @@ class LayerScores(Mapping):
         layer to ``path`` (format from its suffix); returns the path."""
         from matplotlib.figure import Figure  # no pyplot: no global backend state
 
-        names = list(self._scores)
+        names = list(self.scores)
         fig = Figure(figsize=(max(4.0, 0.6 * len(names) + 2.0), 3.5), layout="constrained")
         ax = fig.add_subplot()
         positions = range(1, len(names) + 1)
-        ax.boxplot([self._scores[n].numpy() for n in names], positions=positions, showfliers=True)
-        ax.plot(positions, [self._scores[n].mean().item() for n in names], "o", label="layer mean")
+        ax.boxplot([self.scores[n].numpy() for n in names], positions=positions, showfliers=True)
+        ax.plot(positions, [self.scores[n].mean().item() for n in names], "o", label="layer mean")
         ax.set_xticks(list(positions), names, rotation=45, ha="right")
         ax.set_ylabel(f"neuron {self.quantity}")
         ax.set_title(title or f"neuron {self.quantity} per layer (N={self.n_inputs})")
@@ -137,16 +139,6 @@ class LayerScores(Mapping):
         return path
 
 
-def per_neuron(output: torch.Tensor, module: nn.Module, name: str) -> torch.Tensor:
-    """A layer's output (N, ...) as (N, C, L): C neurons of L elements each. The neuron
-    axis is the last one for ``nn.Linear`` and axis 1 (channels) for any other module."""
-    if output.dim() < 2:
-        raise ValueError(f"layer {name!r} output has shape {tuple(output.shape)}; need (N, C, ...)")
-    if isinstance(module, nn.Linear):
-        output = output.movedim(-1, 1)
-    return output.reshape(output.shape[0], output.shape[1], -1)
-
-
 def neuron_distance(benign: torch.Tensor, adversarial: torch.Tensor) -> torch.Tensor:
     """||F^m(x_i) - F^m(x'_i)||_1 / dim(F^m) for (N, C, L) outputs -> (N, C)."""
     diff = benign - adversarial
@@ -154,16 +146,10 @@ def neuron_distance(benign: torch.Tensor, adversarial: torch.Tensor) -> torch.Te
 
 
 def _check_pair(x: torch.Tensor, x_adv: torch.Tensor) -> None:
-    check_images(x, "x")
-    check_images(x_adv, "x_adv")
+    checks.images(x, "x")
+    checks.images(x_adv, "x_adv")
     if x.shape != x_adv.shape:
         raise ValueError(f"x and x_adv must have the same shape, got {tuple(x.shape)} and {tuple(x_adv.shape)}")
-
-
-def _batch_size(batch_size: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    return batch_size
 
 
 def _checked_pairs(pairs: Iterable) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
@@ -174,22 +160,23 @@ def _checked_pairs(pairs: Iterable) -> Iterator[Tuple[torch.Tensor, torch.Tensor
         yield pair
 
 
-def _sensitivity(model: nn.Module, pairs: Iterable, layers: LayerSpec, progress: bool, total) -> LayerScores:
+def _sensitivity(model, pairs: Iterable, layers: LayerSpec, axis: AxisSpec, progress: bool, total) -> LayerScores:
     """Sum of the per-neuron distances over validated (x, x_adv) batches, divided by N."""
-    modules = resolve_layers(model, layers)
+    modules = resolve_layers(checks.model(model), layers)
+    axes = neuron_axes(modules, axis)
     device = model_device(model)
     sums: Dict[str, torch.Tensor] = {}
     n = 0
     with frozen_eval(model), torch.no_grad(), LayerOutputs(modules) as rec:
         for x, x_adv in progress_bar(pairs, progress, "neuron sensitivity", total):
             model(x.to(device))
-            benign = {name: per_neuron(rec.get(name), m, name) for name, m in modules.items()}
+            benign = {name: neuron_view(rec.get(name), axes[name], name) for name in modules}
             model(x_adv.to(device))
-            for name, module in modules.items():
-                adversarial = per_neuron(rec.get(name), module, name)
+            for name in modules:
+                adversarial = neuron_view(rec.get(name), axes[name], name)
                 d = neuron_distance(benign[name], adversarial).sum(dim=0, dtype=torch.float64)
                 sums[name] = sums[name] + d if name in sums else d
-            rec.outputs.clear()
+            rec.clear()
             n += x.shape[0]
     if n == 0:
         raise ValueError("pairs yielded no inputs")
@@ -201,7 +188,8 @@ def neuron_sensitivity_stream(
     pairs: Iterable[Tuple[torch.Tensor, torch.Tensor]],
     layers: LayerSpec = None,
     *,
-    progress: bool = False,
+    axis: AxisSpec = None,
+    progress: bool = True,
     total: Optional[int] = None,
 ) -> LayerScores:
     """Neuron sensitivity from an iterable of (x, x_adv) batches (e.g. a DataLoader).
@@ -209,10 +197,11 @@ def neuron_sensitivity_stream(
     Per batch, one forward pass over the benign and one over the adversarial inputs
     (separately, so that x_adv == x gives exactly 0); the per-neuron L1 distances are
     summed in float64. ``layers``: module names (dotted, as in ``named_modules()``) or
-    types; default every leaf Conv/Linear module. Lower = more robust. ``total`` is the
-    number of batches, for the progress bar.
+    types; default every Conv/Linear module. ``axis`` overrides each layer's neuron axis
+    (see :mod:`robustx.neurons`). Lower = more robust. ``total`` is the number of
+    batches, for the progress bar.
     """
-    return _sensitivity(model, _checked_pairs(pairs), layers, progress, total)
+    return _sensitivity(model, _checked_pairs(pairs), layers, axis, progress, total)
 
 
 def neuron_sensitivity(
@@ -221,8 +210,9 @@ def neuron_sensitivity(
     x_adv: torch.Tensor,
     layers: LayerSpec = None,
     *,
+    axis: AxisSpec = None,
     batch_size: int = 256,
-    progress: bool = False,
+    progress: bool = True,
 ) -> LayerScores:
     """Neuron sensitivity sigma_l^m = (1/N) sum_i ||F_l^m(x_i) - F_l^m(x'_i)||_1 / dim(F_l^m)
     of every neuron of the chosen layers (Zhang et al.); lower = more robust.
@@ -232,55 +222,28 @@ def neuron_sensitivity(
     Returns :class:`LayerScores`: ``result[name]`` is the 1-D per-neuron sigma.
     """
     _check_pair(x, x_adv)
-    size = _batch_size(batch_size)
+    size = checks.integer(batch_size, "batch_size")
     batches = ((x[s], x_adv[s]) for s in chunks(x.shape[0], size))
-    return _sensitivity(model, batches, layers, progress, -(-x.shape[0] // size))
+    return _sensitivity(model, batches, layers, axis, progress, -(-x.shape[0] // size))
 
 
-class _RunningMoments:
-    """Count, mean and sum of squared deviations of (C, L) elements over the inputs,
-    merged batch by batch (Chan et al.'s parallel update) in float64."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.mean: Optional[torch.Tensor] = None
-        self.m2: Optional[torch.Tensor] = None
-
-    def update(self, values: torch.Tensor) -> None:
-        values = values.to(torch.float64)
-        b = values.shape[0]
-        batch_mean = values.mean(dim=0)
-        batch_m2 = (values - batch_mean).square().sum(dim=0)
-        if self.mean is None:
-            self.n, self.mean, self.m2 = b, batch_mean, batch_m2
-            return
-        delta = batch_mean - self.mean
-        total = self.n + b
-        self.mean = self.mean + delta * (b / total)
-        self.m2 = self.m2 + batch_m2 + delta.square() * (self.n * b / total)
-        self.n = total
-
-    def neuron_variance(self) -> torch.Tensor:
-        """Population variance over the inputs of each element, averaged over each
-        neuron's L elements -> (C,)."""
-        return (self.m2 / self.n).mean(dim=1)
-
-
-def _uncertainty(model: nn.Module, batches: Iterable, layers: LayerSpec, progress: bool, total) -> LayerScores:
-    """Per-neuron variance over validated input batches."""
-    modules = resolve_layers(model, layers)
+def _uncertainty(model, batches: Iterable, layers: LayerSpec, axis: AxisSpec, progress: bool, total) -> LayerScores:
+    """Per-neuron variance over validated input batches: the population variance of each
+    element of a neuron over the inputs, averaged over the neuron's elements."""
+    modules = resolve_layers(checks.model(model), layers)
+    axes = neuron_axes(modules, axis)
     device = model_device(model)
-    moments = {name: _RunningMoments() for name in modules}
+    moments = {name: RunningMoments() for name in modules}
     with frozen_eval(model), torch.no_grad(), LayerOutputs(modules) as rec:
         for x in progress_bar(batches, progress, "neuron uncertainty", total):
             model(x.to(device))
-            for name, module in modules.items():
-                moments[name].update(per_neuron(rec.get(name), module, name))
-            rec.outputs.clear()
+            for name in modules:
+                moments[name].update(neuron_view(rec.get(name), axes[name], name))
+            rec.clear()
     n = next(iter(moments.values())).n
     if n == 0:
         raise ValueError("batches yielded no inputs")
-    return LayerScores({name: m.neuron_variance().cpu() for name, m in moments.items()}, n, "uncertainty")
+    return LayerScores({name: m.variance().mean(dim=1).cpu() for name, m in moments.items()}, n, "uncertainty")
 
 
 def neuron_uncertainty_stream(
@@ -288,14 +251,15 @@ def neuron_uncertainty_stream(
     batches: Iterable,
     layers: LayerSpec = None,
     *,
-    progress: bool = False,
+    axis: AxisSpec = None,
+    progress: bool = True,
     total: Optional[int] = None,
 ) -> LayerScores:
     """Neuron uncertainty from an iterable of input batches (tensors, or tuples whose
     first element is the input, such as a DataLoader's (x, y)). See
     :func:`neuron_uncertainty`."""
-    inputs = (check_images(b[0] if isinstance(b, (tuple, list)) else b, "x") for b in batches)
-    return _uncertainty(model, inputs, layers, progress, total)
+    inputs = (checks.images(b[0] if isinstance(b, (tuple, list)) else b, "x") for b in batches)
+    return _uncertainty(model, inputs, layers, axis, progress, total)
 
 
 def neuron_uncertainty(
@@ -303,8 +267,9 @@ def neuron_uncertainty(
     x: torch.Tensor,
     layers: LayerSpec = None,
     *,
+    axis: AxisSpec = None,
     batch_size: int = 256,
-    progress: bool = False,
+    progress: bool = True,
 ) -> LayerScores:
     """Neuron uncertainty (Guo et al.'s NU): for every neuron, the variance of its output
     over the N inputs; ``layer_means()`` gives the per-layer mean over neurons (NU).
@@ -315,7 +280,7 @@ def neuron_uncertainty(
     outputs. The AISafety platform's code pools every neuron of a layer into one
     variance; following DESIGN.md and the paper, this computes it per neuron.
     """
-    check_images(x, "x")
-    size = _batch_size(batch_size)
+    checks.images(x, "x")
+    size = checks.integer(batch_size, "batch_size")
     batches = (x[s] for s in chunks(x.shape[0], size))
-    return _uncertainty(model, batches, layers, progress, -(-x.shape[0] // size))
+    return _uncertainty(model, batches, layers, axis, progress, -(-x.shape[0] // size))

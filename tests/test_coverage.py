@@ -88,16 +88,16 @@ def reference_metrics(model, layers, x_profile, x_test, neuron, k, top_k, thresh
 def assert_metrics(got, want):
     for key, value in want.items():
         if key == "TKNP":
-            assert got[key] == value, key
+            assert getattr(got, key) == value, key
         else:
-            assert got[key] == pytest.approx(value, abs=1e-12), key
+            assert getattr(got, key) == pytest.approx(value, abs=1e-12), key
 
 
 # ------------------------------------------------------------------- hand computed
 def test_hand_computed_linear_layer():
     # neurons (x1, x2, x1 + x2); profile {(0,0), (1,1)}: low = (0, 0, 0), high = (1, 1, 2)
     model = linear_model(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
-    cov = NeuronCoverage(model, k=2, top_k=1, threshold=0.8)
+    cov = NeuronCoverage(model, sections=2, top_k=1, threshold=0.8)
     cov.profile(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
     stats = cov.profile_stats()["0"]
     assert stats["low"].tolist() == [0, 0, 0] and stats["high"].tolist() == [1, 1, 2]
@@ -106,25 +106,37 @@ def test_hand_computed_linear_layer():
     # v = (2, -1, 1):      n0 upper, n1 lower, n2: section 1;        scaled (1, 0, 2/3) -> n0; top n0
     # v = (.1, .2, .3):    sections n0:0, n1:0, n2:0;               scaled (0, .5, 1) -> n2;  top n2
     r = cov.assess(torch.tensor([[0.25, 1.0], [2.0, -1.0], [0.1, 0.2]]))
-    assert r["KMNC"] == pytest.approx(5 / 6)
-    assert r["NBC"] == pytest.approx(2 / 6)
-    assert r["SNAC"] == pytest.approx(1 / 3)
-    assert r["NC"] == pytest.approx(2 / 3)
-    assert r["TKNC"] == pytest.approx(2 / 3)
-    assert r["TKNP"] == 2 and isinstance(r["TKNP"], int)
-    assert r["inputs"] == 3 and r["neurons"] == 3
-    assert r["layers"]["0"]["KMNC"] == pytest.approx(5 / 6)
+    assert r.KMNC == pytest.approx(5 / 6)
+    assert r.NBC == pytest.approx(2 / 6)
+    assert r.SNAC == pytest.approx(1 / 3)
+    assert r.NC == pytest.approx(2 / 3)
+    assert r.TKNC == pytest.approx(2 / 3)
+    assert r.TKNP == 2 and isinstance(r.TKNP, int)
+    assert r.inputs == 3 and r.neurons == 3
+    assert r.layers["0"].KMNC == pytest.approx(5 / 6)
+
+
+def test_result_to_dict_is_json():
+    import json
+
+    model = linear_model(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    r = NeuronCoverage(model, sections=2, top_k=1).profile(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+    d = json.loads(json.dumps(r.assess(torch.tensor([[0.25, 2.0]])).to_dict()))
+    # n0: section 0 of 2, n1 above high; scaled (0, 1) -> n1 above 0.5; top n1
+    assert d == {"NC": 0.5, "KMNC": 0.25, "NBC": 0.25, "SNAC": 0.5, "TKNC": 0.5, "TKNP": 1, "inputs": 1,
+                 "neurons": 2, "layers": {"0": {"NC": 0.5, "KMNC": 0.25, "NBC": 0.25, "SNAC": 0.5, "TKNC": 0.5,
+                                                "neurons": 2, "source": "0"}}}
 
 
 def test_kmnc_section_edges_are_inclusive():
     # one neuron, profile range [0, 1], k = 4: 0 -> section 0, 1 -> section 3, 0.5 -> 2, outside -> none
     model = linear_model(torch.tensor([[1.0]]))
-    cov = NeuronCoverage(model, k=4, top_k=1)
+    cov = NeuronCoverage(model, sections=4, top_k=1)
     cov.profile(torch.tensor([[0.0], [1.0]]))
-    assert cov.assess(torch.tensor([[0.0], [1.0]]))["KMNC"] == pytest.approx(2 / 4)
-    assert cov.assess(torch.tensor([[0.5], [1.5], [-0.5]]))["KMNC"] == pytest.approx(3 / 4)
+    assert cov.assess(torch.tensor([[0.0], [1.0]])).KMNC == pytest.approx(2 / 4)
+    assert cov.assess(torch.tensor([[0.5], [1.5], [-0.5]])).KMNC == pytest.approx(3 / 4)
     r = cov.result()
-    assert r["NBC"] == pytest.approx(1.0) and r["SNAC"] == pytest.approx(1.0)
+    assert r.NBC == pytest.approx(1.0) and r.SNAC == pytest.approx(1.0)
 
 
 @pytest.mark.filterwarnings("ignore:KMNC, NBC and SNAC need")
@@ -137,10 +149,10 @@ def test_nc_scales_over_raw_elements():
     x = torch.tensor([[[[0.0, 4.0]], [[1.0, 1.0]]]])
     # DeepXplore: scaled channel means (2-0)/4 = .5 and (1-0)/4 = .25 (scaling the means instead
     # of the raw elements would give 1 and 0, and NC = 0.5 at t = 0.2)
-    assert NeuronCoverage(model, threshold=0.2, top_k=1).update(x).result()["NC"] == 1.0
-    assert NeuronCoverage(model, threshold=0.3, top_k=1).update(x).result()["NC"] == 0.5
+    assert NeuronCoverage(model, threshold=0.2, top_k=1).update(x).result().NC == 1.0
+    assert NeuronCoverage(model, threshold=0.3, top_k=1).update(x).result().NC == 0.5
     # element neurons: scaled (0, 1, .25, .25) -> 3 of 4 above 0.2
-    assert NeuronCoverage(model, neuron="element", threshold=0.2, top_k=1).update(x).result()["NC"] == 0.75
+    assert NeuronCoverage(model, neuron="element", threshold=0.2, top_k=1).update(x).result().NC == 0.75
 
 
 @pytest.mark.filterwarnings("ignore:KMNC, NBC and SNAC need")
@@ -148,7 +160,7 @@ def test_top_k_larger_than_a_layer_takes_the_whole_layer():
     model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1))
     cov = NeuronCoverage(model, top_k=2)
     r = cov.update(torch.randn(5, 3)).result()
-    assert r["layers"]["1"]["TKNC"] == 1.0 and r["layers"]["0"]["TKNC"] >= 0.5
+    assert r.layers["1"].TKNC == 1.0 and r.layers["0"].TKNC >= 0.5
 
 
 # ------------------------------------------------------------------ reference check
@@ -168,12 +180,12 @@ def test_matches_reference_on_random_model(neuron, op_path, monkeypatch):
     x_test = torch.cat([x_profile[:10], 1.3 * torch.randn(30, 2, 7, 7)])
     for layers, k, top_k, t in ((None, 5, 2, 0.5), (["stem", "block.1", "head"], 3, 3, 0.3)):
         # one batch of 40 each, as in the reference (float32 rounding can depend on the batch)
-        cov = NeuronCoverage(model, layers, neuron=neuron, k=k, top_k=top_k, threshold=t, batch_size=40)
+        cov = NeuronCoverage(model, layers, neuron=neuron, sections=k, top_k=top_k, threshold=t, batch_size=40)
         cov.profile(x_profile)
         got = cov.assess(x_test)
         want = reference_metrics(model, layers, x_profile, x_test, neuron, k, top_k, t)
         assert_metrics(got, want)
-        assert 0 < got["KMNC"] <= 1 and 0 < got["NBC"] < 1 and got["TKNP"] > 1
+        assert 0 < got.KMNC <= 1 and 0 < got.NBC < 1 and got.TKNP > 1
 
 
 def test_profile_streams_exact_statistics():
@@ -208,7 +220,7 @@ def test_parity_with_dnn_tip():
     x_train, _ = digits("train")
     x_test, _ = digits("test")
     k, top_k = 6, 3
-    cov = NeuronCoverage(model, k=k, top_k=top_k, batch_size=len(x_train))  # the reference's batches
+    cov = NeuronCoverage(model, sections=k, top_k=top_k, batch_size=len(x_train))  # the reference's batches
     cov.profile(x_train)
     got = cov.assess(x_test)
 
@@ -230,11 +242,11 @@ def test_parity_with_dnn_tip():
     def covered(method):
         return method(acts)[1].any(axis=0).mean()
 
-    assert got["KMNC"] == pytest.approx(covered(nc.KMNC(mins, maxs, k)), abs=1e-12)
-    assert got["NBC"] == pytest.approx(covered(nc.NBC(mins, maxs, zeros, 0.0)), abs=1e-12)
-    assert got["SNAC"] == pytest.approx(covered(nc.SNAC(maxs, zeros, 0.0)), abs=1e-12)
-    assert got["TKNC"] == pytest.approx(covered(nc.TKNC(top_k)), abs=1e-12)
-    assert 0 < got["SNAC"] < got["KMNC"] < 1
+    assert got.KMNC == pytest.approx(covered(nc.KMNC(mins, maxs, k)), abs=1e-12)
+    assert got.NBC == pytest.approx(covered(nc.NBC(mins, maxs, zeros, 0.0)), abs=1e-12)
+    assert got.SNAC == pytest.approx(covered(nc.SNAC(maxs, zeros, 0.0)), abs=1e-12)
+    assert got.TKNC == pytest.approx(covered(nc.TKNC(top_k)), abs=1e-12)
+    assert 0 < got.SNAC < got.KMNC < 1
 
 
 # ------------------------------------------------------------------ layer positions
@@ -246,26 +258,26 @@ def test_post_position_uses_following_activation():
     model = digits_cnn()
     x = torch.rand(20, 1, 8, 8)
     post = NeuronCoverage(model, position="post", top_k=3).update(x).result()
-    sources = {n: d["source"] for n, d in post["layers"].items()}
+    sources = {n: d.source for n, d in post.layers.items()}
     assert sources == {
         "features.0": "features.1", "features.2": "features.3",
         "classifier.1": "classifier.2", "classifier.3": "classifier.3",
     }
     relu = NeuronCoverage(model, ["features.1", "features.3", "classifier.2"], top_k=3).update(x).result()
     for pre_name, relu_name in (("features.0", "features.1"), ("classifier.1", "classifier.2")):
-        assert post["layers"][pre_name]["NC"] == relu["layers"][relu_name]["NC"]
-        assert post["layers"][pre_name]["TKNC"] == relu["layers"][relu_name]["TKNC"]
+        assert post.layers[pre_name].NC == relu.layers[relu_name].NC
+        assert post.layers[pre_name].TKNC == relu.layers[relu_name].TKNC
 
     # ResNet-20 reuses one nn.ReLU per block: one layer per call, conv1 of a block -> relu#0
     net = resnet20_cifar()
     xs = torch.rand(6, 3, 32, 32)
-    by_relu = NeuronCoverage(net, nn.ReLU, top_k=1).update(xs).result()["layers"]
+    by_relu = NeuronCoverage(net, nn.ReLU, top_k=1).update(xs).result().layers
     assert len(by_relu) == 1 + 9 * 2 and "layer2.1.relu#1" in by_relu
-    by_post = NeuronCoverage(net, position="post", top_k=1).update(xs).result()["layers"]
-    assert by_post["layer2.1.conv1"]["source"] == "layer2.1.relu#0"
-    assert by_post["layer2.1.conv2"]["source"] == "layer2.1.conv2"  # addition before the ReLU
-    assert by_post["layer2.1.conv1"]["NC"] == by_relu["layer2.1.relu#0"]["NC"]
-    assert by_post["layer2.1.conv1"]["TKNC"] == by_relu["layer2.1.relu#0"]["TKNC"]
+    by_post = NeuronCoverage(net, position="post", top_k=1).update(xs).result().layers
+    assert by_post["layer2.1.conv1"].source == "layer2.1.relu#0"
+    assert by_post["layer2.1.conv2"].source == "layer2.1.conv2"  # addition before the ReLU
+    assert by_post["layer2.1.conv1"].NC == by_relu["layer2.1.relu#0"].NC
+    assert by_post["layer2.1.conv1"].TKNC == by_relu["layer2.1.relu#0"].TKNC
 
 
 # ------------------------------------------------------------- merge and persistence
@@ -273,37 +285,37 @@ def test_merge_equals_one_pass_over_the_union():
     torch.manual_seed(4)
     model = Nested()
     x_profile, x_test = torch.randn(30, 2, 7, 7), torch.randn(50, 2, 7, 7)
-    whole = NeuronCoverage(model, k=4, top_k=2, batch_size=7).profile(x_profile)
+    whole = NeuronCoverage(model, sections=4, top_k=2, batch_size=7).profile(x_profile)
     state = whole.state_dict()
     whole.update(x_test)
     shards = []
     for part in (x_test[:18], x_test[18:]):
-        shard = NeuronCoverage(model, k=4, top_k=2, batch_size=7).load_state_dict(state)
+        shard = NeuronCoverage(model, sections=4, top_k=2, batch_size=7).load_state_dict(state)
         shards.append(shard.update(part))
-    merged = NeuronCoverage(model, k=4, top_k=2).merge(shards[0]).merge(shards[1])
+    merged = NeuronCoverage(model, sections=4, top_k=2).merge(shards[0]).merge(shards[1])
     got, want = merged.result(), whole.result()
-    assert got == want and want["TKNP"] > 1 and got["inputs"] == 50
+    assert got == want and want.TKNP > 1 and got.inputs == 50
     assert merged.patterns == whole.patterns
     a, b = merged.state_dict()["coverage"]["states"], whole.state_dict()["coverage"]["states"]
     for name in a:
         for s in a[name]:
             assert torch.equal(a[name][s], b[name][s])
     # a shard alone covers less than the union
-    assert shards[0].result()["TKNP"] < want["TKNP"]
+    assert shards[0].result().TKNP < want.TKNP
 
 
 def test_state_dict_round_trip(tmp_path):
     torch.manual_seed(5)
     model = Nested()
     x_profile, x1, x2 = torch.randn(30, 2, 7, 7), torch.randn(20, 2, 7, 7), torch.randn(20, 2, 7, 7)
-    cov = NeuronCoverage(model, k=3).profile(x_profile).update(x1)
+    cov = NeuronCoverage(model, sections=3).profile(x_profile).update(x1)
     torch.save(cov.state_dict(), tmp_path / "cov.pt")
-    loaded = NeuronCoverage(model, k=3).load_state_dict(torch.load(tmp_path / "cov.pt", weights_only=True))
+    loaded = NeuronCoverage(model, sections=3).load_state_dict(torch.load(tmp_path / "cov.pt", weights_only=True))
     assert loaded.result() == cov.result()
     assert loaded.update(x2).result() == cov.update(x2).result()
     # profile only, reused with another k
-    prof = NeuronCoverage(model, k=7).load_state_dict(cov.state_dict(), coverage=False)
-    fresh = NeuronCoverage(model, k=7).profile(x_profile)
+    prof = NeuronCoverage(model, sections=7).load_state_dict(cov.state_dict(), coverage=False)
+    fresh = NeuronCoverage(model, sections=7).profile(x_profile)
     assert prof.assess(x1) == fresh.assess(x1)
     for name, s in prof.profile_stats().items():
         for key in s:
@@ -335,10 +347,14 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="no module named 'nope'"):
         NeuronCoverage(model, layers=["stem", "nope"])
     for kwargs, name in (
-        (dict(k=0), "k"), (dict(top_k=0), "top_k"), (dict(k=2.5), "k"), (dict(batch_size=0), "batch_size"),
+        (dict(sections=0), "sections"), (dict(top_k=0), "top_k"), (dict(batch_size=0), "batch_size"),
         (dict(neuron="unit"), "neuron"), (dict(position="after"), "position"), (dict(threshold=math.nan), "threshold"),
     ):
         with pytest.raises(ValueError, match=name):
+            NeuronCoverage(model, **kwargs)
+    wrong_types = ((dict(sections=2.5), "sections"), (dict(top_k="2"), "top_k"), (dict(threshold="a"), "threshold"))
+    for kwargs, name in wrong_types:
+        with pytest.raises(TypeError, match=name):
             NeuronCoverage(model, **kwargs)
     with pytest.raises(TypeError, match="model"):
         NeuronCoverage("model")
@@ -357,11 +373,11 @@ def test_counting_before_profiling():
     cov = NeuronCoverage(model).update(x)
     with pytest.warns(UserWarning, match="profile"):
         r = cov.result()
-    assert r["KMNC"] is None and r["NBC"] is None and r["SNAC"] is None
+    assert r.KMNC is None and r.NBC is None and r.SNAC is None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = NeuronCoverage(model).profile(x).update(x).result()
-    assert (r["NC"], r["TKNC"], r["TKNP"]) == (ref["NC"], ref["TKNC"], ref["TKNP"])
+    assert (r.NC, r.TKNC, r.TKNP) == (ref.NC, ref.TKNC, ref.TKNP)
     with pytest.raises(RuntimeError, match="reset"):
         cov.profile(x)
     assert cov.reset().profile(x).update(x).result() == ref
@@ -378,19 +394,19 @@ def test_incompatible_merge_and_load():
     torch.manual_seed(7)
     model = Nested()
     x = torch.randn(10, 2, 7, 7)
-    a = NeuronCoverage(model, k=3).profile(x).update(x)
-    with pytest.raises(ValueError, match="k differs"):
-        a.merge(NeuronCoverage(model, k=4).profile(x).update(x))
+    a = NeuronCoverage(model, sections=3).profile(x).update(x)
+    with pytest.raises(ValueError, match="sections differs"):
+        a.merge(NeuronCoverage(model, sections=4).profile(x).update(x))
     with pytest.raises(ValueError, match="different profiles"):
-        a.merge(NeuronCoverage(model, k=3).profile(x[:5]).update(x))
-    with pytest.raises(ValueError, match="k=3"):
-        NeuronCoverage(model, k=4).load_state_dict(a.state_dict())
+        a.merge(NeuronCoverage(model, sections=3).profile(x[:5]).update(x))
+    with pytest.raises(ValueError, match="sections=3"):
+        NeuronCoverage(model, sections=4).load_state_dict(a.state_dict())
     other = nn.Sequential(nn.Linear(3, 2))
     with pytest.raises(ValueError, match="do not exist"):
         NeuronCoverage(other).load_state_dict(a.state_dict(), coverage=False)
     # same module names, different shapes: caught on the first forward pass
     wide = Nested()
     wide.head = nn.Linear(45, 7)
-    loaded = NeuronCoverage(wide, k=3).load_state_dict(a.state_dict())
+    loaded = NeuronCoverage(wide, sections=3).load_state_dict(a.state_dict())
     with pytest.raises(ValueError, match="does not match"):
         loaded.update(x)

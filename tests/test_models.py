@@ -35,9 +35,18 @@ def test_digits_split_is_a_fixed_stratified_partition():
     assert torch.equal(x_again, x_te) and torch.equal(y_again, y_te)
 
 
-def test_digits_bad_split_raises():
+def test_bad_arguments_raise_naming_them():
     with pytest.raises(ValueError, match="split"):
         digits("validation")
+    with pytest.raises(TypeError, match="split"):
+        digits(0)
+    with pytest.raises(TypeError, match="pretrained"):
+        digits_cnn(pretrained="yes")
+    with pytest.raises(ValueError, match="num_classes"):
+        ResNet20(num_classes=1)
+    with pytest.raises(TypeError, match="weights must be a path"):
+        resnet20_cifar(weights=3)
+    assert ResNet20(num_classes=7)(torch.rand(2, 3, 32, 32)).shape == (2, 7)
 
 
 def test_digits_cnn_shipped_weights_accuracy():

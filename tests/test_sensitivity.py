@@ -196,7 +196,7 @@ def test_top_k_summaries(digits_pairs):
     assert sens.mean() == pytest.approx(torch.cat(list(sens.values())).mean().item())
     assert top_k_count(0.1, 10) == 1 and top_k_count(0.01, 10) == 1 and top_k_count(50, 10) == 10
     for bad in (0, 1.5, -0.1, "3"):
-        with pytest.raises((ValueError, TypeError), match="k must be"):
+        with pytest.raises((ValueError, TypeError), match="top_k must be"):
             top_k_count(bad, 10)
 
 
@@ -206,6 +206,19 @@ def test_top_k_ties_go_to_lower_index():
         model[0].weight.copy_(torch.tensor([[1.0, 0.0], [2.0, 0.0], [2.0, 0.0], [1.0, 0.0]]))
     sens = neuron_sensitivity(model, torch.zeros(1, 2), torch.ones(1, 2))
     assert sens.top_k(3)["0"].indices.tolist() == [1, 2, 0]
+
+
+def test_to_dict_is_json(digits_pairs):
+    import json
+
+    model, x, x_adv = digits_pairs
+    sens = neuron_sensitivity(model, x, x_adv, progress=False)
+    d = json.loads(json.dumps(sens.to_dict()))
+    assert d["quantity"] == "sensitivity" and d["n_inputs"] == 23
+    assert d["mean"] == pytest.approx(sens.mean()) and d["layer_means"] == pytest.approx(sens.layer_means())
+    assert {n: len(v) for n, v in d["scores"].items()} == {"features.0": 16, "features.2": 32,
+                                                           "classifier.1": 64, "classifier.3": 10}
+    assert d["scores"]["classifier.3"] == pytest.approx(sens["classifier.3"].tolist(), rel=0, abs=0)
 
 
 def test_plot_writes_png(tmp_path, digits_pairs):

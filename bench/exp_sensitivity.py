@@ -81,7 +81,7 @@ def digits_part(args, out: Path) -> str:
         model = DigitsCNN()
         start = time.perf_counter()
         hist = train_adversarial(model, (x, y), method=method, epochs=args.epochs, lr=args.lr, eps=args.eps,
-                                 steps=args.train_steps, sns_lambda=lam, sns_k=args.top_k,
+                                 steps=args.train_steps, sns_lambda=lam, sns_top_k=args.top_k,
                                  refresh_every=args.refresh_every, seed=args.seed)
         secs = time.perf_counter() - start
         tag = method + (f"_{lam:g}" if method == "sns" else "")

@@ -48,15 +48,6 @@ class Attack(Protocol):
 
 
 # ------------------------------------------------------------------------- helpers
-def _non_negative(value, name: str) -> float:
-    """``value`` as a float; it must be a finite real number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a finite number >= 0, got {value!r}")
-    if not 0 <= value < math.inf:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
 def _n_classes(model: nn.Module, x: torch.Tensor) -> int:
     """Number of logits the model outputs (one forward pass on the first input)."""
     with torch.no_grad():
@@ -174,7 +165,7 @@ def deepfool(model: nn.Module, x: torch.Tensor, *, steps: int = 50, overshoot: f
     """
     checks.model(model)
     steps = checks.integer(steps, "steps")
-    overshoot = _non_negative(overshoot, "overshoot")
+    overshoot = checks.non_negative_float(overshoot, "overshoot")
     candidates = checks.integer(candidates, "candidates", minimum=2)
     batch_size = checks.integer(batch_size, "batch_size")
     clip_values = checks.clip_range(clip_values)
@@ -242,7 +233,7 @@ def carlini_wagner_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tar
     binary_steps = checks.integer(binary_steps, "binary_steps")
     steps = checks.integer(steps, "steps")
     lr = checks.positive_float(lr, "lr")
-    confidence = _non_negative(confidence, "confidence")
+    confidence = checks.non_negative_float(confidence, "confidence")
     batch_size = checks.integer(batch_size, "batch_size")
     if clip_values is None:
         raise ValueError("clip_values must be a pair (lo, hi) of finite bounds for this attack, got None")

@@ -18,6 +18,7 @@ from robustx.geometry import parse_norm
 __all__ = [
     "integer",
     "positive_float",
+    "non_negative_float",
     "seed",
     "model",
     "norm",
@@ -41,10 +42,19 @@ def integer(value, name: str, minimum: int = 1, maximum: Optional[int] = None) -
 
 def positive_float(value, name: str) -> float:
     """``value`` as a float; it must be a finite real number > 0."""
+    return _finite_real(value, name, "> 0", lambda v: v > 0)
+
+
+def non_negative_float(value, name: str) -> float:
+    """``value`` as a float; it must be a finite real number >= 0."""
+    return _finite_real(value, name, ">= 0", lambda v: v >= 0)
+
+
+def _finite_real(value, name: str, bound: str, within) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a finite number > 0, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        raise TypeError(f"{name} must be a finite number {bound}, got {value!r}")
+    if not math.isfinite(value) or not within(value):
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
     return float(value)
 
 

@@ -34,9 +34,9 @@ class SNSLoss:
     """The SNS objective CE(f(x'), y) + lambda * sum over the chosen layers of the batch
     sensitivity of their top-k sensitive neurons (see the module docstring).
 
-    ``loss = SNSLoss(model, layers, lam=0.1, k=0.1, refresh_every=10)(x, x_adv, y)``
+    ``loss = SNSLoss(model, layers, lam=0.1, top_k=0.1, refresh_every=10)(x, x_adv, y)``
     runs the model (in whatever mode it is) on ``x`` and on ``x_adv``; gradients flow
-    through both. ``k`` is a neuron count or a fraction of each layer's neurons.
+    through both. ``top_k`` is a neuron count or a fraction of each layer's neurons.
     After a call, ``sensitive[name]`` holds the current sensitive-neuron indices and
     ``last`` the float values of "loss", "ce" and "penalty". With ``lam=0`` the loss is
     exactly the adversarial cross-entropy.
@@ -48,17 +48,16 @@ class SNSLoss:
         layers: LayerSpec = None,
         *,
         lam: float = 0.1,
-        k: Union[int, float] = 0.1,
+        top_k: Union[int, float] = 0.1,
         refresh_every: int = 10,
     ) -> None:
         checks.model(model)
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
-            raise ValueError(f"lam must be a number >= 0, got {lam!r}")
-        top_k_count(k, 1)  # validates k
+        lam = checks.non_negative_float(lam, "lam")
+        top_k_count(top_k, 1)  # validates top_k
         self.model = model
         self.modules = resolve_layers(model, layers)
         self.lam = float(lam)
-        self.k = k
+        self.top_k = top_k
         self.refresh_every = checks.integer(refresh_every, "refresh_every")
         self.steps = 0
         self.sensitive: Dict[str, torch.Tensor] = {}
@@ -79,7 +78,7 @@ class SNSLoss:
 
     def refresh(self, sigma: Dict[str, torch.Tensor]) -> None:
         """Re-select each layer's sensitive neurons: the top-k of ``sigma``."""
-        self.sensitive = {n: top_k_indices(s.detach(), top_k_count(self.k, s.numel())) for n, s in sigma.items()}
+        self.sensitive = {n: top_k_indices(s.detach(), top_k_count(self.top_k, s.numel())) for n, s in sigma.items()}
 
     def __call__(self, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.shape != x_adv.shape:
@@ -166,7 +165,7 @@ def train_adversarial(
     step_size: Optional[float] = None,
     clip_values: Tuple[float, float] = (0.0, 1.0),
     sns_lambda: float = 0.1,
-    sns_k: Union[int, float] = 0.1,
+    sns_top_k: Union[int, float] = 0.1,
     sns_layers: LayerSpec = None,
     refresh_every: int = 10,
     seed: int = 0,
@@ -177,7 +176,7 @@ def train_adversarial(
 
     ``method``: "standard" (cross-entropy on the clean inputs), "pgd" (Madry et al.:
     cross-entropy on the adversarial examples of ``attack``) or "sns" (:class:`SNSLoss`
-    on the same adversarial examples, with ``sns_lambda``, ``sns_k``, ``sns_layers``,
+    on the same adversarial examples, with ``sns_lambda``, ``sns_top_k``, ``sns_layers``,
     ``refresh_every``). All three use the same optimiser, batches and epochs, so they
     compare at the same budget.
     ``attack``: a callable ``attack(model, x, y) -> x_adv`` (:class:`robustx.attacks.Attack`,
@@ -199,7 +198,7 @@ def train_adversarial(
                                              clip_values=clip_values))
     train_data = _check_train_data(train_data)
     opt = _optimizer(model, optimizer, checks.positive_float(lr, "lr"), weight_decay)
-    sns = SNSLoss(model, sns_layers, lam=sns_lambda, k=sns_k, refresh_every=refresh_every) if method == "sns" else None
+    sns = SNSLoss(model, sns_layers, lam=sns_lambda, top_k=sns_top_k, refresh_every=refresh_every) if method == "sns" else None
     generator = torch.Generator().manual_seed(seed)
     was_training = model.training
     history: List[Dict[str, float]] = []

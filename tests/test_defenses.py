@@ -25,7 +25,7 @@ def test_penalty_hand_computed_and_gradient_only_through_sensitive_neurons():
     x_adv = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     y = torch.tensor([0, 2])
     # unit distances per pair: (1, 0, 1) and (0, 2, 1) -> batch sigma = (0.5, 1.0, 1.0)
-    loss_fn = SNSLoss(model, lam=0.5, k=2, refresh_every=1)
+    loss_fn = SNSLoss(model, lam=0.5, top_k=2, refresh_every=1)
     loss = loss_fn(x, x_adv, y)
     assert loss_fn.sensitive["0"].tolist() == [1, 2]  # tie between units 1 and 2 kept in order
     ce = F.cross_entropy(model(x_adv), y)
@@ -48,7 +48,7 @@ def test_reduces_to_cross_entropy_when_lambda_is_zero():
 def test_sensitive_set_refreshed_every_n_steps():
     model = linear_model()
     x = torch.zeros(1, 2)
-    loss_fn = SNSLoss(model, k=1, refresh_every=2)
+    loss_fn = SNSLoss(model, top_k=1, refresh_every=2)
     y = torch.tensor([0])
     loss_fn(x, torch.tensor([[1.0, 0.0]]), y)  # distances (1, 0, 1): unit 0
     assert loss_fn.sensitive["0"].tolist() == [0]
@@ -68,7 +68,7 @@ def test_minimising_sns_loss_lowers_the_penalty_on_a_toy_problem():
         x = torch.randn(64, 4)
         y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
         x_adv = x + 0.3 * torch.randn_like(x)
-        loss_fn = SNSLoss(model, lam=lam, k=0.25, refresh_every=5)
+        loss_fn = SNSLoss(model, lam=lam, top_k=0.25, refresh_every=5)
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
         penalties = []
         for _ in range(40):
@@ -230,7 +230,7 @@ def test_bad_input(digits_subset):
     with pytest.raises(ValueError, match="refresh_every"):
         SNSLoss(model, refresh_every=0)
     with pytest.raises(ValueError, match="k must be"):
-        SNSLoss(model, k=0)
+        SNSLoss(model, top_k=0)
     with pytest.raises(ValueError, match="no module named"):
         SNSLoss(model, ["features.7"])
     inplace = nn.Sequential(nn.Linear(64, 8), nn.ReLU(inplace=True), nn.Linear(8, 10))

@@ -26,10 +26,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from robustx import models, ops  # noqa: E402
-from robustx.coverage import NeuronCoverage  # noqa: E402
+from robustx import models, ops
+from robustx.coverage import NeuronCoverage
 
 
 def sync(device: torch.device) -> None:

@@ -8,17 +8,14 @@ distances) on the same batches, interleaved, median of --repeats runs:
 """
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from robustx.models import DigitsCNN, ResNet20  # noqa: E402
-from robustx.modelutil import chunks  # noqa: E402
-from robustx.sensitivity import neuron_sensitivity  # noqa: E402
+from robustx.models import DigitsCNN, ResNet20
+from robustx.modelutil import chunks
+from robustx.sensitivity import neuron_sensitivity
 
 
 def sync(device: torch.device) -> None:

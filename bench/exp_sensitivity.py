@@ -14,20 +14,18 @@ same for the three real CIFAR-10 ResNet-20s of ../shared/data/aisafety-cifar10 (
     python3 bench/exp_sensitivity.py            # ~4 min on 2 busy cores
 """
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from robustx.attacks import pgd  # noqa: E402
-from robustx.data import aisafety_cifar10, aisafety_dir, digits  # noqa: E402
-from robustx.defenses import train_adversarial  # noqa: E402
-from robustx.models import DigitsCNN, resnet20_cifar  # noqa: E402
-from robustx.modelutil import LayerOutputs, resolve_layers  # noqa: E402
-from robustx.sensitivity import LayerScores, neuron_sensitivity  # noqa: E402
+from robustx.attacks import pgd
+from robustx.data import aisafety_cifar10, aisafety_dir, digits
+from robustx.defenses import train_adversarial
+from robustx.models import DigitsCNN, resnet20_cifar
+from robustx.modelutil import LayerOutputs, resolve_layers
+from robustx.sensitivity import LayerScores, neuron_sensitivity
 
 CIFAR_WEIGHTS = {
     "natural (resnet20_cifar.pt)": "resnet20_cifar.pt",

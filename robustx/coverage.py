@@ -48,8 +48,9 @@ Choices where the reference implementations differ (this module follows the pape
 * A layer with fewer than ``top_k`` neurons contributes all of them to its top set.
 
 Layers: ``layers=None`` selects every leaf Conv/Linear module. With ``position="pre"``
-(default) a neuron value is that module's own output - before any normalisation and
-activation. With ``position="post"`` it is the output of the activation module
+a neuron value is that module's own output - before any normalisation and
+activation. With ``position="post"`` (the default, as DeepXplore and DeepGauge count
+activation outputs) it is the output of the activation module
 (ReLU, GELU, ...) that consumes the layer's output directly or through normalisation /
 dropout / identity modules (found by following the tensor through the first forward
 pass); a layer whose output reaches no activation module that way (the logits layer, a
@@ -177,6 +178,9 @@ class _Layer:
 
     def activations(self, out: torch.Tensor) -> torch.Tensor:
         """The output as (N, M, L): M neurons of L elements each (L = 1 for element neurons)."""
+        if not torch.isfinite(out).all():
+            raise ValueError(f"layer {self.name!r} (values of {self.label}) has NaN or infinite activations; "
+                             "coverage needs finite neuron values")
         v = neuron_view(out, self.axis, self.name)
         return v.reshape(v.shape[0], -1, 1) if self.neuron == "element" else v
 
@@ -192,8 +196,11 @@ class NeuronCoverage:
     (dotted; nested models work) or module types, see
     :func:`robustx.modelutil.resolve_layers`. ``neuron``: "channel" (mean of a neuron's
     elements, e.g. a conv channel's spatial mean) or "element"; ``axis`` overrides the
-    neuron axis of :mod:`robustx.neurons`. ``position``: "pre" (the module's own output)
-    or "post" (the output of the activation module it feeds; see the module docstring).
+    neuron axis of :mod:`robustx.neurons`. ``position``: "post" (default, as DeepXplore
+    and DeepGauge: the output of the activation module the layer feeds, through
+    normalisation; the layer's own output where no activation follows) or "pre" (the
+    module's own output; see the module docstring). NaN or infinite activations raise a
+    ValueError naming the layer (they would otherwise enter the top-k sets silently).
     ``sections``: KMNC's k; ``top_k``: neurons per layer of TKNC / TKNP; ``threshold``:
     NC's t on the per-input [0, 1] scaling. ``batch_size`` chunks the tensors passed in;
     ``progress`` shows a progress bar over the batches.
@@ -210,7 +217,7 @@ class NeuronCoverage:
         layers: LayerSpec = None,
         *,
         neuron: str = "channel",
-        position: str = "pre",
+        position: str = "post",
         axis: AxisSpec = None,
         sections: int = 10,
         top_k: int = 2,

@@ -8,16 +8,14 @@ prints the test accuracy on robustx.data.digits("test").
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from robustx.data import digits  # noqa: E402
-from robustx.models import DIGITS_WEIGHTS, DigitsCNN  # noqa: E402
+from robustx.data import digits
+from robustx.models import DIGITS_WEIGHTS, DigitsCNN
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

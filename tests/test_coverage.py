@@ -180,7 +180,7 @@ def test_matches_reference_on_random_model(neuron, op_path, monkeypatch):
     x_test = torch.cat([x_profile[:10], 1.3 * torch.randn(30, 2, 7, 7)])
     for layers, k, top_k, t in ((None, 5, 2, 0.5), (["stem", "block.1", "head"], 3, 3, 0.3)):
         # one batch of 40 each, as in the reference (float32 rounding can depend on the batch)
-        cov = NeuronCoverage(model, layers, neuron=neuron, sections=k, top_k=top_k, threshold=t, batch_size=40)
+        cov = NeuronCoverage(model, layers, neuron=neuron, position="pre", sections=k, top_k=top_k, threshold=t, batch_size=40)
         cov.profile(x_profile)
         got = cov.assess(x_test)
         want = reference_metrics(model, layers, x_profile, x_test, neuron, k, top_k, t)
@@ -192,7 +192,7 @@ def test_profile_streams_exact_statistics():
     torch.manual_seed(2)
     model = Nested()
     x = torch.randn(57, 2, 7, 7)
-    cov = NeuronCoverage(model, batch_size=10)
+    cov = NeuronCoverage(model, position="pre", batch_size=10)
     cov.profile(x[:30]).profile([(x[30:], torch.zeros(27))])  # two calls, a loader of (x, y)
     # same batches as the profile (a float32 GEMM's rounding depends on the batch size)
     starts = [(i, min(i + 10, end)) for begin, end in ((0, 30), (30, 57)) for i in range(begin, end, 10)]
@@ -220,7 +220,7 @@ def test_parity_with_dnn_tip():
     x_train, _ = digits("train")
     x_test, _ = digits("test")
     k, top_k = 6, 3
-    cov = NeuronCoverage(model, sections=k, top_k=top_k, batch_size=len(x_train))  # the reference's batches
+    cov = NeuronCoverage(model, position="pre", sections=k, top_k=top_k, batch_size=len(x_train))  # the reference's batches
     cov.profile(x_train)
     got = cov.assess(x_test)
 
@@ -410,3 +410,29 @@ def test_incompatible_merge_and_load():
     loaded = NeuronCoverage(wide, sections=3).load_state_dict(a.state_dict())
     with pytest.raises(ValueError, match="does not match"):
         loaded.update(x)
+
+
+def test_default_counts_activation_outputs_as_deepxplore():
+    """Default position "post": a Conv/Linear layer's neurons are the outputs of the ReLU that
+    follows it (through BatchNorm), the logits layer keeps its own output."""
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4)).eval()
+    x = torch.randn(12, 1, 8, 8)
+    with pytest.warns(UserWarning, match="need the neurons' profiled ranges"):
+        default = NeuronCoverage(model, top_k=1, progress=False).update(x).result()
+    assert [layer.source for layer in default.layers.values()] == ["2", "4"]
+    relu_out = model[:3](x).mean((2, 3))
+    logits = model(x)
+    scaled = lambda v, out: ((v - out.amin(1, keepdim=True)) / (out.amax(1, keepdim=True) - out.amin(1, keepdim=True)))  # noqa: E731
+    covered = (scaled(relu_out, model[:3](x).flatten(1)) > 0.5).any(0).sum() + (scaled(logits, logits) > 0.5).any(0).sum()
+    assert default.NC == pytest.approx(covered.item() / 7)
+
+
+@pytest.mark.parametrize("row", [[3e38, 3e38], [3e38, -3e38]], ids=["inf", "nan (inf - inf)"])
+def test_non_finite_activations_name_the_layer(row):
+    """Finite inputs whose activations overflow: the error names the layer instead of letting
+    NaN into the top-k sets."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([row, [1.0, 1.0]]))
+    with pytest.raises(ValueError, match="layer '0' .*NaN or infinite activations"):
+        NeuronCoverage(model, top_k=1, progress=False).update(torch.full((3, 2), 10.0))

@@ -5,7 +5,7 @@ clean and under PGD L-inf (eps 8/255, 10 steps of 2/255, random start; adversari
 examples of each model against itself). Prints a markdown table; ``--append`` adds it to
 bench/RESULTS.md with the command.
 
-    python3 bench/coverage_cifar.py --append
+    python3 bench/exp_coverage_cifar.py --append
 """
 from __future__ import annotations
 
@@ -16,11 +16,10 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from robustx import attacks, data, models
+from robustx.coverage import NeuronCoverage
 
-from robustx import attacks, data, models  # noqa: E402
-from robustx.coverage import NeuronCoverage  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 WEIGHTS = ("resnet20_cifar.pt", "CIFAR10_PAT_enhanced.pt", "CIFAR10_RAND_enhanced.pt")
 COLUMNS = ("NC", "KMNC", "NBC", "SNAC", "TKNC", "TKNP")
@@ -41,7 +40,7 @@ def main() -> None:
     ap.add_argument("--sections", type=int, default=10, help="KMNC sections (its k)")
     ap.add_argument("--top-k", type=int, default=2)
     ap.add_argument("--threshold", type=float, default=0.5)
-    ap.add_argument("--position", default="pre", choices=("pre", "post"))
+    ap.add_argument("--position", default="post", choices=("pre", "post"))
     ap.add_argument("--append", action="store_true", help="append the table to bench/RESULTS.md")
     args = ap.parse_args()
 
@@ -84,9 +83,9 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.append:
-        cmd = "python3 bench/coverage_cifar.py " + " ".join(sys.argv[1:])
+        cmd = "python3 bench/exp_coverage_cifar.py " + " ".join(sys.argv[1:])
         text = (
-            f"\n## Neuron coverage of the CIFAR-10 ResNet-20 models (bench/coverage_cifar.py)\n\n"
+            f"\n## Neuron coverage of the CIFAR-10 ResNet-20 models (bench/exp_coverage_cifar.py)\n\n"
             f"Command: `{cmd.strip()}` (torch {torch.__version__}, CPU, compiled ops: "
             f"{__import__('robustx').ops.compiled()}).\n"
             f"Profile: {n_prof} of the 100 AISafety images ({args.per_class} per class); assessed: the other "

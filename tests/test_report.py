@@ -14,7 +14,7 @@ from robustx.pipeline.report import (
 )
 
 STRUCTURAL = {"html", "head", "body", "main", "section", "table", "thead", "tbody", "tr", "th", "td",
-              "figure", "figcaption", "h1", "h2", "h3", "title", "style"}
+              "figure", "figcaption", "div", "h1", "h2", "title", "style"}
 
 
 class _Checker(HTMLParser):

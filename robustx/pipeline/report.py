@@ -139,7 +139,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 0; color: #222; background: #fafafa; }
-main { max-width: 1100px; margin: 0 auto; padding: 1.5em; }
+main { max-width: 1200px; margin: 0 auto; padding: 1.5em; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; background: #fff; font-size: 0.92em; }
 th, td { border: 1px solid #ddd; padding: 0.3em 0.7em; text-align: left; vertical-align: top; }
@@ -147,9 +147,10 @@ th { background: #eef1f5; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.best { background: #e3f4e1; font-weight: bold; }
 tr.skipped td { color: #888; }
-figure { margin: 1em 0; background: #fff; border: 1px solid #ddd; padding: 0.6em; display: inline-block; }
+.figs { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+figure { margin: 0; background: #fff; border: 1px solid #ddd; padding: 0.6em; max-width: 100%; box-sizing: border-box; }
 figure img { max-width: 100%; height: auto; display: block; }
-figcaption { font-size: 0.9em; color: #555; margin-top: 0.4em; }
+figcaption { font-weight: 600; margin-bottom: 0.4em; }
 """
 
 
@@ -202,19 +203,20 @@ def _summary_table(metrics: Dict[str, MetricResult]) -> str:
     return f'<section id="metrics">\n<h2>Metrics</h2>\n{table}</section>\n'
 
 
-def _img(title: str, png: bytes) -> str:
+def _img(title: str, png: bytes, caption: bool = True) -> str:
+    """A <figure> with the PNG embedded as a data URI, titled by a caption (or alt text only)."""
     if not isinstance(png, (bytes, bytearray)) or not png.startswith(b"\x89PNG"):
         raise ValueError(f"figure {title!r} must be PNG bytes")
     data = base64.b64encode(png).decode("ascii")
-    return (f'<figure>\n<img src="data:image/png;base64,{data}" alt="{_esc(title)}">\n'
-            f"<figcaption>{_esc(title)}</figcaption>\n</figure>\n")
+    head = f"<figcaption>{_esc(title)}</figcaption>\n" if caption else ""
+    return f'<figure>\n{head}<img src="data:image/png;base64,{data}" alt="{_esc(title)}">\n</figure>\n'
 
 
-def _figures(figures: Dict[str, bytes]) -> str:
+def _figures(figures: Dict[str, bytes], heading: str = "Figures", caption: bool = True) -> str:
     if not figures:
         return ""
-    parts = "".join(f"<section>\n<h3>{_esc(t)}</h3>\n{_img(t, png)}</section>\n" for t, png in figures.items())
-    return f'<section id="figures">\n<h2>Figures</h2>\n{parts}</section>\n'
+    parts = "".join(_img(t, png, caption) for t, png in figures.items())
+    return f'<section id="figures">\n<h2>{_esc(heading)}</h2>\n<div class="figs">\n{parts}</div>\n</section>\n'
 
 
 # ---------------------------------------------------------------------------------------
@@ -237,7 +239,7 @@ def histogram_png(values: Sequence[float], title: str, xlabel: str, bins: int = 
     checks.integer(bins, "bins")
     vals = torch.as_tensor(list(values), dtype=torch.float64)
     finite = vals[torch.isfinite(vals)]
-    fig = _new_figure(6, 3.5)
+    fig = _new_figure(5, 3.2)
     ax = fig.subplots()
     ax.hist(finite.numpy(), bins=bins, color="#4c72b0", edgecolor="white")
     dropped = vals.numel() - finite.numel()
@@ -252,7 +254,7 @@ def bars_png(labels: Sequence[str], values: Sequence[float], title: str) -> byte
     labels, values = [str(v) for v in labels], [float(v) for v in values]
     if len(labels) != len(values):
         raise ValueError(f"labels and values must have the same length, got {len(labels)} and {len(values)}")
-    fig = _new_figure(max(3.0, 0.9 * len(labels) + 1.5), 3.2)
+    fig = _new_figure(min(5.0, max(3.0, 0.8 * len(labels) + 1.2)), 3.2)
     ax = fig.subplots()
     bars = ax.bar(range(len(values)), values, color="#4c72b0")
     ax.bar_label(bars, labels=[_fmt(v) for v in values], fontsize=8)
@@ -265,7 +267,7 @@ def bars_png(labels: Sequence[str], values: Sequence[float], title: str) -> byte
 def layer_bars_png(per_layer: Dict[str, float], title: str) -> bytes:
     """PNG of one horizontal bar per layer (in the dict's order, first at the top)."""
     names, values = list(per_layer), [float(v) for v in per_layer.values()]
-    fig = _new_figure(7, max(2.0, 0.28 * len(names) + 1.0))
+    fig = _new_figure(5, max(2.0, 0.25 * len(names) + 1.0))
     ax = fig.subplots()
     ax.barh(range(len(names)), values, color="#55a868")
     ax.set_yticks(range(len(names)), names, fontsize=8)
@@ -374,7 +376,7 @@ def compare_html(reports: List[Report], names: List[str]) -> str:
     """A self-contained HTML page: the comparison table (better value highlighted) and a
     bar chart per shared metric."""
     shared = _shared(reports, names)
-    rows, charts = [], []
+    rows, charts = [], {}
     for k, arrow, values, best in _rows(reports, shared):
         cells = "".join(
             f'<td class="num{" best" if i == best else ""}">{"skipped" if v is None else _esc(_fmt(v))}</td>'
@@ -383,9 +385,7 @@ def compare_html(reports: List[Report], names: List[str]) -> str:
         kept = [(str(n), v) for n, v in zip(names, values) if v is not None]
         if kept:
             title = f"{k} ({arrow} better)"
-            charts.append(_img(title, bars_png([n for n, _ in kept], [v for _, v in kept], title)))
+            charts[title] = bars_png([n for n, _ in kept], [v for _, v in kept], title)
     table = _table(["metric", "better", *map(str, names)], rows)
     body = f'<section id="metrics">\n<h2>Metrics</h2>\n{table}</section>\n'
-    if charts:
-        body += f'<section id="figures">\n<h2>Per metric</h2>\n{"".join(charts)}</section>\n'
-    return _page("Robustness comparison", body)
+    return _page("Robustness comparison", body + _figures(charts, "Per metric", caption=False))

@@ -167,6 +167,12 @@ def test_open_refuses_another_run_and_needs_resume_for_the_same(tmp_path):
         ResultStore.open(tmp_path, "run-a", {"eps": 0.03, "norm": "inf", "steps": 10})
     with ResultStore.open(tmp_path, "run-a", {"eps": 0.03, "norm": "inf", "steps": 10}, resume=True) as st:
         assert st.units() == ["u0"] and st.settings["steps"] == 10
+    conn = sqlite3.connect(tmp_path / "store.sqlite")
+    with conn:
+        conn.execute("UPDATE run SET format = 99")
+    conn.close()
+    with pytest.raises(ValueError, match="store format 99"):
+        ResultStore.open(tmp_path, "run-a", {"eps": 0.03, "norm": "inf", "steps": 10}, resume=True)
 
 
 def test_run_unit_computes_once(tmp_path):

@@ -238,6 +238,8 @@ class ResultStore:
             raise TypeError(f"run_id must be a non-empty str, got {run_id!r}")
         if not isinstance(resume, bool):
             raise TypeError(f"resume must be a bool, got {resume!r}")
+        if not isinstance(settings, dict):
+            raise TypeError(f"settings must be a dict, got {type(settings).__name__}")
         text = canonical_json(settings)
         path = Path(folder) / STORE_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -253,22 +255,14 @@ class ResultStore:
 
     @staticmethod
     def _claim(conn: sqlite3.Connection, path: Path, run_id: str, text: str, resume: bool) -> None:
-        """Create the schema and run row (one transaction), or check the stored run."""
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            fresh = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'run'").fetchone() is None
-            if fresh:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute("INSERT INTO run VALUES (0, ?, ?, ?, ?)", (run_id, text, _FORMAT, time.time()))
-        except BaseException:
-            _rollback(conn)
-            raise
-        conn.execute("COMMIT")
-        if fresh:
+        """Create the schema and run row of a new store, or check that the stored run is
+        this one and may be resumed."""
+        if _create(conn, run_id, text):
             return
-        stored_id, stored = conn.execute("SELECT run_id, settings FROM run").fetchone()
+        stored_id, stored, fmt = conn.execute("SELECT run_id, settings, format FROM run").fetchone()
+        if fmt != _FORMAT:
+            raise ValueError(f"{path} was written in store format {fmt}; this robustx reads format "
+                             f"{_FORMAT}. Use a new output folder.")
         if stored_id != run_id:
             diff = _settings_diff(json.loads(stored), json.loads(text))
             what = ("settings that differ:\n" + "\n".join(diff)) if diff else \
@@ -349,6 +343,23 @@ class ResultStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _create(conn: sqlite3.Connection, run_id: str, text: str) -> bool:
+    """Create the schema and the run row in one transaction unless they exist; True if created."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        fresh = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'run'").fetchone() is None
+        if fresh:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT INTO run VALUES (0, ?, ?, ?, ?)", (run_id, text, _FORMAT, time.time()))
+    except BaseException:
+        _rollback(conn)
+        raise
+    conn.execute("COMMIT")
+    return fresh
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -126,7 +126,7 @@ def test_html_is_one_well_formed_page_with_embedded_pngs(tmp_path):
         assert base64.b64decode(src.split(",", 1)[1]).startswith(b"\x89PNG")
     assert "b" not in parsed.tags  # the metric name was escaped
     assert not {"link", "script", "iframe"} & set(parsed.tags)  # nothing loaded from elsewhere
-    for text in ["clean_accuracy", "0.92", "↑", "↓", "no attack given", "perceptual", "CLEVER scores", "ab" * 32]:
+    for text in ["Robustness report — toy", "clean_accuracy", "0.92", "↑", "↓", "no attack given", "perceptual", "CLEVER scores", "ab" * 32]:
         assert text in page
 
 

@@ -82,7 +82,8 @@ class Report:
 
     def to_html(self) -> str:
         """The self-contained HTML page of this report."""
-        return _page("Robustness report", _run_table(self.run) + _summary_table(self.metrics)
+        title = "Robustness report" + (f" — {self.run['model']}" if self.run.get("model") else "")
+        return _page(title, _run_table(self.run) + _summary_table(self.metrics)
                      + _figures(self.figures))
 
     def save(self, folder) -> Path:
@@ -258,7 +259,8 @@ def bars_png(labels: Sequence[str], values: Sequence[float], title: str) -> byte
     ax = fig.subplots()
     bars = ax.bar(range(len(values)), values, color="#4c72b0")
     ax.bar_label(bars, labels=[_fmt(v) for v in values], fontsize=8)
-    ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center")
+    crowded = len(labels) > 4
+    ax.set_xticks(range(len(labels)), labels, rotation=30 if crowded else 0, ha="right" if crowded else "center")
     ax.set_title(title)
     ax.margins(y=0.15)
     return _png(fig)

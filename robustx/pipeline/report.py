@@ -1,0 +1,393 @@
+"""The report of an evaluation run: JSON with stable keys, one self-contained HTML page,
+the plots it embeds, and side-by-side comparison of reports.
+
+``report.json`` is strict JSON: non-finite floats are written as the strings ``"NaN"``,
+``"Infinity"`` and ``"-Infinity"`` and read back as floats by :meth:`Report.load`.
+Figures (PNG bytes) live in the HTML page only.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from robustx import checks
+
+__all__ = [
+    "MetricResult", "Report", "compare", "compare_html",
+    "histogram_png", "bars_png", "layer_bars_png", "image_grid_png",
+]
+
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+# ---------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class MetricResult:
+    """One metric's result. ``value`` is None exactly when the metric was ``skipped``
+    (then ``skipped`` says why); ``per_sample`` holds per-input values where they exist."""
+
+    name: str
+    value: Optional[float]
+    higher_is_better: bool
+    per_sample: Optional[List[float]] = None
+    settings: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    skipped: Optional[str] = None
+    family: Optional[str] = None
+
+    def __post_init__(self):
+        if (self.value is None) != (self.skipped is not None):
+            raise ValueError(f"metric {self.name!r}: value must be None exactly when skipped gives a "
+                             f"reason, got value={self.value!r}, skipped={self.skipped!r}")
+        if self.value is not None:
+            self.value = float(self.value)
+        if self.per_sample is not None:
+            self.per_sample = [float(v) for v in self.per_sample]
+
+    def to_dict(self) -> dict:
+        """The JSON object of this result (every field, always the same keys)."""
+        return asdict(self)
+
+
+@dataclass
+class Report:
+    """An evaluation's metrics, run description (id, model, data, seed, timings,
+    versions) and figures (title -> PNG bytes; in the HTML page, not in the JSON)."""
+
+    metrics: Dict[str, MetricResult]
+    run: dict = field(default_factory=dict)
+    figures: Dict[str, bytes] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """``{"metrics": {name: MetricResult.to_dict()}, "run": run}``."""
+        return {"metrics": {k: m.to_dict() for k, m in self.metrics.items()}, "run": self.run}
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as strict JSON text (see the module docstring for NaN/inf)."""
+        return json.dumps(_encode_nonfinite(self.to_dict()), indent=2, allow_nan=False)
+
+    def to_html(self) -> str:
+        """The self-contained HTML page of this report."""
+        title = "Robustness report" + (f" — {self.run['model']}" if self.run.get("model") else "")
+        return _page(title, _run_table(self.run) + _summary_table(self.metrics)
+                     + _figures(self.figures))
+
+    def save(self, folder) -> Path:
+        """Write ``report.json`` and ``report.html`` into ``folder`` (created if needed)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_atomic(folder / REPORT_JSON, self.to_json())
+        _write_atomic(folder / REPORT_HTML, self.to_html())
+        return folder
+
+    @classmethod
+    def load(cls, path) -> "Report":
+        """The report saved in ``path`` (a folder holding ``report.json``, or the file)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / REPORT_JSON
+        data = _decode_nonfinite(json.loads(path.read_text(encoding="utf-8")))
+        if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
+            raise ValueError(f"{path} is not a robustx report (no 'metrics' object)")
+        metrics = {k: MetricResult(**v) for k, v in data["metrics"].items()}
+        return cls(metrics=metrics, run=data.get("run", {}))
+
+
+def _encode_nonfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _encode_nonfinite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode_nonfinite(v) for v in value]
+    return value
+
+
+def _decode_nonfinite(value):
+    if isinstance(value, str):
+        return _NONFINITE.get(value, value)
+    if isinstance(value, dict):
+        return {k: _decode_nonfinite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode_nonfinite(v) for v in value]
+    return value
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file and rename it over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------
+# HTML
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 0; color: #222; background: #fafafa; }
+main { max-width: 1200px; margin: 0 auto; padding: 1.5em; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; background: #fff; font-size: 0.92em; }
+th, td { border: 1px solid #ddd; padding: 0.3em 0.7em; text-align: left; vertical-align: top; }
+th { background: #eef1f5; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.best { background: #e3f4e1; font-weight: bold; }
+tr.skipped td { color: #888; }
+.figs { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+figure { margin: 0; background: #fff; border: 1px solid #ddd; padding: 0.6em; max-width: 100%; box-sizing: border-box; }
+figure img { max-width: 100%; height: auto; display: block; }
+figcaption { font-weight: 600; margin-bottom: 0.4em; }
+"""
+
+
+def _esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Optional[float]) -> str:
+    if value is None:
+        return "—"
+    if math.isnan(value):
+        return "NaN"
+    return f"{value:.4g}"
+
+
+def _arrow(higher_is_better: bool) -> str:
+    return "↑" if higher_is_better else "↓"
+
+
+def _page(title: str, body: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{_esc(title)}</title>\n'
+            f"<style>{_CSS}</style>\n</head>\n<body>\n<main>\n<h1>{_esc(title)}</h1>\n{body}</main>\n</body>\n</html>\n")
+
+
+def _table(headers: Sequence[str], rows: Sequence[str]) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{''.join(rows)}</tbody>\n</table>\n"
+
+
+def _run_table(run: dict) -> str:
+    if not run:
+        return ""
+    rows = []
+    for key, value in run.items():
+        shown = value if isinstance(value, str) else json.dumps(_encode_nonfinite(value), allow_nan=False)
+        rows.append(f"<tr><th>{_esc(key)}</th><td>{_esc(shown)}</td></tr>\n")
+    return f'<section id="run">\n<h2>Run</h2>\n<table>\n<tbody>\n{"".join(rows)}</tbody>\n</table>\n</section>\n'
+
+
+def _summary_table(metrics: Dict[str, MetricResult]) -> str:
+    rows = []
+    for m in metrics.values():
+        cls = ' class="skipped"' if m.skipped else ""
+        rows.append(
+            f"<tr{cls}><td>{_esc(m.name)}</td><td class=\"num\">{_esc(_fmt(m.value))}</td>"
+            f"<td title=\"{'higher' if m.higher_is_better else 'lower'} is better\">{_arrow(m.higher_is_better)}</td>"
+            f"<td>{_esc(m.family or '')}</td><td class=\"num\">{m.seconds:.2f} s</td>"
+            f"<td>{_esc(m.skipped or '')}</td></tr>\n")
+    table = _table(["metric", "value", "better", "family", "time", "skipped because"], rows)
+    return f'<section id="metrics">\n<h2>Metrics</h2>\n{table}</section>\n'
+
+
+def _img(title: str, png: bytes, caption: bool = True) -> str:
+    """A <figure> with the PNG embedded as a data URI, titled by a caption (or alt text only)."""
+    if not isinstance(png, (bytes, bytearray)) or not png.startswith(b"\x89PNG"):
+        raise ValueError(f"figure {title!r} must be PNG bytes")
+    data = base64.b64encode(png).decode("ascii")
+    head = f"<figcaption>{_esc(title)}</figcaption>\n" if caption else ""
+    return f'<figure>\n{head}<img src="data:image/png;base64,{data}" alt="{_esc(title)}">\n</figure>\n'
+
+
+def _figures(figures: Dict[str, bytes], heading: str = "Figures", caption: bool = True) -> str:
+    if not figures:
+        return ""
+    parts = "".join(_img(t, png, caption) for t, png in figures.items())
+    return f'<section id="figures">\n<h2>{_esc(heading)}</h2>\n<div class="figs">\n{parts}</div>\n</section>\n'
+
+
+# ---------------------------------------------------------------------------------------
+# Plots (matplotlib's Agg renderer via Figure.savefig; no pyplot state)
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.figure import Figure
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def histogram_png(values: Sequence[float], title: str, xlabel: str, bins: int = 30) -> bytes:
+    """PNG of a histogram of the finite ``values`` (the count of non-finite ones in the title)."""
+    checks.integer(bins, "bins")
+    vals = torch.as_tensor(list(values), dtype=torch.float64)
+    finite = vals[torch.isfinite(vals)]
+    fig = _new_figure(5, 3.2)
+    ax = fig.subplots()
+    ax.hist(finite.numpy(), bins=bins, color="#4c72b0", edgecolor="white")
+    dropped = vals.numel() - finite.numel()
+    ax.set_title(title + (f" ({dropped} non-finite not shown)" if dropped else ""))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    return _png(fig)
+
+
+def bars_png(labels: Sequence[str], values: Sequence[float], title: str) -> bytes:
+    """PNG of one vertical bar per label, each annotated with its value."""
+    labels, values = [str(v) for v in labels], [float(v) for v in values]
+    if len(labels) != len(values):
+        raise ValueError(f"labels and values must have the same length, got {len(labels)} and {len(values)}")
+    fig = _new_figure(min(5.0, max(3.0, 0.8 * len(labels) + 1.2)), 3.2)
+    ax = fig.subplots()
+    bars = ax.bar(range(len(values)), values, color="#4c72b0")
+    ax.bar_label(bars, labels=[_fmt(v) for v in values], fontsize=8)
+    crowded = len(labels) > 4
+    ax.set_xticks(range(len(labels)), labels, rotation=30 if crowded else 0, ha="right" if crowded else "center")
+    ax.set_title(title)
+    ax.margins(y=0.15)
+    return _png(fig)
+
+
+def layer_bars_png(per_layer: Dict[str, float], title: str) -> bytes:
+    """PNG of one horizontal bar per layer (in the dict's order, first at the top)."""
+    names, values = list(per_layer), [float(v) for v in per_layer.values()]
+    fig = _new_figure(5, max(2.0, 0.25 * len(names) + 1.0))
+    ax = fig.subplots()
+    ax.barh(range(len(names)), values, color="#55a868")
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_title(title)
+    return _png(fig)
+
+
+def _as_images(t: torch.Tensor, name: str) -> torch.Tensor:
+    """(N, H, W, C) float64 from (N, H, W) or (N, C, H, W) with C in {1, 3}."""
+    checks.floating_tensor(t, name)
+    if t.dim() == 3:
+        t = t.unsqueeze(1)
+    if t.dim() != 4 or t.shape[1] not in (1, 3):
+        raise ValueError(f"{name} must have shape (N, H, W) or (N, C, H, W) with C 1 or 3, got {tuple(t.shape)}")
+    return t.detach().cpu().double().permute(0, 2, 3, 1)
+
+
+def image_grid_png(x: torch.Tensor, x_adv: torch.Tensor, n: int = 8) -> bytes:
+    """PNG of the first ``n`` samples: clean row, adversarial row, and the difference
+    amplified to the full grey range (mid-grey = no change)."""
+    n = checks.integer(n, "n")
+    clean, adv = _as_images(x, "x"), _as_images(x_adv, "x_adv")
+    if clean.shape != adv.shape:
+        raise ValueError(f"x and x_adv must have the same shape, got {tuple(x.shape)} and {tuple(x_adv.shape)}")
+    clean, adv = clean[:n], adv[:n]
+    lo, hi = min(clean.min(), adv.min()).item(), max(clean.max(), adv.max()).item()
+    span = hi - lo if hi > lo else 1.0
+    diff = adv - clean
+    peak = diff.abs().max().item() or 1.0
+    rows = [("clean", (clean - lo) / span), ("adversarial", (adv - lo) / span),
+            (f"difference ×{0.5 * span / peak:.3g}", 0.5 + 0.5 * diff / peak)]
+    k = clean.shape[0]
+    fig = _new_figure(1.3 * k + 0.8, 4.2)
+    axes = fig.subplots(3, k, squeeze=False)
+    for r, (label, imgs) in enumerate(rows):
+        for c in range(k):
+            ax = axes[r][c]
+            img = imgs[c].clamp(0, 1).numpy()
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(label, fontsize=8)
+    return _png(fig)
+
+
+# ---------------------------------------------------------------------------------------
+# Comparison
+
+
+def _shared(reports: Sequence[Report], names: Sequence[str]) -> List[str]:
+    """Metric names present in every report (first report's order); checks the arguments."""
+    if not isinstance(reports, (list, tuple)) or not all(isinstance(r, Report) for r in reports):
+        raise TypeError("reports must be a list of Report")
+    if len(reports) < 2:
+        raise ValueError(f"compare needs at least 2 reports, got {len(reports)}")
+    if not isinstance(names, (list, tuple)) or len(names) != len(reports):
+        raise ValueError(f"names must be a list with one name per report ({len(reports)}), got {names!r}")
+    shared = [k for k in reports[0].metrics if all(k in r.metrics for r in reports[1:])]
+    for k in shared:
+        if len({r.metrics[k].higher_is_better for r in reports}) > 1:
+            raise ValueError(f"metric {k!r} has a different direction (higher_is_better) in different reports")
+    return shared
+
+
+def _best(values: Sequence[Optional[float]], higher_is_better: bool) -> Optional[int]:
+    """Index of the single best value (None values and NaN do not compete); None on a tie
+    or when fewer than two values compete."""
+    scored = [(v if higher_is_better else -v, i) for i, v in enumerate(values) if v is not None and not math.isnan(v)]
+    if len(scored) < 2:
+        return None
+    top = max(s for s, _ in scored)
+    winners = [i for s, i in scored if s == top]
+    return winners[0] if len(winners) == 1 else None
+
+
+def _rows(reports: Sequence[Report], shared: Sequence[str]):
+    """(metric, direction arrow, values, index of the best or None) for each shared metric."""
+    for k in shared:
+        hib = reports[0].metrics[k].higher_is_better
+        values = [r.metrics[k].value for r in reports]
+        yield k, _arrow(hib), values, _best(values, hib)
+
+
+def compare(reports: List[Report], names: List[str]) -> str:
+    """A side-by-side text table of every metric the reports share; ``*`` marks the single
+    better value of each row (by its direction; ties and skipped values get no mark)."""
+    shared = _shared(reports, names)
+    header = ["metric", "dir", *map(str, names)]
+    table = [header]
+    for k, arrow, values, best in _rows(reports, shared):
+        cells = [("skipped" if v is None else _fmt(v)) + ("*" if i == best else "") for i, v in enumerate(values)]
+        table.append([k, arrow, *cells])
+    widths = [max(len(row[c]) for row in table) for c in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if c < 2 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths)))
+             for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("* better value (↑ higher is better, ↓ lower is better)")
+    only = sorted({k for r in reports for k in r.metrics} - set(shared))
+    if only:
+        lines.append("not in every report: " + ", ".join(only))
+    return "\n".join(lines) + "\n"
+
+
+def compare_html(reports: List[Report], names: List[str]) -> str:
+    """A self-contained HTML page: the comparison table (better value highlighted) and a
+    bar chart per shared metric."""
+    shared = _shared(reports, names)
+    rows, charts = [], {}
+    for k, arrow, values, best in _rows(reports, shared):
+        cells = "".join(
+            f'<td class="num{" best" if i == best else ""}">{"skipped" if v is None else _esc(_fmt(v))}</td>'
+            for i, v in enumerate(values))
+        rows.append(f"<tr><td>{_esc(k)}</td><td>{arrow}</td>{cells}</tr>\n")
+        kept = [(str(n), v) for n, v in zip(names, values) if v is not None]
+        if kept:
+            title = f"{k} ({arrow} better)"
+            charts[title] = bars_png([n for n, _ in kept], [v for _, v in kept], title)
+    table = _table(["metric", "better", *map(str, names)], rows)
+    body = f'<section id="metrics">\n<h2>Metrics</h2>\n{table}</section>\n'
+    return _page("Robustness comparison", body + _figures(charts, "Per metric", caption=False))

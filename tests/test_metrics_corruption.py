@@ -57,21 +57,19 @@ def test_constants_are_the_published_ones():
         assert list(SEVERITY_CONSTANTS[name]) == values
 
 
-@pytest.mark.parametrize("severity", SEVERITIES)
-def test_gaussian_noise_with_the_generators_draws(severity):
-    x = images()
-    c = PUBLISHED["gaussian_noise"][severity - 1]
-    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=x.dtype).numpy()
-    ref = np.clip(x.numpy() + z * c, 0, 1)
-    np.testing.assert_allclose(corrupt(x, "gaussian_noise", severity, seed=7).numpy(), ref, atol=1e-12)
+NOISE_REFERENCES = {
+    # the published formula applied to draws of the generator corrupt() seeds
+    "gaussian_noise": lambda x, c, g: np.clip(x.numpy() + torch.randn(x.shape, generator=g, dtype=x.dtype).numpy() * c, 0, 1),
+    "shot_noise": lambda x, c, g: np.clip(torch.poisson(x * c, generator=g).numpy() / c, 0, 1),
+}
 
 
 @pytest.mark.parametrize("severity", SEVERITIES)
-def test_shot_noise_with_the_generators_draws(severity):
+@pytest.mark.parametrize("name", sorted(NOISE_REFERENCES))
+def test_gaussian_and_shot_noise_with_the_generators_draws(name, severity):
     x = images()
-    c = PUBLISHED["shot_noise"][severity - 1]
-    counts = torch.poisson(x * c, generator=torch.Generator().manual_seed(3)).numpy()
-    np.testing.assert_allclose(corrupt(x, "shot_noise", severity, seed=3).numpy(), np.clip(counts / c, 0, 1), atol=1e-12)
+    ref = NOISE_REFERENCES[name](x, PUBLISHED[name][severity - 1], torch.Generator().manual_seed(7))
+    np.testing.assert_allclose(corrupt(x, name, severity, seed=7).numpy(), ref, atol=1e-12)
 
 
 @pytest.mark.parametrize("severity", SEVERITIES)

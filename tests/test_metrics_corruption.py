@@ -59,7 +59,8 @@ def test_constants_are_the_published_ones():
 
 NOISE_REFERENCES = {
     # the published formula applied to draws of the generator corrupt() seeds
-    "gaussian_noise": lambda x, c, g: np.clip(x.numpy() + torch.randn(x.shape, generator=g, dtype=x.dtype).numpy() * c, 0, 1),
+    "gaussian_noise": lambda x, c, g: np.clip(
+        x.numpy() + torch.randn(x.shape, generator=g, dtype=x.dtype).numpy() * c, 0, 1),
     "shot_noise": lambda x, c, g: np.clip(torch.poisson(x * c, generator=g).numpy() / c, 0, 1),
 }
 

@@ -173,7 +173,8 @@ def ebd(
             best, which = upper.min(1)
             width = torch.gather(span, 1, which[:, None]).squeeze(1) / steps / 2 ** bisection
             distances[part] = torch.where(clean_ok, best, torch.full_like(best, math.nan)).cpu()
-            tolerance[part] = torch.where(torch.isfinite(best) & clean_ok, width, torch.full_like(width, math.nan)).cpu()
+            reported = torch.isfinite(best) & clean_ok
+            tolerance[part] = torch.where(reported, width, torch.full_like(width, math.nan)).cpu()
             reach[part] = span.amax(1).cpu()
             correct[part] = clean_ok.cpu()
     in_c = distances[correct]

@@ -148,3 +148,21 @@ def test_rejects_bad_arguments():
         ebd(model, x, steps=2.5, progress=False)
     with pytest.raises(ValueError, match="outside"):
         ebd(model, x + 2, progress=False)
+
+
+def test_real_resnet20_reported_points_change_the_prediction(aisafety_dir):
+    """Real CIFAR-10 ResNet-20, clamp mode: every image gets a finite distance d, and at
+    d along one of its (rebuilt) directions the clipped point is classified differently."""
+    from robustx.data import aisafety_cifar10
+    from robustx.models import resnet20_cifar
+
+    x, y = aisafety_cifar10(aisafety_dir)
+    x, y = x[:3], y[:3]
+    model = resnet20_cifar(aisafety_dir / "resnet20_cifar.pt")
+    res = ebd(model, x, y, m=4, steps=4, bisection=4, out_of_box="clamp", seed=6, batch_size=4096, progress=False)
+    assert res.correct.all() and torch.isfinite(res.distances).all()
+    u = orthonormal_directions(3, x[0].numel(), 4, torch.Generator().manual_seed(6))
+    points = (x.flatten(1)[:, None, :] + res.distances[:, None, None].float() * u).clamp(0, 1)
+    with torch.no_grad():
+        pred = model(points.reshape(-1, *x.shape[1:])).argmax(1).view(3, 4)
+    assert (pred != y[:, None]).any(1).all()

@@ -1,0 +1,168 @@
+"""EBD on linear models, where the distance along a direction is known in closed form."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from robustx.metrics.boundary import ebd, orthonormal_directions
+
+SHAPE = (1, 4, 4)
+D = 16
+
+
+def linear_model(n_classes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(D, n_classes).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(n_classes, D, generator=g, dtype=torch.float64))
+        lin.bias.copy_(torch.randn(n_classes, generator=g, dtype=torch.float64))
+    return nn.Sequential(nn.Flatten(), lin)
+
+
+def closed_form(model, x, y, directions, span):
+    """min over directions of min over classes j != y with a_j < 0 of g0_j / -a_j, where
+    g0_j = (w_y - w_j).x + b_y - b_j and a_j = (w_y - w_j).u; inf beyond the span."""
+    w = model[1].weight.detach().numpy()
+    b = model[1].bias.detach().numpy()
+    xs = x.reshape(len(x), -1).numpy()
+    out = []
+    for i in range(len(xs)):
+        best = math.inf
+        for k, u in enumerate(directions[i].numpy().astype(np.float64)):
+            for j in range(w.shape[0]):
+                if j == y[i]:
+                    continue
+                g0 = (w[y[i]] - w[j]) @ xs[i] + b[y[i]] - b[j]
+                a = (w[y[i]] - w[j]) @ u
+                if a < 0 and g0 / -a <= span[i][k]:
+                    best = min(best, g0 / -a)
+        out.append(best)
+    return np.array(out)
+
+
+def box_span(x, directions, lo, hi):
+    """Largest t with x + t u inside [lo, hi]^d, per (input, direction), by NumPy."""
+    xs = x.reshape(len(x), -1).numpy()
+    spans = []
+    for i, xi in enumerate(xs):
+        row = []
+        for u in directions[i].numpy().astype(np.float64):
+            limits = [((hi if uk > 0 else lo) - xk) / uk for xk, uk in zip(xi, u) if uk != 0]
+            row.append(max(0.0, min(limits)))
+        spans.append(row)
+    return spans
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_linear_model_matches_closed_form_inside_the_box(n_classes):
+    model = linear_model(n_classes)
+    x = torch.rand(6, *SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = model(x).argmax(1)
+    m, steps, bisection, lo, hi = 5, 8, 12, -3.0, 4.0
+    res = ebd(model, x, m=m, clip_values=(lo, hi), steps=steps, bisection=bisection, seed=4,
+              batch_size=10_000, out_of_box="stop", progress=False)
+    directions = orthonormal_directions(6, D, m, torch.Generator().manual_seed(4), torch.float64)
+    span = box_span(x, directions, lo, hi)
+    ref = closed_form(model, x, y.numpy(), directions, span)
+    tol = max(max(s) for s in span) / steps / 2 ** bisection
+    assert np.isfinite(ref).sum() >= 3  # the test exercises found boundaries
+    got = res.distances.numpy()
+    assert np.array_equal(np.isinf(got), np.isinf(ref))
+    fin = np.isfinite(ref)
+    assert np.all(got[fin] >= ref[fin] - 1e-9)
+    assert np.all(got[fin] <= ref[fin] + tol)
+    assert np.all(res.tolerance.numpy()[fin] <= tol)
+    assert res.correct.all()
+    assert res.censored == int(np.isinf(ref).sum())
+
+
+def test_unclipped_rays_with_max_distance_and_misclassified_inputs():
+    model = linear_model(3, seed=2)
+    x = torch.randn(8, *SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    pred = model(x).argmax(1)
+    y = pred.clone()
+    y[:3] = (y[:3] + 1) % 3  # three inputs outside C
+    res = ebd(model, x, y, m=4, clip_values=None, max_distance=2.5, steps=10, bisection=14, seed=9,
+              batch_size=10_000, progress=False)
+    directions = orthonormal_directions(8, D, 4, torch.Generator().manual_seed(9), torch.float64)
+    ref = closed_form(model, x, pred.numpy(), directions, [[2.5] * 4] * 8)
+    assert res.correct.tolist() == [False] * 3 + [True] * 5
+    assert np.isnan(res.distances[:3]).all()
+    got = res.distances.numpy()[3:]
+    np.testing.assert_allclose(got, ref[3:], atol=2.5 / 10 / 2 ** 14 + 1e-9)
+    expect = np.where(np.isinf(ref[3:]), 2.5, ref[3:]).mean()
+    assert res.value == pytest.approx(expect, abs=2.5 / 10 / 2 ** 14 + 1e-9)
+
+
+def test_clamp_mode_and_censoring():
+    class Constant(nn.Module):
+        def forward(self, x):
+            return torch.tensor([0.0, 1.0], dtype=x.dtype).expand(x.shape[0], 2)
+
+    x = torch.rand(3, *SHAPE)
+    res = ebd(Constant(), x, out_of_box="clamp", m=3, steps=4, bisection=2, progress=False)
+    assert res.censored == 3 and torch.isinf(res.distances).all()
+    assert res.value == pytest.approx(math.sqrt(D))  # censored at the box diagonal
+
+
+def test_clamp_mode_reaches_past_saturated_pixels():
+    """With a pixel at the box edge, clipped rays x + t u still move: a threshold model on
+    the pixel sum changes class, and the reported point does change the prediction."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(D, 2)).double()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.stack([torch.zeros(D), torch.ones(D)]).double())
+        model[1].bias.copy_(torch.tensor([0.0, -8.0]).double())
+    x = torch.full((1, *SHAPE), 0.3, dtype=torch.float64)
+    x[0, 0, 0, 0] = 0.0  # saturated at lo: "stop" ends most rays at t = 0
+    clamp = ebd(model, x, m=6, steps=8, bisection=8, seed=1, out_of_box="clamp", progress=False)
+    assert torch.isfinite(clamp.distances).all()
+    # check the clamp distance directly: the reported point changes the prediction
+    u = orthonormal_directions(1, D, 6, torch.Generator().manual_seed(1), torch.float64)[0]
+    t = clamp.distances.item()
+    points = (x.reshape(1, -1) + t * u).clamp(0, 1)
+    assert (model(points.reshape(-1, *SHAPE)).argmax(1) == 1).any()
+
+
+def test_seeded_and_model_state_restored():
+    model = linear_model(3)
+    model.train()
+    x = torch.rand(4, *SHAPE, dtype=torch.float64)
+    a = ebd(model, x, m=3, clip_values=(-2, 3), seed=5, progress=False)
+    b = ebd(model, x, m=3, clip_values=(-2, 3), seed=5, progress=False)
+    assert torch.equal(a.distances, b.distances)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+
+
+def test_rejects_bad_arguments():
+    model = linear_model(2)
+    x = torch.rand(2, *SHAPE, dtype=torch.float64)
+    with pytest.raises(ValueError, match="max_distance"):
+        ebd(model, x, clip_values=None, progress=False)
+    with pytest.raises(ValueError, match="out_of_box"):
+        ebd(model, x, out_of_box="wrap", progress=False)
+    with pytest.raises(ValueError, match="m must"):
+        ebd(model, x, m=D + 1, progress=False)
+    with pytest.raises(TypeError, match="steps"):
+        ebd(model, x, steps=2.5, progress=False)
+    with pytest.raises(ValueError, match="outside"):
+        ebd(model, x + 2, progress=False)
+
+
+def test_real_resnet20_reported_points_change_the_prediction(aisafety_dir):
+    """Real CIFAR-10 ResNet-20, clamp mode: every image gets a finite distance d, and at
+    d along one of its (rebuilt) directions the clipped point is classified differently."""
+    from robustx.data import aisafety_cifar10
+    from robustx.models import resnet20_cifar
+
+    x, y = aisafety_cifar10(aisafety_dir)
+    x, y = x[:3], y[:3]
+    model = resnet20_cifar(aisafety_dir / "resnet20_cifar.pt")
+    res = ebd(model, x, y, m=4, steps=4, bisection=4, out_of_box="clamp", seed=6, batch_size=4096, progress=False)
+    assert res.correct.all() and torch.isfinite(res.distances).all()
+    u = orthonormal_directions(3, x[0].numel(), 4, torch.Generator().manual_seed(6))
+    points = (x.flatten(1)[:, None, :] + res.distances[:, None, None].float() * u).clamp(0, 1)
+    with torch.no_grad():
+        pred = model(points.reshape(-1, *x.shape[1:])).argmax(1).view(3, 4)
+    assert (pred != y[:, None]).any(1).all()

@@ -22,9 +22,7 @@ SUCCESS = torch.tensor([True, False, True, True, False, True])
 
 def reference_ald(x, x_adv, success, p):
     vals = []
-    for i in range(x.shape[0]):
-        if not success[i]:
-            continue
+    for i in np.flatnonzero(success.numpy()):
         a, b = x[i].numpy().ravel(), x_adv[i].numpy().ravel()
         if p == 0:
             vals.append(np.mean(np.round(255 * a) != np.round(255 * b)))
@@ -94,9 +92,7 @@ def test_psd_hand_computed_4x4():
 
 def reference_psd(x, x_adv, success, floor=1 / 255):
     total = []
-    for i in range(x.shape[0]):
-        if not success[i]:
-            continue
+    for i in [j for j in range(x.shape[0]) if success[j]]:
         s = 0.0
         for c in range(x.shape[1]):
             img = np.pad(x[i, c].numpy(), 1, mode="reflect")
@@ -114,16 +110,20 @@ def test_psd_matches_loop():
     assert psd(x, x_adv, SUCCESS) == pytest.approx(reference_psd(x, x_adv, SUCCESS), rel=1e-10)
 
 
-@pytest.mark.parametrize("fn", [lambda x, a, s: ald(x, a, s, 2), ass, psd])
+METRICS = [lambda x, a, s: ald(x, a, s, 2), ass, psd]
+IMAGES = pair((6, 3, 8, 8))
+
+
+@pytest.mark.parametrize("fn", METRICS)
 def test_empty_success_is_nan_with_warning(fn):
-    x, x_adv = pair((6, 3, 8, 8))
+    x, x_adv = IMAGES
     with pytest.warns(RuntimeWarning, match="success"):
         assert math.isnan(fn(x, x_adv, torch.zeros(6, dtype=torch.bool)))
 
 
-@pytest.mark.parametrize("fn", [lambda x, a, s: ald(x, a, s, 2), ass, psd])
+@pytest.mark.parametrize("fn", METRICS)
 def test_bad_inputs_name_the_argument(fn):
-    x, x_adv = pair((6, 3, 8, 8))
+    x, x_adv = IMAGES
     with pytest.raises(ValueError, match="x_adv"):
         fn(x, x_adv[:, :, :7], SUCCESS)
     with pytest.raises(TypeError, match="success"):

@@ -78,11 +78,11 @@ def ssim(x: torch.Tensor, x_adv: torch.Tensor, data_range: float = 1.0) -> torch
     for a, b in zip(torch.split(x.double(), _CHUNK), torch.split(x_adv.double(), _CHUNK)):
         moments = F.avg_pool2d(torch.cat((a, b, a * a, b * b, a * b), 1), SSIM_WINDOW, stride=1)
         mu_a, mu_b, aa, bb, ab = moments.chunk(5, 1)
-        var_a = unbiased * (aa - mu_a * mu_a)
-        var_b = unbiased * (bb - mu_b * mu_b)
-        cov = unbiased * (ab - mu_a * mu_b)
-        s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2))
-        out.append(s.mean((1, 2, 3)))
+        mu_ab = mu_a * mu_b
+        mu_sq = mu_a.square().add_(mu_b.square())
+        numerator = (2 * mu_ab + c1).mul_(ab.sub_(mu_ab).mul_(2 * unbiased).add_(c2))  # (2 s_xx' + C2)
+        denominator = (mu_sq + c1).mul_(aa.add_(bb).sub_(mu_sq).mul_(unbiased).add_(c2))  # (s_xx + s_x'x' + C2)
+        out.append(numerator.div_(denominator).mean((1, 2, 3)))
     return torch.cat(out) if out else x.new_zeros(0, dtype=torch.float64)
 
 

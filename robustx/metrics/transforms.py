@@ -18,6 +18,7 @@ from typing import Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from robustx.checks import clip_range, images, integer, positive_float
 
@@ -64,16 +65,19 @@ def _extended_box(sigma: float) -> Tuple[int, int, int]:
 
 
 def _box_pass(q: torch.Tensor, r: int, w: int, f: int) -> torch.Tensor:
-    """One extended-box pass along the last axis of int64 levels ``q``:
-    out_x = (w sum_{|k| <= r} q_{x+k} + f (q_{x-r-1} + q_{x+r+1}) + 2^23) >> 24,
-    indices clamped to the row (edge pixels repeated)."""
+    """One extended-box pass along the last axis of 8-bit levels ``q`` (float64, N C H W):
+    out_x = floor((w sum_{|k| <= r} q_{x+k} + f (q_{x-r-1} + q_{x+r+1}) + 2^23) / 2^24),
+    indices clamped to the row (edge pixels repeated). Every intermediate is a multiple of
+    2^-24 below 2^9 (33 significant bits), so float64 holds Pillow's 32-bit integer
+    arithmetic exactly."""
     width = q.shape[-1]
-    index = torch.arange(-r - 1, width + r + 1, device=q.device).clamp_(0, width - 1)
-    padded = q[..., index]
-    sums = torch.cat((torch.zeros_like(padded[..., :1]), padded.cumsum(-1)), -1)
-    inner = sums[..., 2 * r + 2: 2 * r + 2 + width] - sums[..., 1: 1 + width]
+    padded = F.pad(q, (r + 1, r + 1, 0, 0), mode="replicate")
+    inner = padded[..., 1: 1 + width].clone()
+    for k in range(2, 2 * r + 2):
+        inner += padded[..., k: k + width]
     far = padded[..., :width] + padded[..., 2 * r + 2:]
-    return (inner * w + far * f + (_FIXED_ONE >> 1)) >> 24
+    # (inner w + far f + 2^23) / 2^24 with the exact power-of-two scalings folded in
+    return inner.mul_(w / _FIXED_ONE).add_(far, alpha=f / _FIXED_ONE).add_(0.5).floor_()
 
 
 def gaussian_blur_8bit(x: torch.Tensor, sigma: float = 0.5, clip_values=(0.0, 1.0)) -> torch.Tensor:
@@ -87,13 +91,13 @@ def gaussian_blur_8bit(x: torch.Tensor, sigma: float = 0.5, clip_values=(0.0, 1.
     pixels (Pillow's ``radius``).
     """
     sigma = positive_float(sigma, "sigma")
-    q = to_8bit(x, clip_values).long()
+    q = to_8bit(x, clip_values).double()
     if q.dim() != 4:
         raise ValueError(f"x must have shape (N, C, H, W), got {tuple(x.shape)}")
     r, w, f = _extended_box(sigma)
     for _ in range(BLUR_PASSES):
         q = _box_pass(q, r, w, f)
-    q = q.transpose(-1, -2)
+    q = q.transpose(-1, -2).contiguous()
     for _ in range(BLUR_PASSES):
         q = _box_pass(q, r, w, f)
     return from_8bit(q.transpose(-1, -2), clip_values, x.dtype)

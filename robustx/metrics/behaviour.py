@@ -17,24 +17,24 @@ from robustx.metrics.arguments import mask, mean_over
 __all__ = ["acac", "actc", "nte", "rgb", "ric"]
 
 
-def _probabilities(logits_adv: torch.Tensor, success: torch.Tensor):
-    """Checked (P(x') in float64, success)."""
+def _probabilities(logits_adv: torch.Tensor, success: torch.Tensor) -> torch.Tensor:
+    """P(x') in float64, after checking the logits and the success mask."""
     check_logits(logits_adv, "logits_adv")
     mask(success, logits_adv.shape[0], "success")
-    return torch.softmax(logits_adv.double(), 1), success
+    return torch.softmax(logits_adv.double(), 1)
 
 
 def acac(logits_adv: torch.Tensor, success: torch.Tensor) -> float:
     """Average confidence of the adversarial class: (1/|S|) sum_{i in S} max_k P(x'_i)_k
     (lower = the model is less sure of its wrong answers)."""
-    p, success = _probabilities(logits_adv, success)
+    p = _probabilities(logits_adv, success)
     return mean_over(p.max(1).values, success)
 
 
 def actc(logits_adv: torch.Tensor, y: torch.Tensor, success: torch.Tensor) -> float:
     """Average confidence of the true class: (1/|S|) sum_{i in S} P(x'_i)_{y_i}
     (higher = the true class keeps more probability)."""
-    p, success = _probabilities(logits_adv, success)
+    p = _probabilities(logits_adv, success)
     y = labels(y, p.shape[0], "y", p.shape[1]).to(p.device)
     return mean_over(p.gather(1, y[:, None])[:, 0], success)
 
@@ -43,7 +43,7 @@ def nte(logits_adv: torch.Tensor, success: torch.Tensor) -> float:
     """Noise tolerance estimation: (1/|S|) sum_{i in S} (P(x'_i)_(1) - P(x'_i)_(2)), the gap
     between the largest and second-largest probability (lower = the adversarial class wins
     by less)."""
-    p, success = _probabilities(logits_adv, success)
+    p = _probabilities(logits_adv, success)
     top = p.topk(2, 1).values
     return mean_over(top[:, 0] - top[:, 1], success)
 

@@ -1,0 +1,122 @@
+"""The catalogue of every metric of the evaluation suite (DESIGN.md, "The evaluation
+suite"): name, family, direction, what a run must provide, and the function computing it.
+
+Functions are named as "module:attribute" and imported only when
+:attr:`MetricInfo.function` is read, so listing the catalogue imports nothing and an entry
+whose module is missing fails only when it is used. Several names share a function:
+``options`` holds the keyword arguments that select the metric (ALD_0 is ``ald`` with
+p = 0), and the coverage names are keys of ``NeuronCoverage.result()``.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+
+__all__ = ["NEEDS", "MetricInfo", "available", "get"]
+
+#: What a run may have to provide besides the model and the clean inputs with labels:
+#: the model's outputs on the clean inputs, adversarial examples, a defended model to
+#: compare, a surrogate model (black box), corrupted inputs, a profile of the neurons'
+#: training ranges (coverage).
+NEEDS = frozenset({"clean outputs", "adversarial examples", "defended model", "surrogate", "corruptions", "profile"})
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """One metric: ``name``; ``family``; ``higher_is_better`` (the direction that speaks
+    for the evaluated model); ``needs`` (a subset of :data:`NEEDS`); ``target`` (the
+    computing function as "module:attribute"); ``options`` (keyword arguments that select
+    this metric from the function, as (key, value) pairs)."""
+
+    name: str
+    family: str
+    higher_is_better: bool
+    needs: FrozenSet[str]
+    target: str
+    options: Tuple[Tuple[str, Any], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        unknown = set(self.needs) - NEEDS
+        if unknown:
+            raise ValueError(f"{self.name}: unknown needs {sorted(unknown)}; allowed: {sorted(NEEDS)}")
+
+    @property
+    def function(self) -> Callable:
+        """The computing function, imported now (ImportError / AttributeError if absent)."""
+        module, attribute = self.target.split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready: {"name", "family", "higher_is_better", "needs" (sorted list),
+        "function" ("module:attribute"), "options" (dict)}."""
+        return {
+            "name": self.name,
+            "family": self.family,
+            "higher_is_better": self.higher_is_better,
+            "needs": sorted(self.needs),
+            "function": self.target,
+            "options": dict(self.options),
+        }
+
+
+_CLEAN = frozenset({"clean outputs"})
+_ATTACKED = frozenset({"clean outputs", "adversarial examples"})
+_DEFENDED = frozenset({"clean outputs", "defended model"})
+_HERE = "robustx.metrics."
+
+
+def _entries() -> Tuple[MetricInfo, ...]:
+    m = MetricInfo
+    ald = [m(f"ALD_{p}", "imperceptibility", True, _ATTACKED, _HERE + "imperceptibility:ald", (("p", p),))
+           for p in (0, 2, "inf")]
+    defense = [m(name, "defense", better, _DEFENDED, _HERE + "defense:defense_utility")
+               for name, better in (("CAV", True), ("CRR", True), ("CSR", False), ("CCV", False), ("COS", False))]
+    coverage = [m(name, "coverage", True, frozenset({"clean outputs", "profile"} if profiled else _CLEAN),
+                  "robustx.coverage:NeuronCoverage")
+                for name, profiled in (("NC", False), ("KMNC", True), ("NBC", True), ("SNAC", True),
+                                       ("TKNC", False), ("TKNP", False))]
+    return (
+        m("CA", "accuracy", True, _CLEAN, _HERE + "accuracy:accuracy"),
+        m("AA_W", "accuracy", True, frozenset({"adversarial examples"}), _HERE + "accuracy:accuracy"),
+        m("AA_B", "accuracy", True, frozenset({"adversarial examples", "surrogate"}), _HERE + "accuracy:accuracy"),
+        *ald,
+        m("ASS", "imperceptibility", False, _ATTACKED, _HERE + "imperceptibility:ass"),
+        m("PSD", "imperceptibility", True, _ATTACKED, _HERE + "imperceptibility:psd"),
+        m("ACAC", "behaviour", False, _ATTACKED, _HERE + "behaviour:acac"),
+        m("ACTC", "behaviour", True, _ATTACKED, _HERE + "behaviour:actc"),
+        m("NTE", "behaviour", False, _ATTACKED, _HERE + "behaviour:nte"),
+        m("RGB", "behaviour", False, _ATTACKED, _HERE + "behaviour:rgb"),
+        m("RIC", "behaviour", False, _ATTACKED, _HERE + "behaviour:ric"),
+        *defense,
+        m("mCE", "corruption", False, frozenset({"corruptions"}), _HERE + "corruption:mce"),
+        m("rmCE", "corruption", False, frozenset({"corruptions"}), _HERE + "corruption:rmce"),
+        m("EBD", "boundary", True, _CLEAN, _HERE + "boundary:ebd"),
+        m("eps-ENI", "boundary", False, _CLEAN, _HERE + "eni:eps_eni"),
+        m("NS", "neuron", False, frozenset({"adversarial examples"}), "robustx.sensitivity:neuron_sensitivity"),
+        m("NU", "neuron", False, _CLEAN, "robustx.sensitivity:neuron_uncertainty"),
+        *coverage,
+        m("CLEVER", "bound", True, _CLEAN, "robustx.clever:clever"),
+        m("DIV", "bound", False, _CLEAN, "robustx.divergence:divergence_bound"),
+    )
+
+
+_REGISTRY: Dict[str, MetricInfo] = {info.name: info for info in _entries()}
+
+
+def available(family: Optional[str] = None) -> List[str]:
+    """Every metric name in the suite's order (ε-ENI is spelled "eps-ENI"), or those of
+    one ``family``: accuracy, imperceptibility, behaviour, defense, corruption, boundary,
+    neuron, coverage, bound."""
+    names = [name for name, info in _REGISTRY.items() if family is None or info.family == family]
+    if family is not None and not names:
+        families = sorted({info.family for info in _REGISTRY.values()})
+        raise ValueError(f"family must be one of {families}, got {family!r}")
+    return names
+
+
+def get(name: str) -> MetricInfo:
+    """The :class:`MetricInfo` of metric ``name`` (exact spelling, see :func:`available`)."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown metric {name!r}; available: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]

@@ -8,6 +8,7 @@ status, and listing ``_add_<name>`` in ``SUBCOMMANDS``.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Callable, List, Optional
 
 
@@ -18,11 +19,147 @@ def _add_output(parser: argparse.ArgumentParser, out: str, run: Callable[[argpar
     parser.set_defaults(run=run)
 
 
+def _add_evaluate(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="the whole evaluation suite on one model: report.json, report.html, store.sqlite",
+        description="Evaluate a model with every metric of the suite (or --metrics) and write DIR/report.json, "
+        "DIR/report.html and DIR/store.sqlite; --resume continues a killed run.",
+    )
+    _add_run_options(p, "out/evaluate")
+    p.add_argument("--model", required=True, help="digits, resnet20 or module:factory")
+    p.add_argument("--weights", default=None, help="state dict for the model (default: its shipped weights)")
+    p.add_argument("--data", default=None, help="digits, cifar100 or a .npz (x, y) / .npy (x) file "
+                   "(default: the model's own test set)")
+    p.add_argument("--n", type=int, default=None, help="evaluate the first N inputs (default: all)")
+
+
+def _add_run_options(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument("--metrics", default="all", help="comma-separated metric names (robustx metrics), or all")
+    p.add_argument("--attacks", default=None, help="comma-separated attacks (default: pgd)")
+    p.add_argument("--config", default=None, help="TOML file: one table per metric or attack, e.g. [clever]")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default %(default)s)")
+    p.add_argument("--device", default=None, help="torch device (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=256, help="inputs per batch and unit (default %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue the run stored in --out")
+    _add_output(p, out, _run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from robustx.pipeline import sources
+    from robustx.pipeline.evaluate import evaluate
+
+    model = sources.load_model(args.model, args.weights)
+    data = args.data or sources.default_data(args.model)
+    x, y = sources.load_data(data, model, args.n)
+    report = evaluate(model, (x, y), metrics=args.metrics, attacks=args.attacks, config=_read_config(args.config),
+                      profile=sources.default_profile(data), out=args.out, resume=args.resume, seed=args.seed,
+                      device=args.device, batch_size=args.batch_size, progress=not args.no_progress,
+                      name=args.model)
+    print(_summary(report))
+    print(f"wrote {args.out}/report.json, {args.out}/report.html and {args.out}/store.sqlite")
+    return 0
+
+
+def _read_config(path: Optional[str]) -> Optional[dict]:
+    if path is None:
+        return None
+    import tomllib
+
+    with open(path, "rb") as f:
+        try:
+            return tomllib.load(f)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"--config {path}: not valid TOML ({err})") from None
+
+
+def _summary(report) -> str:
+    rows = [f"{'metric':<10} {'value':>12}  better  {'seconds':>8}"]
+    for name, m in report.metrics.items():
+        value = f"{m.value:12.4g}" if m.value is not None else f"{'skipped':>12}"
+        rows.append(f"{name:<10} {value}  {'higher' if m.higher_is_better else 'lower ':<6}  {m.seconds:8.2f}"
+                    + (f"  ({m.skipped})" if m.skipped else ""))
+    return "\n".join(rows)
+
+
 def _add_demo(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="the whole suite on the built-in digits CNN (a few minutes on a 2-core CPU)",
+        description="robustx evaluate on the built-in digits CNN and its test images, with settings sized "
+        "for a laptop CPU: every metric, PGD L-inf eps 0.1, coverage profiled on the training split.",
+    )
+    p.add_argument("--n", type=int, default=128, help="test images (default %(default)s)")
+    _add_output(p, "out/demo", _run_demo)
+
+
+DEMO_CONFIG = {
+    "pgd": {"eps": 0.1, "step_size": 0.025},
+    "clever": {"n_batches": 50, "n_samples": 64, "n_images": 16, "radius": 2.0},
+    "div": {"eps": 0.1},
+    "eps-eni": {"epsilon": 0.1},
+}
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from robustx.data import digits
+    from robustx.models import digits_cnn
+    from robustx.pipeline.evaluate import evaluate
+
+    x, y = digits("test")
+    n = args.n if args.n <= x.shape[0] else x.shape[0]
+    report = evaluate(digits_cnn(), (x[:n], y[:n]), config=DEMO_CONFIG, profile=digits("train")[0], out=args.out,
+                      progress=not args.no_progress, name="digits CNN (built-in)")
+    print(_summary(report))
+    print(f"report: {args.out}/report.html (and report.json, store.sqlite)")
+    return 0
+
+
+def _add_compare(subparsers) -> None:
+    p = subparsers.add_parser("compare", help="side-by-side table of several reports",
+                              description="Print every metric the reports share, side by side, the better value "
+                              "of each row marked with *; --html writes the same table with bar charts.")
+    p.add_argument("reports", nargs="+", help="report folders or report.json files")
+    p.add_argument("--html", default=None, help="also write a comparison page here")
+    p.set_defaults(run=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from robustx.pipeline.report import Report, compare, compare_html
+
+    if len(args.reports) < 2:
+        raise ValueError("compare needs at least two reports")
+    reports = [Report.load(path) for path in args.reports]
+    names = [str(path).rstrip("/").removesuffix("/report.json") for path in args.reports]
+    print(compare(reports, names))
+    if args.html:
+        Path(args.html).write_text(compare_html(reports, names))
+        print(f"wrote {args.html}")
+    return 0
+
+
+def _add_metrics(subparsers) -> None:
+    p = subparsers.add_parser("metrics", help="list every metric: family, direction, needs",
+                              description="Every metric of the suite with its family, direction and what it needs.")
+    p.set_defaults(run=_run_metrics)
+
+
+def _run_metrics(args: argparse.Namespace) -> int:
+    from robustx.metrics import available, get
+
+    print(f"{'metric':<9} {'family':<17} {'better':<7} needs")
+    for name in available():
+        info = get(name)
+        needs = ", ".join(sorted(info.needs)) or "-"
+        print(f"{name:<9} {info.family:<17} {'higher' if info.higher_is_better else 'lower':<7} {needs}")
+    return 0
+
+
+def _add_clever(subparsers) -> None:
     from robustx.demo import DEMO_DEFAULTS as d
 
     p = subparsers.add_parser(
-        "demo",
+        "clever",
         help="CLEVER L2 and L-inf scores of the built-in digits CNN",
         description="Untargeted CLEVER (L2 and L-inf) on test images of the built-in digits CNN: a "
         "console table, clever.json and clever_hist.png. The paper uses 500 batches of 1024 samples.",
@@ -33,10 +170,10 @@ def _add_demo(subparsers) -> None:
     p.add_argument("--radius-l2", type=float, default=d["radius_l2"], help="L2 sampling radius (default %(default)s)")
     p.add_argument("--radius-linf", type=float, default=d["radius_linf"], help="L-inf radius (default %(default)s)")
     p.add_argument("--seed", type=int, default=d["seed"], help="sampling seed (default %(default)s)")
-    _add_output(p, "out/demo", _run_demo)
+    _add_output(p, "out/clever", _run_clever)
 
 
-def _run_demo(args: argparse.Namespace) -> int:
+def _run_clever(args: argparse.Namespace) -> int:
     from robustx.demo import run_demo
 
     run_demo(args.out, n_images=args.n_images, n_batches=args.n_batches, batch_size=args.batch_size,
@@ -79,11 +216,12 @@ def _run_landscape(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS = [_add_demo, _add_landscape]
+SUBCOMMANDS = [_add_demo, _add_evaluate, _add_compare, _add_metrics, _add_clever, _add_landscape]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robustx", description="Fast, paper-faithful robustness evaluation.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in SUBCOMMANDS:
         add(subparsers)
@@ -91,10 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of the ``robustx`` console script and ``python -m robustx``."""
+    """Entry point of the ``robustx`` console script and ``python -m robustx``.
+
+    A bad argument, a missing file or a failed import prints one line and exits with 2;
+    ``--debug`` shows the traceback instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError) as err:
-        parser.exit(2, f"robustx {args.command}: error: {err}\n")
+    except (ValueError, TypeError, KeyError, OSError, ImportError, RuntimeError) as err:
+        if args.debug:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        parser.exit(2, f"robustx {args.command}: error: {message}\n")

@@ -13,9 +13,9 @@ from robustx.cli import build_parser, main
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_demo_writes_json_and_png(tmp_path, capsys):
-    out = tmp_path / "demo"
-    status = main(["demo", "--n-images", "3", "--n-batches", "6", "--batch-size", "8", "--radius-l2", "1.5",
+def test_clever_writes_json_and_png(tmp_path, capsys):
+    out = tmp_path / "clever"
+    status = main(["clever", "--n-images", "3", "--n-batches", "6", "--batch-size", "8", "--radius-l2", "1.5",
                    "--out", str(out), "--no-progress"])
     assert status == 0
     doc = json.loads((out / "clever.json").read_text())
@@ -40,7 +40,7 @@ def test_demo_writes_json_and_png(tmp_path, capsys):
 
 def test_bad_option_exits_with_a_message(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
-        main(["demo", "--n-images", "0", "--out", str(tmp_path), "--no-progress"])
+        main(["clever", "--n-images", "0", "--out", str(tmp_path), "--no-progress"])
     assert err.value.code == 2
     assert "n_images" in capsys.readouterr().err
 
@@ -51,22 +51,30 @@ def subcommands(parser) -> dict:
     return dict(action.choices)
 
 
+# the arguments each subcommand needs to parse; the ones that run a job take --out and --no-progress
+REQUIRED = {"demo": [], "evaluate": ["--model", "digits"], "compare": ["a", "b"], "metrics": [], "clever": [],
+            "landscape": []}
+JOBS = {"demo", "evaluate", "clever", "landscape"}
+
+
 def test_every_subcommand_has_a_runner_and_help(capsys):
     parser = build_parser()
     commands = subcommands(parser)
-    assert set(commands) == {"demo", "landscape"}
+    assert set(commands) == set(REQUIRED)
     for name, sub in commands.items():
-        args = parser.parse_args([name])
+        args = parser.parse_args([name, *REQUIRED[name]])
         assert args.command == name and callable(args.run) and args.run.__name__ == f"_run_{name}"
-        assert not args.no_progress  # progress bars are on unless asked otherwise
         with pytest.raises(SystemExit) as err:
             parser.parse_args([name, "--help"])
         assert err.value.code == 0
         text = capsys.readouterr().out
-        assert text.startswith(f"usage: robustx {name}") and "--no-progress" in text
+        assert text.startswith(f"usage: robustx {name}")
         assert sub.description and sub.description.split()[0] in text
-    args = parser.parse_args(["demo"])
-    assert args.n_images >= 1 and args.out == "out/demo"
+        if name in JOBS:
+            assert not args.no_progress and "--no-progress" in text and "--out" in text
+    args = parser.parse_args(["clever"])
+    assert args.n_images >= 1 and args.out == "out/clever"
+    assert parser.parse_args(["demo"]).out == "out/demo"
     args = parser.parse_args(["landscape"])
     assert args.model == "digits" and args.images == [0] and args.steps == 41
     with pytest.raises(SystemExit):
@@ -74,7 +82,7 @@ def test_every_subcommand_has_a_runner_and_help(capsys):
 
 
 def test_python_dash_m_entry_point():
-    proc = subprocess.run([sys.executable, "-m", "robustx", "demo", "--help"], cwd=REPO, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "robustx", "clever", "--help"], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "--n-batches" in proc.stdout and "500" in proc.stdout

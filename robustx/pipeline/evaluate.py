@@ -1,0 +1,488 @@
+"""``robustx.evaluate``: one call from a model and its data to a report of the whole suite.
+
+The run: every attack's adversarial examples are made once per input batch and shared by
+every metric that needs them; each model runs once per input set and feeds every pure
+metric of :mod:`robustx.metrics`; the model-heavy metrics (CLEVER, DIV, eps-ENI, EBD,
+corruptions, neuron sensitivity / uncertainty, coverage) run once each. Every finished
+unit of work (an attack or a heavy metric over one input batch) is a row of the run's
+SQLite store (:mod:`robustx.pipeline.store`), so a killed run resumes where it stopped and
+gives the same report. Metrics whose inputs are missing (no defended model, no
+surrogate, no profile data) are reported as skipped with the reason.
+
+Randomness: a batch's unit is seeded with ``seed`` plus the index of the batch's first
+input, so results do not depend on how the work is split (or on where a run resumed).
+"""
+from __future__ import annotations
+
+import inspect
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from robustx import attacks as attack_lib
+from robustx import checks
+from robustx import metrics as suite
+from robustx.modelutil import chunks, frozen_eval, model_device, progress_bar
+from robustx.pipeline.report import MetricResult, Report, histogram_png, image_grid_png, layer_bars_png
+from robustx.pipeline.store import ResultStore, run_id, run_unit
+
+__all__ = ["evaluate", "DEFAULT_ATTACKS", "config_sections"]
+
+#: The white-box attack of a run when none is given: PGD L-inf, eps 8/255, 10 steps of 2/255.
+DEFAULT_ATTACKS = {"pgd": {"eps": 8 / 255, "norm": "inf", "steps": 10, "step_size": 2 / 255}}
+
+# Settings of the model-heavy metrics (a config table of the same name overrides them).
+_DEFAULTS = {
+    "clever": {"norm": 2, "radius": 2.0, "n_batches": 50, "n_samples": 64, "n_images": 20},
+    "div": {"eps": 8 / 255, "norm": "inf", "steps": 10},
+    "ebd": {"m": 10, "steps": 16, "bisection": 10},
+    "eps-eni": {"epsilon": 8 / 255},
+    "corruption": {},
+    "coverage": {"sections": 10, "top_k": 2, "threshold": 0.5},
+    "ns": {},
+    "nu": {},
+}
+# config table -> the function its keys go to (attack tables go to the attack itself).
+_TARGETS = {
+    "clever": "robustx.clever:clever", "div": "robustx.divergence:divergence_bound",
+    "ebd": "robustx.metrics.boundary:ebd", "eps-eni": "robustx.metrics.eni:eps_eni",
+    "corruption": "robustx.metrics.corruption:corruption_errors", "coverage": "robustx.coverage:NeuronCoverage",
+    "ns": "robustx.sensitivity:neuron_sensitivity", "nu": "robustx.sensitivity:neuron_uncertainty",
+}
+_EXTRA_KEYS = {"clever": {"n_images"}}  # keys that evaluate itself reads
+_ALIASES = {"clever": {"batch_size": "n_samples"}}  # ART's name for N_s, samples per batch
+_TABLE_OF = {"CLEVER": "clever", "DIV": "div", "EBD": "ebd", "eps-ENI": "eps-eni", "mCE": "corruption",
+             "rmCE": "corruption", "NS": "ns", "NU": "nu", **{m: "coverage" for m in suite.available("coverage")}}
+
+
+def config_sections() -> Dict[str, str]:
+    """Every config table evaluate accepts and the function its keys are passed to."""
+    return {**_TARGETS, **{name: f"robustx.attacks:{name}" for name in attack_lib.ATTACKS}}
+
+
+@dataclass
+class _Run:
+    """What every unit of one evaluation shares."""
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    store: ResultStore
+    settings: Dict[str, Dict[str, Any]]
+    attacks: Dict[str, Dict[str, Any]]
+    batch_size: int
+    seed: int
+    clip_values: Tuple[float, float]
+    progress: bool
+    device: torch.device
+    defended: Optional[nn.Module] = None
+    surrogate: Optional[nn.Module] = None
+    baseline: Optional[nn.Module] = None
+    profile: Optional[torch.Tensor] = None
+    figures: Dict[str, bytes] = field(default_factory=dict)
+    _logits: Dict[Tuple[int, str], torch.Tensor] = field(default_factory=dict)
+
+    # ------------------------------------------------------------ shared tensors
+    def batches(self) -> List[slice]:
+        return list(chunks(self.x.shape[0], self.batch_size))
+
+    def per_batch(self, key: str, fn: Callable[[slice, int], Dict[str, torch.Tensor]], desc: str) -> Dict[str, torch.Tensor]:
+        """``fn(batch, seed)`` over every batch, each a stored unit; the tensors concatenated."""
+        parts: List[Dict[str, torch.Tensor]] = []
+        for i, b in enumerate(progress_bar(self.batches(), self.progress, desc)):
+            tensors, _ = run_unit(self.store, f"{key}/batch-{i:04d}", lambda b=b: (fn(b, self.seed + b.start), {}))
+            parts.append(tensors)
+        return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+
+    def whole(self, key: str, fn: Callable[[], Tuple[Dict[str, torch.Tensor], dict]]):
+        return run_unit(self.store, key, fn)
+
+    def adversarial(self, name: str, on: str = "model") -> torch.Tensor:
+        """The examples of attack ``name`` made against the model (or the surrogate)."""
+        target = self.model if on == "model" else self.surrogate
+        attack = attack_lib.get_attack(name, **self._attack_settings(name))
+
+        def make(b: slice, seed: int) -> Dict[str, torch.Tensor]:
+            kwargs = {"seed": seed} if "seed" in attack_lib.attack_settings(name) else {}
+            if kwargs:
+                made = attack_lib.get_attack(name, **self._attack_settings(name), **kwargs)
+            else:
+                made = attack
+            with frozen_eval(target):
+                x_adv = made(target, self.x[b].to(self.device), self.y[b].to(self.device))
+            return {"x_adv": x_adv.detach().cpu()}
+
+        return self.per_batch(f"attack/{name}@{on}", make, f"{name} on the {on}")["x_adv"]
+
+    def _attack_settings(self, name: str) -> Dict[str, Any]:
+        accepted = attack_lib.attack_settings(name)
+        base = {"clip_values": self.clip_values, "progress": False}
+        return {**{k: v for k, v in base.items() if k in accepted}, **self.attacks[name]}
+
+    def logits(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``net(x)`` in batches (cached per model and input set)."""
+        key = (id(net), f"{x.data_ptr()}:{tuple(x.shape)}")
+        if key not in self._logits:
+            with frozen_eval(net), torch.no_grad():
+                self._logits[key] = torch.cat([net(x[b].to(self.device)).float().cpu() for b in chunks(x.shape[0], self.batch_size)])
+        return self._logits[key]
+
+    @property
+    def primary(self) -> Optional[str]:
+        return next(iter(self.attacks), None)
+
+
+# ------------------------------------------------------------------ the metrics
+def _attacked(run: _Run):
+    x_adv = run.adversarial(run.primary)
+    clean, adv = run.logits(run.model, run.x), run.logits(run.model, x_adv)
+    return x_adv, adv, suite.success_mask(clean, adv, run.y)
+
+
+def _accuracy(run: _Run, name: str):
+    if name == "CA":
+        return suite.accuracy(run.logits(run.model, run.x), run.y), None, {}
+    if name == "AA_B":
+        x_adv = run.adversarial(run.primary, on="surrogate")
+        return suite.accuracy(run.logits(run.model, x_adv), run.y), None, {"attack": run.primary, "surrogate": True}
+    per_attack = {a: suite.accuracy(run.logits(run.model, run.adversarial(a)), run.y) for a in run.attacks}
+    return min(per_attack.values()), None, {"per_attack": per_attack, "value": "worst case over the attacks"}
+
+
+def _adversarial_metric(run: _Run, name: str):
+    x_adv, adv, success = _attacked(run)
+    x = run.x
+    values = {
+        "ALD_0": lambda: suite.ald(x, x_adv, success, 0, clip_values=run.clip_values),
+        "ALD_2": lambda: suite.ald(x, x_adv, success, 2, clip_values=run.clip_values),
+        "ALD_inf": lambda: suite.ald(x, x_adv, success, "inf", clip_values=run.clip_values),
+        "ASS": lambda: suite.ass(x, x_adv, success, data_range=run.clip_values[1] - run.clip_values[0]),
+        "PSD": lambda: suite.psd(x, x_adv, success),
+        "ACAC": lambda: suite.acac(adv, success),
+        "ACTC": lambda: suite.actc(adv, run.y, success),
+        "NTE": lambda: suite.nte(adv, success),
+        "RGB": lambda: suite.rgb(run.logits(run.model, suite.gaussian_blur_8bit(x_adv, 0.5, run.clip_values)), run.y, success),
+        "RIC": lambda: suite.ric(run.logits(run.model, suite.jpeg_8bit(x_adv, 90, run.clip_values)), run.y, success),
+    }
+    return values[name](), None, {"attack": run.primary, "successful": int(success.sum())}
+
+
+def _defense(run: _Run, name: str):
+    utility = suite.defense_utility(run.logits(run.model, run.x), run.logits(run.defended, run.x), run.y)
+    return utility[name], None, {}
+
+
+def _corruption(run: _Run, name: str):
+    from robustx.metrics.corruption import corruption_errors, mce, rmce
+
+    settings = run.settings["corruption"]
+
+    def errors_of(net: nn.Module, key: str) -> Dict[str, Tuple[float, ...]]:
+        def compute():
+            errs = corruption_errors(net, run.x, run.y, batch_size=run.batch_size, seed=run.seed,
+                                     clip_values=run.clip_values, progress=run.progress, **settings)
+            return {c: torch.tensor(v, dtype=torch.float64) for c, v in errs.items()}, {}
+        tensors, _ = run.whole(f"metric/corruption-errors/{key}", compute)
+        return {c: tuple(v.tolist()) for c, v in tensors.items()}
+
+    errors = errors_of(run.model, "model")
+    base = errors_of(run.baseline, "baseline") if run.baseline is not None else None
+    detail = {"errors": {c: list(v) for c, v in errors.items()}, "baseline": base is not None}
+    if name == "mCE":
+        return mce(errors, base), None, detail
+    clean = 1 - suite.accuracy(run.logits(run.model, run.x), run.y)
+    base_clean = 1 - suite.accuracy(run.logits(run.baseline, run.x), run.y) if base is not None else None
+    return rmce(errors, clean, base, base_clean), None, detail
+
+
+def _clever(run: _Run, name: str):
+    from robustx.clever import clever
+
+    settings = dict(run.settings["clever"])
+    n_images = min(settings.pop("n_images"), run.x.shape[0])
+
+    def scores(b: slice, seed: int) -> Dict[str, torch.Tensor]:
+        idx = torch.arange(run.x.shape[0])[b]
+        idx = idx[idx < n_images]
+        if idx.numel() == 0:
+            return {"scores": torch.empty(0, dtype=torch.float64)}
+        res = clever(run.model, run.x[idx].to(run.device), clip_values=run.clip_values, seed=seed, progress=False,
+                     **settings)
+        return {"scores": res.scores.double().cpu()}
+
+    s = run.per_batch("metric/CLEVER", scores, "CLEVER")["scores"]
+    run.figures["CLEVER scores"] = histogram_png(s.tolist(), f"CLEVER (L{settings['norm']}, R = {settings['radius']})", "score")
+    return float(s.mean()), s.tolist(), {"images": n_images}
+
+
+def _per_sample_mean(run: _Run, key: str, fn, field_name: str):
+    values = run.per_batch(f"metric/{key}", lambda b, seed: {"v": fn(b, seed).double().cpu()}, key)["v"]
+    finite = values[~values.isnan()]
+    return float(finite.mean()) if finite.numel() else float("nan"), values.tolist(), {"defined": int(finite.numel())}
+
+
+def _div(run: _Run, name: str):
+    from robustx.divergence import divergence_bound
+
+    def fn(b, seed):
+        return divergence_bound(run.model, run.x[b].to(run.device), clip_values=run.clip_values, seed=seed,
+                                batch_size=run.batch_size, progress=False, **run.settings["div"]).per_sample
+    return _per_sample_mean(run, "DIV", fn, "per_sample")
+
+
+def _eni(run: _Run, name: str):
+    from robustx.metrics.eni import eps_eni
+
+    def fn(b, seed):
+        return eps_eni(run.model, run.x[b].to(run.device), run.y[b].to(run.device), clip_values=run.clip_values,
+                       seed=seed, batch_size=run.batch_size, progress=False, **run.settings["eps-eni"]).per_sample
+    return _per_sample_mean(run, "eps-ENI", fn, "per_sample")
+
+
+def _ebd(run: _Run, name: str):
+    from robustx.metrics.boundary import ebd
+
+    def compute():
+        res = ebd(run.model, run.x.to(run.device), run.y.to(run.device), clip_values=run.clip_values, seed=run.seed,
+                  batch_size=run.batch_size * 4, progress=run.progress, **run.settings["ebd"])
+        return {"distances": res.distances.double().cpu(), "value": torch.tensor(res.value)}, {"censored": res.censored}
+
+    tensors, meta = run.whole("metric/EBD", compute)
+    return float(tensors["value"]), tensors["distances"].tolist(), meta
+
+
+def _neurons(run: _Run, name: str):
+    from robustx.sensitivity import neuron_sensitivity, neuron_uncertainty
+
+    def compute():
+        if name == "NS":
+            scores = neuron_sensitivity(run.model, run.x, run.adversarial(run.primary), batch_size=run.batch_size,
+                                        progress=run.progress, **run.settings["ns"])
+        else:
+            scores = neuron_uncertainty(run.model, run.x, batch_size=run.batch_size, progress=run.progress,
+                                        **run.settings["nu"])
+        return {layer: s.double().cpu() for layer, s in scores.items()}, {}
+
+    tensors, _ = run.whole(f"metric/{name}", compute)
+    per_layer = {layer: float(s.mean()) for layer, s in tensors.items()}
+    title = "neuron sensitivity" if name == "NS" else "neuron uncertainty"
+    run.figures[f"{name}: {title} per layer"] = layer_bars_png(per_layer, f"{name} (mean per layer)")
+    all_neurons = torch.cat([s.flatten() for s in tensors.values()])
+    return float(all_neurons.mean()), None, {"per_layer": per_layer}
+
+
+def _coverage(run: _Run, name: str):
+    from robustx.coverage import NeuronCoverage
+
+    def compute():
+        cov = NeuronCoverage(run.model, batch_size=run.batch_size, progress=run.progress, **run.settings["coverage"])
+        with warnings.catch_warnings():  # without a profile the skip reasons say it
+            warnings.filterwarnings("ignore", message="KMNC, NBC and SNAC need")
+            if run.profile is not None:
+                cov.profile(run.profile)
+            result = cov.assess(run.x)
+        values = {k: torch.tensor(float("nan") if v is None else float(v), dtype=torch.float64)
+                  for k, v in result.to_dict().items() if k in suite.available("coverage")}
+        layers = {layer: float(c.NC) for layer, c in result.layers.items()}
+        return values, {"nc_per_layer": layers}
+
+    tensors, meta = run.whole("metric/coverage", compute)
+    if meta["nc_per_layer"]:
+        run.figures["NC per layer"] = layer_bars_png(meta["nc_per_layer"], "neuron coverage (NC) per layer")
+    return float(tensors[name]), None, {"profiled": run.profile is not None}
+
+
+_FAMILY_RUNNERS = {
+    "accuracy": _accuracy, "imperceptibility": _adversarial_metric, "behaviour": _adversarial_metric,
+    "defense": _defense, "corruption": _corruption, "coverage": _coverage, "neuron": _neurons,
+}
+_NAMED_RUNNERS = {"CLEVER": _clever, "DIV": _div, "eps-ENI": _eni, "EBD": _ebd}
+
+
+def _skip_reason(run: _Run, info: suite.MetricInfo) -> Optional[str]:
+    if "adversarial examples" in info.needs and run.primary is None:
+        return "no attack given (attacks=)"
+    if "defended model" in info.needs and run.defended is None:
+        return "no defended model given (defended=)"
+    if "surrogate" in info.needs and run.surrogate is None:
+        return "no surrogate model given (surrogate=)"
+    if "profile" in info.needs and run.profile is None:
+        return "no profile data given (profile=, e.g. training inputs)"
+    return None
+
+
+def _measure(run: _Run, name: str) -> MetricResult:
+    info = suite.get(name)
+    reason = _skip_reason(run, info)
+    base = dict(name=name, higher_is_better=info.higher_is_better, family=info.family)
+    if reason is not None:
+        return MetricResult(value=None, skipped=reason, **base)
+    runner = _NAMED_RUNNERS.get(name) or _FAMILY_RUNNERS[info.family]
+    start = time.perf_counter()
+    value, per_sample, detail = runner(run, name)
+    table = _TABLE_OF.get(name)
+    settings = {**(run.settings.get(table, {}) if table else {}), **detail}
+    return MetricResult(value=float(value), per_sample=per_sample, settings=_jsonable(settings),
+                        seconds=time.perf_counter() - start, **base)
+
+
+def _jsonable(value):
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return str(value)
+
+
+# ------------------------------------------------------------------ arguments
+def _data(data) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) from a tensor pair, a Dataset of (x, y) items or a DataLoader."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        x, y = data
+    elif isinstance(data, torch.utils.data.DataLoader):
+        xs, ys = zip(*[(bx, by) for bx, by in data])
+        x, y = torch.cat(xs), torch.cat(ys)
+    elif isinstance(data, torch.utils.data.Dataset):
+        items = [data[i] for i in range(len(data))]
+        x = torch.stack([torch.as_tensor(i[0]) for i in items])
+        y = torch.as_tensor([int(i[1]) for i in items])
+    else:
+        raise TypeError(f"data must be a pair (x, y) of tensors, a Dataset or a DataLoader, got {type(data).__name__}")
+    return x, checks.labels(y, x.shape[0], "data y")
+
+
+def _metric_names(metrics) -> List[str]:
+    every = suite.available()
+    if metrics == "all":
+        return every
+    names = [m.strip() for m in metrics.split(",")] if isinstance(metrics, str) else list(metrics)
+    unknown = [m for m in names if m not in every]
+    if unknown or not names:
+        raise ValueError(f"metrics: unknown metric(s) {unknown}; available: {', '.join(every)}")
+    return [m for m in every if m in names]
+
+
+def _accepted(target: str) -> set:
+    module, attr = target.split(":")
+    fn = getattr(__import__(module, fromlist=[attr]), attr)
+    params = inspect.signature(fn).parameters
+    return {p for p, spec in params.items() if spec.kind == spec.KEYWORD_ONLY or spec.default is not spec.empty}
+
+
+def _check_config(config: Optional[Mapping[str, Mapping[str, Any]]], attack_names: Sequence[str]):
+    """Validate a config (table -> keyword arguments) against the functions it feeds."""
+    config = dict(config or {})
+    sections = config_sections()
+    for table, keys in config.items():
+        if table not in sections:
+            raise ValueError(f"config: unknown table [{table}]; tables: {', '.join(sorted(sections))}")
+        if not isinstance(keys, Mapping):
+            raise TypeError(f"config: [{table}] must be a table of keyword arguments, got {keys!r}")
+        keys = {_ALIASES.get(table, {}).get(k, k): v for k, v in keys.items()}
+        accepted = (set(attack_lib.attack_settings(table)) if table in attack_lib.ATTACKS
+                    else _accepted(_TARGETS[table]) | _EXTRA_KEYS.get(table, set()))
+        unknown = sorted(set(keys) - accepted - {"progress"})
+        if unknown:
+            raise TypeError(f"config: [{table}] has key(s) {unknown} that {sections[table]} does not take")
+        config[table] = keys
+    return config
+
+
+def _attack_table(attacks, config) -> Dict[str, Dict[str, Any]]:
+    if attacks is None:
+        attacks = {name: dict(settings) for name, settings in DEFAULT_ATTACKS.items()}
+    elif isinstance(attacks, str):
+        attacks = {name.strip(): {} for name in attacks.split(",") if name.strip()}
+    elif not isinstance(attacks, Mapping):
+        attacks = {name: {} for name in attacks}
+    table = {}
+    for name, settings in attacks.items():
+        if name not in attack_lib.ATTACKS:
+            raise ValueError(f"attacks: unknown attack {name!r}; built-in: {', '.join(attack_lib.ATTACKS)}")
+        table[name] = {**DEFAULT_ATTACKS.get(name, {}), **dict(settings), **dict(config.get(name, {}))}
+    return table
+
+
+def evaluate(
+    model: nn.Module,
+    data,
+    *,
+    metrics: Union[str, Sequence[str]] = "all",
+    attacks=None,
+    defended: Optional[nn.Module] = None,
+    surrogate: Optional[nn.Module] = None,
+    baseline: Optional[nn.Module] = None,
+    profile: Optional[torch.Tensor] = None,
+    config: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    out: Union[str, Path, None] = None,
+    resume: bool = False,
+    seed: int = 0,
+    device=None,
+    batch_size: int = 256,
+    clip_values: Tuple[float, float] = (0.0, 1.0),
+    progress: bool = True,
+    name: str = "model",
+) -> Report:
+    """Evaluate ``model`` on ``data`` with every metric in ``metrics`` and return the Report.
+
+    ``data``: a pair (x, y) of tensors, a Dataset or a DataLoader of (x, y), inputs in
+    ``clip_values``. ``metrics``: "all", or names of :func:`robustx.metrics.available`.
+    ``attacks``: attack names ("pgd", "fgsm", ...), or a mapping name -> settings
+    (:func:`robustx.attacks.get_attack`; default :data:`DEFAULT_ATTACKS`); the first is the
+    one the metrics of adversarial examples use; AA_W is the worst case over all of them.
+    ``defended``: a defended version of the model (CAV, CRR, CSR, CCV, COS);
+    ``surrogate``: a model to transfer the first attack's examples from (AA_B);
+    ``baseline``: the reference model of mCE / rmCE (without one, unnormalised);
+    ``profile``: inputs (e.g. training data) giving the neurons' ranges for KMNC / NBC /
+    SNAC. ``config``: table -> keyword arguments of the function it names
+    (:func:`config_sections`), e.g. ``{"clever": {"n_batches": 20}, "pgd": {"eps": 0.1}}``.
+    ``out``: the run folder (``store.sqlite``, ``report.json``, ``report.html``); with
+    ``resume=True`` a run of the same model, data, metrics and settings continues from its
+    finished units, and a different run is refused.
+    """
+    checks.model(model)
+    x, y = _data(data)
+    names = _metric_names(metrics)
+    clip = checks.clip_range(clip_values)
+    x = checks.images(x, "data x", clip)
+    seed = checks.seed(seed)
+    batch_size = checks.integer(batch_size, "batch_size")
+    for role, net in (("defended", defended), ("surrogate", surrogate), ("baseline", baseline)):
+        if net is not None:
+            checks.model(net, role)
+    config = _check_config(config, attack_lib.ATTACKS)
+    attack_table = _attack_table(attacks, config)
+    settings = {table: {**defaults, **config.get(table, {})} for table, defaults in _DEFAULTS.items()}
+    identity = {"settings": settings, "attacks": attack_table, "seed": seed, "batch_size": batch_size,
+                "clip_values": list(clip), "roles": [r for r, n in (("defended", defended), ("surrogate", surrogate),
+                                                                    ("baseline", baseline)) if n is not None]}
+    extra = [t for t in (defended, surrogate, baseline) if t is not None]
+    rid = run_id(nn.ModuleList([model, *extra]), x, y, names, _jsonable(identity))
+    if profile is not None:
+        profile = checks.images(profile, "profile")
+        rid = run_id(nn.ModuleList([model, *extra]), torch.cat([x.flatten(), profile.flatten()]), y, names,
+                     _jsonable(identity))
+    folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="robustx-run-"))
+    dev = checks.device(device, model)
+    start = time.perf_counter()
+    with ResultStore.open(folder, rid, _jsonable(identity), resume=resume) as store:
+        run = _Run(model, x, y, store, settings, attack_table, batch_size, seed, clip, progress, dev,
+                   defended, surrogate, baseline, profile)
+        results = {m: _measure(run, m) for m in progress_bar(names, progress, "metrics")}
+        if run.primary is not None and any(suite.get(m).needs & {"adversarial examples"} for m in names):
+            run.figures["adversarial examples"] = image_grid_png(x[:8], run.adversarial(run.primary)[:8])
+    report = Report(metrics=results, figures=run.figures, run=_jsonable({
+        "id": rid, "model": name, "inputs": int(x.shape[0]), "input_shape": list(x.shape[1:]), "seed": seed,
+        "attacks": attack_table, "seconds": time.perf_counter() - start, "torch": torch.__version__,
+        "device": str(dev)}))
+    if out is not None:
+        report.save(folder)
+    return report

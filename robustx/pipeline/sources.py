@@ -1,0 +1,106 @@
+"""Models and data named on the command line (``robustx evaluate --model M --data D``).
+
+Models: ``digits`` (the built-in digits CNN, shipped weights), ``resnet20`` (the CIFAR
+ResNet-20 architecture; weights from ``--weights``, default the AISafety natural model) or
+``module:factory`` (a callable returning an ``nn.Module``; ``--weights`` then loads a state
+dict into it). Data: ``digits`` (its test split), ``cifar100`` (the 100 AISafety CIFAR-10
+test images), or a ``.npz`` file with arrays ``x`` (N, C, H, W) and ``y`` (N,), or a
+``.npy`` file of inputs ``x`` (labels: the model's own predictions). Weights and arrays
+are read without unpickling (``weights_only=True``, ``allow_pickle=False``).
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from robustx import checks
+
+__all__ = ["load_model", "load_data", "default_data", "default_profile", "BUILT_IN_MODELS", "BUILT_IN_DATA"]
+
+BUILT_IN_MODELS = ("digits", "resnet20")
+BUILT_IN_DATA = ("digits", "cifar100")
+
+
+def load_model(spec: str, weights: Optional[str] = None) -> nn.Module:
+    """The model named by ``spec`` (see the module docstring), in eval mode."""
+    from robustx import models
+
+    if spec == "digits":
+        model = models.digits_cnn(pretrained=weights is None)
+    elif spec == "resnet20":
+        from robustx.data import aisafety_dir
+
+        return models.resnet20_cifar(weights or aisafety_dir() / "resnet20_cifar.pt").eval()
+    elif ":" in spec:
+        module_name, attr = spec.split(":", 1)
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"--model {spec}: cannot import {attr!r} from {module_name!r} ({err})") from None
+        model = factory()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"--model {spec}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
+    else:
+        raise ValueError(f"--model must be one of {', '.join(BUILT_IN_MODELS)} or module:factory, got {spec!r}")
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"--weights: no such file: {path}")
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def default_data(model_spec: str) -> str:
+    """The data a built-in model is evaluated on by default: its own test set."""
+    return "cifar100" if model_spec == "resnet20" else "digits"
+
+
+def default_profile(data_spec: str) -> Optional[torch.Tensor]:
+    """Profile inputs for coverage (KMNC, NBC, SNAC): the digits training split, else none."""
+    if data_spec == "digits":
+        from robustx.data import digits
+
+        return digits("train")[0]
+    return None
+
+
+def load_data(spec: str, model: nn.Module, n: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) named by ``spec``; the first ``n`` inputs when given."""
+    from robustx import data
+
+    if spec == "digits":
+        x, y = data.digits("test")
+    elif spec == "cifar100":
+        x, y = data.aisafety_cifar10()
+    else:
+        x, y = _array_file(Path(spec), model)
+    if n is not None:
+        n = checks.integer(n, "--n", 1, x.shape[0])
+        x, y = x[:n], y[:n]
+    return x, y
+
+
+def _array_file(path: Path, model: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    if path.suffix not in (".npz", ".npy"):
+        raise ValueError(f"--data must be one of {', '.join(BUILT_IN_DATA)} or a .npz / .npy file, got {str(path)!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"--data: no such file: {path}")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as arrays:
+            missing = {"x", "y"} - set(arrays.files)
+            if missing:
+                raise ValueError(f"--data {path}: the .npz file needs arrays x and y, missing {sorted(missing)}")
+            x, y = torch.from_numpy(arrays["x"].astype(np.float32)), torch.from_numpy(arrays["y"].astype(np.int64))
+    else:
+        x = torch.from_numpy(np.load(path, allow_pickle=False).astype(np.float32))
+        y = None
+    x = checks.images(x, f"--data {path} x", (0.0, 1.0))
+    if y is None:
+        with torch.no_grad():
+            y = model.eval()(x).argmax(1)
+    return x, checks.labels(y, x.shape[0], f"--data {path} y")

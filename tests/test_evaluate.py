@@ -1,0 +1,199 @@
+"""robustx.evaluate and the `robustx evaluate / compare / metrics` commands: values equal to
+the metric functions called by hand, skipped metrics with their reason, a SIGKILLed run
+that resumes to the same report, refusal to resume another run, and one-line CLI errors."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from robustx import attacks, metrics
+from robustx.cli import main
+from robustx.data import digits
+from robustx.models import digits_cnn
+from robustx.pipeline.evaluate import evaluate
+from robustx.pipeline.report import Report
+
+REPO = Path(__file__).resolve().parents[1]
+PGD = {"pgd": {"eps": 0.1, "step_size": 0.025, "steps": 5}}
+FAST = ["CA", "AA_W", "ALD_2", "ALD_inf", "ASS", "ACAC", "ACTC", "NTE", "CAV", "AA_B", "NC", "KMNC", "TKNC"]
+
+
+@pytest.fixture(scope="module")
+def digits_run():
+    x, y = digits("test")
+    model = digits_cnn()
+    report = evaluate(model, (x[:40], y[:40]), metrics=FAST, attacks=PGD, batch_size=16, progress=False)
+    return model, x[:40], y[:40], report
+
+
+def test_values_equal_the_metric_functions(digits_run):
+    model, x, y, report = digits_run
+    with torch.no_grad():
+        clean = model(x)
+    # the same examples: PGD per batch of 16, seeded with seed + the batch's first index
+    x_adv = torch.cat([attacks.pgd(model, x[s:s + 16], y[s:s + 16], 0.1, step_size=0.025, steps=5, seed=s,
+                                   progress=False) for s in range(0, 40, 16)])
+    with torch.no_grad():
+        adv = model(x_adv)
+    success = metrics.success_mask(clean, adv, y)
+    want = {
+        "CA": metrics.accuracy(clean, y), "AA_W": metrics.accuracy(adv, y),
+        "ALD_2": metrics.ald(x, x_adv, success, 2), "ALD_inf": metrics.ald(x, x_adv, success, "inf"),
+        "ASS": metrics.ass(x, x_adv, success), "ACAC": metrics.acac(adv, success),
+        "ACTC": metrics.actc(adv, y, success), "NTE": metrics.nte(adv, success),
+    }
+    for name, value in want.items():
+        assert report.metrics[name].value == pytest.approx(value, rel=1e-6, abs=1e-9), name
+    assert 0 < success.sum() < 40  # the attack succeeds on some inputs only
+    assert report.metrics["ALD_inf"].value <= 0.1 + 1e-6
+
+
+def test_missing_inputs_are_skipped_with_their_reason(digits_run):
+    _, _, _, report = digits_run
+    assert "defended model" in report.metrics["CAV"].skipped and report.metrics["CAV"].value is None
+    assert "surrogate" in report.metrics["AA_B"].skipped
+    assert "profile" in report.metrics["KMNC"].skipped
+    doc = report.to_dict()
+    assert doc["metrics"]["CAV"]["value"] is None and doc["metrics"]["CA"]["higher_is_better"] is True
+    assert doc["metrics"]["ASS"]["higher_is_better"] is False
+    assert report.metrics["NC"].value is not None and report.metrics["TKNC"].value is not None
+
+
+def test_defended_and_surrogate_models_feed_their_metrics():
+    x, y = digits("test")
+    x, y = x[:24], y[:24]
+    model, other = digits_cnn(), digits_cnn(pretrained=False)
+    report = evaluate(model, (x, y), metrics=["CAV", "CRR", "CSR", "AA_B"], attacks=PGD, defended=other,
+                      surrogate=other, progress=False)
+    with torch.no_grad():
+        utility = metrics.defense_utility(model(x), other(x), y)
+    for name in ("CAV", "CRR", "CSR"):
+        assert report.metrics[name].value == pytest.approx(utility[name])
+    transferred = attacks.pgd(other, x, y, 0.1, step_size=0.025, steps=5, seed=0, progress=False)
+    with torch.no_grad():
+        assert report.metrics["AA_B"].value == pytest.approx(metrics.accuracy(model(transferred), y))
+
+
+def test_bad_arguments_name_themselves(tmp_path):
+    x, y = digits("test")
+    model = digits_cnn()
+    with pytest.raises(ValueError, match="metrics: unknown metric"):
+        evaluate(model, (x[:4], y[:4]), metrics=["CA", "NOPE"], progress=False)
+    with pytest.raises(TypeError, match=r"\[pgd\] has key\(s\) \['epsilon'\]"):
+        evaluate(model, (x[:4], y[:4]), metrics=["CA"], config={"pgd": {"epsilon": 0.1}}, progress=False)
+    with pytest.raises(ValueError, match="unknown table"):
+        evaluate(model, (x[:4], y[:4]), metrics=["CA"], config={"nope": {}}, progress=False)
+    with pytest.raises(ValueError, match="data x has values"):
+        evaluate(model, (x[:4] * 3, y[:4]), metrics=["CA"], progress=False)
+    with pytest.raises(TypeError, match="data must be"):
+        evaluate(model, x[:4], metrics=["CA"], progress=False)
+
+
+def test_resume_of_another_run_is_refused(tmp_path):
+    x, y = digits("test")
+    model = digits_cnn()
+    evaluate(model, (x[:8], y[:8]), metrics=["CA", "AA_W"], attacks=PGD, out=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="resume=True"):
+        evaluate(model, (x[:8], y[:8]), metrics=["CA", "AA_W"], attacks=PGD, out=tmp_path, progress=False)
+    other = {"pgd": dict(PGD["pgd"], eps=0.2)}
+    with pytest.raises(ValueError, match="another run|differ"):
+        evaluate(model, (x[:8], y[:8]), metrics=["CA", "AA_W"], attacks=other, out=tmp_path, resume=True,
+                 progress=False)
+    again = evaluate(model, (x[:8], y[:8]), metrics=["CA", "AA_W"], attacks=PGD, out=tmp_path, resume=True,
+                     progress=False)
+    assert json.loads((tmp_path / "report.json").read_text())["metrics"]["AA_W"]["value"] == again.metrics["AA_W"].value
+
+
+# ------------------------------------------------------------------ command line
+CLI_METRICS = "CA,AA_W,ALD_2,ASS,ACAC,NTE,NC,KMNC,NS,DIV"
+
+
+def _evaluate_cmd(out: Path, *extra: str):
+    return [sys.executable, "-m", "robustx", "evaluate", "--model", "digits", "--n", "64", "--metrics", CLI_METRICS,
+            "--batch-size", "8", "--out", str(out), "--no-progress", *extra]
+
+
+def _finished_units(out: Path) -> int:
+    path = out / "store.sqlite"
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as conn:
+            return conn.execute("SELECT COUNT(*) FROM units").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def _values(out: Path) -> dict:
+    doc = json.loads((out / "report.json").read_text())
+    return {name: m["value"] for name, m in doc["metrics"].items()}
+
+
+def test_sigkilled_run_resumes_to_the_same_report(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", ROBUSTX_NO_PROGRESS="1")
+    whole = tmp_path / "whole"
+    subprocess.run(_evaluate_cmd(whole), check=True, env=env, capture_output=True, timeout=600)
+    total = _finished_units(whole)
+    killed = tmp_path / "killed"
+    for stop_after in (total // 4, total // 2):  # two kills at different points, then a clean finish
+        proc = subprocess.Popen(_evaluate_cmd(killed, "--resume"), env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while _finished_units(killed) < stop_after and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert 0 < _finished_units(killed) < total
+    subprocess.run(_evaluate_cmd(killed, "--resume"), check=True, env=env, capture_output=True, timeout=600)
+    assert _finished_units(killed) == total
+    assert _values(killed) == _values(whole)
+    compare = subprocess.run([sys.executable, "-m", "robustx", "compare", str(whole), str(killed)], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert compare.returncode == 0 and "AA_W" in compare.stdout
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.full((2, 1, 8, 8), 2.0, dtype=np.float32))
+    config = tmp_path / "run.toml"
+    config.write_text("[clever]\nn_batchez = 3\n")
+    cases = [
+        (["--weights", str(tmp_path / "missing.pt")], "no such file"),
+        (["--data", str(bad)], "outside clip_values"),
+        (["--metrics", "CA,WHAT"], "unknown metric"),
+        (["--config", str(config)], "n_batchez"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(SystemExit) as err:
+            main(["evaluate", "--model", "digits", "--out", str(tmp_path / "o"), "--no-progress", *extra])
+        assert err.value.code == 2
+        text = capsys.readouterr().err
+        assert message in text and "Traceback" not in text and text.count("\n") == 1
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--model", "robustx.data:digits", "--out", str(tmp_path / "o"), "--no-progress"])
+    assert "not a torch.nn.Module" in capsys.readouterr().err
+
+
+def test_metrics_command_lists_every_metric(capsys):
+    assert main(["metrics"]) == 0
+    out = capsys.readouterr().out
+    for name in metrics.available():
+        assert f"\n{name} " in out
+    assert "defended model" in out and "higher" in out and "lower" in out
+
+
+def test_report_folder_round_trips(digits_run, tmp_path):
+    *_, report = digits_run
+    report.save(tmp_path)
+    loaded = Report.load(tmp_path)
+    assert {n: m.value for n, m in loaded.metrics.items()} == {n: m.value for n, m in report.metrics.items()}
+    html = (tmp_path / "report.html").read_text()
+    assert "data:image/png;base64," in html and "AA_W" in html

@@ -180,6 +180,7 @@ def main():
     parser.add_argument("--n-batches", type=int, default=10, help="N_b on CPU (default %(default)s)")
     parser.add_argument("--rows", type=int, default=None, help="rows per pass (default: robustx.clever's automatic choice)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-digits", action="store_true", help="skip the digits CNN section")
     parser.add_argument("--cifar-batches", type=int, default=4, help="N_b for the CIFAR ResNet-20 (default %(default)s)")
     parser.add_argument("--gpu-images", type=int, default=2)
     parser.add_argument("--gpu-batches", type=int, default=10)
@@ -191,7 +192,8 @@ def main():
              f"Command: `{command.strip()}` (torch {torch.__version__}, compiled ops: {ops.compiled()}). "
              "Ratio = robustx.clever time / plain PyTorch loop doing only the forward/backward passes for the "
              "same samples and targets.", ""]
-    digits_section(lines, args)
+    if not args.no_digits:
+        digits_section(lines, args)
     cifar_section(lines, args)
     resnet50_section(lines, args)
     section = "\n".join(lines)

@@ -10,19 +10,8 @@ from robustx.ops import loader
 __all__ = ["coverage_update", "coverage_update_ref"]
 
 
-def coverage_update_ref(
-    act: torch.Tensor,
-    low: torch.Tensor,
-    high: torch.Tensor,
-    k: int,
-    threshold: float,
-    top_k: int,
-    sections: torch.Tensor,
-    upper: torch.Tensor,
-    lower: torch.Tensor,
-    above: torch.Tensor,
-    topk_hit: torch.Tensor,
-) -> torch.Tensor:
+def coverage_update_ref(act, low, high, k: int, threshold: float, top_k: int,
+                        sections, upper, lower, above, topk_hit) -> torch.Tensor:
     """Reference of ``torch.ops.robustx.coverage_update`` (updates the states in place).
 
     act (N, M, L): neuron m of input n has value v[n, m] = mean over L (accumulated in

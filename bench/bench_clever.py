@@ -27,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from robustx import ops  # noqa: E402
 from robustx.clever import clever  # noqa: E402
-from robustx.data import digits  # noqa: E402
-from robustx.models import digits_cnn  # noqa: E402
-from robustx.modelutil import frozen_eval  # noqa: E402
+from robustx.data import aisafety_cifar10, aisafety_dir, digits  # noqa: E402
+from robustx.models import digits_cnn, resnet20_cifar  # noqa: E402
+from robustx.modelutil import chunks, frozen_eval  # noqa: E402
 from robustx.weibull import fit_reverse_weibull  # noqa: E402
 
-PAPER_BATCHES, PAPER_BATCH_SIZE = 500, 1024
+PAPER_BATCHES, PAPER_SAMPLES = 500, 1024
 
 
 def sync(device):
@@ -70,10 +70,10 @@ def timed(fn):
     return time.perf_counter() - start, out
 
 
-def compare(model, x, norm, radius, targets, n_batches, batch_size, rows, repeats, clip):
+def compare(model, x, norm, radius, targets, n_batches, n_samples, rows, repeats, clip):
     """Best-of-``repeats`` times of clever and of the floor, measured alternately."""
     device = x.device
-    kw = dict(norm=norm, radius=radius, n_batches=n_batches, batch_size=batch_size, targets=targets,
+    kw = dict(norm=norm, radius=radius, n_batches=n_batches, n_samples=n_samples, targets=targets,
               clip_values=clip, max_chunk=rows, progress=False)
 
     def run_clever():
@@ -83,28 +83,28 @@ def compare(model, x, norm, radius, targets, n_batches, batch_size, rows, repeat
 
     res = run_clever()  # warm-up
     t_targets = res.targets.to(device)
-    floor(model, x, t_targets, n_batches * batch_size, rows)
+    floor(model, x, t_targets, n_batches * n_samples, rows)
     t_c, t_f = [], []
     for _ in range(repeats):
         t_c.append(timed(run_clever)[0])
-        t_f.append(timed(lambda: floor(model, x, t_targets, n_batches * batch_size, rows))[0])
+        t_f.append(timed(lambda: floor(model, x, t_targets, n_batches * n_samples, rows))[0])
     return min(t_c), min(t_f), res
 
 
-def parts(x, res, norm, radius, n_batches, batch_size, rows, clip):
-    """Standalone time of CLEVER's own work for the same sizes: sampling, reduction, fits."""
+def parts(x, res, norm, radius, n_batches, n_samples, rows, clip):
+    """Standalone time of CLEVER's own work for the same passes: sampling, reduction, fits."""
+    mod = sys.modules["robustx.clever"]
     n, t = res.targets.shape
-    n_pts = max(1, rows // t)
-    d = x[0].numel()
-    n_samples = n_batches * batch_size
-    passes = -(-n_samples // n_pts) * n
-    t_sample = timed(lambda: [ops.ball_sample(x[:1], n_pts, radius, norm, clip, 0, offset=k * n_pts)
-                              for k in range(passes)])[0]
-    jac = torch.randn(1, n_pts, t, d, device=x.device)
-    bs = min(batch_size, n_pts)
-    pick = torch.arange(t, device=x.device)[None]
-    t_reduce = timed(lambda: [ops.grad_norm_batch_max(jac, pick, q=ops.dual_norm(norm), batch_size=bs,
-                                                      return_norms=True) for _ in range(passes)])[0]
+    m, b, g = mod._pass_sizes(t, n_batches, n_samples, rows)
+    ball = mod._Ball(norm, radius, clip, 0, n_batches, n_samples)
+    work = [(im, bs) for im in chunks(n, m) for bs in chunks(n_batches, b)]
+    t_sample = timed(lambda: [ball.points(x, im, bs) for im, bs in work])[0]
+    m = min(m, n)
+    jac = torch.randn(m, b * n_samples, g, x[0].numel(), device=x.device)
+    pick = torch.arange(g, device=x.device).expand(m, g)
+    calls = len(work) * -(-t // g)
+    t_reduce = timed(lambda: [ops.grad_norm_batch_max(jac, pick, q=ops.dual_norm(norm), batch_size=n_samples,
+                                                      return_norms=True) for _ in range(calls)])[0]
     maxima = torch.rand(n * t, n_batches, dtype=torch.float64) + 1.0
     t_fit = timed(lambda: fit_reverse_weibull(maxima))[0]
     return t_sample, t_reduce, t_fit
@@ -114,22 +114,40 @@ def digits_section(lines, args):
     torch.manual_seed(0)
     model = digits_cnn()
     x = digits("test")[0][: args.images]
-    if args.rows is None:
-        args.rows = auto_rows(model, x)
+    rows = args.rows or auto_rows(model, x)
     lines += [f"### Digits CNN (CPU, {torch.get_num_threads()} threads), untargeted (9 targets)", "",
-              f"{args.images} image(s), N_s = {PAPER_BATCH_SIZE}, N_b = {args.n_batches} (paper: {PAPER_BATCHES}), "
-              f"{args.rows} rows (samples x targets) per forward/backward in both loops, best of {args.repeats}.", "",
+              f"{args.images} image(s), N_s = {PAPER_SAMPLES}, N_b = {args.n_batches} (paper: {PAPER_BATCHES}), "
+              f"{rows} rows (samples x targets) per forward/backward in both loops, best of {args.repeats}.", "",
               "| norm | CLEVER s | floor s | ratio | s per image at N_b = 500 | sampling s | norms+maxima s | "
               "Weibull fits s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for norm, radius in ((2, 2.0), ("inf", 0.3)):
-        t_c, t_f, res = compare(model, x, norm, radius, "untargeted", args.n_batches, PAPER_BATCH_SIZE, args.rows,
+        t_c, t_f, res = compare(model, x, norm, radius, "untargeted", args.n_batches, PAPER_SAMPLES, rows,
                                 args.repeats, (0.0, 1.0))
-        t_s, t_r, t_w = parts(x, res, ops.parse_norm(norm), radius, args.n_batches, PAPER_BATCH_SIZE, args.rows,
+        t_s, t_r, t_w = parts(x, res, ops.parse_norm(norm), radius, args.n_batches, PAPER_SAMPLES, rows,
                               (0.0, 1.0))
         per_image = t_c / args.images * PAPER_BATCHES / args.n_batches
         lines.append(f"| {norm} | {t_c:.2f} | {t_f:.2f} | {t_c / t_f:.2f} | {per_image:.0f} | {t_s:.3f} | "
                      f"{t_r:.3f} | {t_w:.3f} |")
     lines.append("")
+
+
+def cifar_section(lines, args):
+    """CIFAR ResNet-20 (AISafety weights) on the CPU, targeted top-2 L2 (one target per image)."""
+    weights = aisafety_dir() / "resnet20_cifar.pt"
+    if not weights.is_file():
+        lines += [f"### CIFAR ResNet-20 (CPU): skipped, {weights} not found.", ""]
+        return
+    model = resnet20_cifar(weights)
+    x = aisafety_cifar10()[0][: args.images]
+    rows = args.rows or auto_rows(model, x)
+    t_c, t_f, _ = compare(model, x, 2, 0.5, "top2", args.cifar_batches, PAPER_SAMPLES, rows, args.repeats,
+                          (0.0, 1.0))
+    per_image = t_c / args.images * PAPER_BATCHES / args.cifar_batches
+    lines += [f"### CIFAR ResNet-20 (AISafety weights, CPU, {torch.get_num_threads()} threads), targeted top-2, L2 R = 0.5",
+              "", f"{args.images} image(s), N_s = {PAPER_SAMPLES}, N_b = {args.cifar_batches}, {rows} rows per "
+              f"forward/backward in both loops, best of {args.repeats}.", "",
+              "| CLEVER s | floor s | ratio | s per image at N_b = 500 |", "| --- | --- | --- | --- |",
+              f"| {t_c:.2f} | {t_f:.2f} | {t_c / t_f:.2f} | {per_image:.0f} |", ""]
 
 
 def resnet50_section(lines, args):
@@ -146,9 +164,9 @@ def resnet50_section(lines, args):
     model = torchvision.models.resnet50(weights=None).to(device).eval()
     x = torch.rand(args.gpu_images, 3, 224, 224, device=device)
     rows = args.gpu_rows or auto_rows(model, x)
-    t_c, t_f, res = compare(model, x, 2, 2.0, "top2", args.gpu_batches, PAPER_BATCH_SIZE, rows, args.repeats, (0.0, 1.0))
+    t_c, t_f, res = compare(model, x, 2, 2.0, "top2", args.gpu_batches, PAPER_SAMPLES, rows, args.repeats, (0.0, 1.0))
     per_image = t_c / args.gpu_images * PAPER_BATCHES / args.gpu_batches
-    samples_per_s = args.gpu_images * args.gpu_batches * PAPER_BATCH_SIZE / t_c
+    samples_per_s = args.gpu_images * args.gpu_batches * PAPER_SAMPLES / t_c
     lines += [f"### ResNet-50 224x224, 1000 classes, random weights ({torch.cuda.get_device_name(device)})", "",
               f"{args.gpu_images} images, targeted top-2, L2 R = 2, N_s = 1024, N_b = {args.gpu_batches}, "
               f"{rows} rows per pass, best of {args.repeats}.", "",
@@ -162,6 +180,8 @@ def main():
     parser.add_argument("--n-batches", type=int, default=10, help="N_b on CPU (default %(default)s)")
     parser.add_argument("--rows", type=int, default=None, help="rows per pass (default: robustx.clever's automatic choice)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-digits", action="store_true", help="skip the digits CNN section")
+    parser.add_argument("--cifar-batches", type=int, default=4, help="N_b for the CIFAR ResNet-20 (default %(default)s)")
     parser.add_argument("--gpu-images", type=int, default=2)
     parser.add_argument("--gpu-batches", type=int, default=10)
     parser.add_argument("--gpu-rows", type=int, default=None, help="default: robustx.clever's automatic choice")
@@ -172,7 +192,9 @@ def main():
              f"Command: `{command.strip()}` (torch {torch.__version__}, compiled ops: {ops.compiled()}). "
              "Ratio = robustx.clever time / plain PyTorch loop doing only the forward/backward passes for the "
              "same samples and targets.", ""]
-    digits_section(lines, args)
+    if not args.no_digits:
+        digits_section(lines, args)
+    cifar_section(lines, args)
     resnet50_section(lines, args)
     section = "\n".join(lines)
     print(section)

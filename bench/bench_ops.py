@@ -151,7 +151,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="small sizes: check that the script runs")
     args = parser.parse_args(argv)
     if not ops.compiled():
-        sys.exit("robustx._C is not built: nothing compiled to benchmark (python3 setup.py build_ext --inplace)")
+        sys.exit("no operator library is loaded: nothing compiled to benchmark (build robustx._C with "
+                 "python3 setup.py build_ext --inplace, or point ROBUSTX_OPS_LIBRARY at a CMake build)")
     torch.set_num_threads(args.threads)
     devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
     if args.device in ("cuda", "all"):
@@ -160,7 +161,7 @@ def main(argv=None):
             devices.append(torch.device("cuda"))
         elif args.device == "cuda":
             sys.exit("no CUDA device, or robustx._C was built without CUDA kernels")
-    print(f"torch {torch.__version__}, {args.threads} CPU threads"
+    print(f"torch {torch.__version__}, ops from {ops.source()}, {args.threads} CPU threads"
           + (f", {torch.cuda.get_device_name()}" if any(d.type == "cuda" for d in devices) else ""))
     print("\n| op | case | device | compiled ms | reference ms | speed-up |\n| --- | --- | --- | ---: | ---: | ---: |")
     for device in devices:

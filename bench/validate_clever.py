@@ -48,7 +48,7 @@ def linear_exactness(lines):
             diff = w[c][:, None, :] - w[None, :, :]  # (N, K, D)
             dist = (f.gather(1, c[:, None]) - f) / torch.linalg.vector_norm(diff, ord=q, dim=2)
             exact = dist.scatter(1, c[:, None], math.inf).amin(1)
-            res = clever(model, x, norm=norm, radius=1e3, n_batches=10, batch_size=32, progress=False)
+            res = clever(model, x, norm=norm, radius=1e3, n_batches=10, n_samples=32, progress=False)
             err = float(((res.scores - exact).abs() / exact).max())
             worst = max(worst, err)
             lines.append(f"| {d} | {k} | {ops.parse_norm(norm):g} | {err:.2e} |")
@@ -95,7 +95,7 @@ def versus_attacks(lines, name, model, x, y, clever_kw, cw_kw):
     excess = ((s[above] / d_best[above]) - 1).max().item() * 100 if above.any() else 0.0
     ratio = (s / d_best)[torch.isfinite(d_best)]
     lines += [
-        f"| {name} | {n} | {clever_kw['radius']} | {clever_kw['n_batches']} x {clever_kw['batch_size']} | "
+        f"| {name} | {n} | {clever_kw['radius']} | {clever_kw['n_batches']} x {clever_kw['n_samples']} | "
         f"{below(d_cw)} | {below(d_df)} | {below(d_best)} | {excess:.0f}% | "
         f"{float(ratio.median()):.2f} | {float(s.mean()):.3f} / {float(d_best[torch.isfinite(d_best)].mean()):.3f} | "
         f"{int(res.fallback.sum())}/{res.fallback.numel()} | {t_clever:.0f} s / {t_attack:.0f} s |"
@@ -112,14 +112,14 @@ def attack_comparison(lines):
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     model = digits_cnn()
     x, y = correct_images(model, *digits("test"), 20)
-    versus_attacks(lines, "digits CNN", model, x, y, dict(radius=2.0, n_batches=200, batch_size=128),
+    versus_attacks(lines, "digits CNN", model, x, y, dict(radius=2.0, n_batches=200, n_samples=128),
                    dict(binary_steps=9, steps=1000))
     cifar = aisafety_dir()
     if (cifar / "resnet20_cifar.pt").exists():
         model = resnet20_cifar(cifar / "resnet20_cifar.pt")
         x, y = correct_images(model, *aisafety_cifar10(), 10, per_class=True)
         versus_attacks(lines, "CIFAR-10 ResNet-20 (AISafety)", model, x, y,
-                       dict(radius=2.0, n_batches=50, batch_size=32), dict(binary_steps=6, steps=200))
+                       dict(radius=2.0, n_batches=50, n_samples=32), dict(binary_steps=6, steps=200))
     else:
         lines.append(f"| CIFAR-10 ResNet-20 | skipped: {cifar} not found | | | | | | | | | | |")
     lines += ["", "C&W: digits 9 binary steps x 1000 Adam steps; CIFAR 6 x 200 (CPU time). DeepFool: 50 steps, "
@@ -132,7 +132,7 @@ def logit_scaling(lines):
     lines += ["### (3) Logit scaling invariance (digits CNN, 10 images, 20 x 64 samples)", "",
               "| norm | scale | max relative score difference |", "| --- | --- | --- |"]
     for norm, radius in ((2, 2.0), ("inf", 0.3)):
-        kw = dict(norm=norm, radius=radius, n_batches=20, batch_size=64, clip_values=(0.0, 1.0), progress=False)
+        kw = dict(norm=norm, radius=radius, n_batches=20, n_samples=64, clip_values=(0.0, 1.0), progress=False)
         base = clever(model, x, **kw).scores
         for factor in (3.0, 0.01):
             scaled = clever(nn.Sequential(model, _Scale(factor)), x, **kw).scores

@@ -1,6 +1,7 @@
 """robustx: fast, paper-faithful robustness evaluation of PyTorch image classifiers.
 
-Submodules (imported on first use): ``ops`` (compiled operators and their references),
+Submodules (imported on first use): ``ops`` (the compiled operators, one module each with its
+reference, and the loader that picks $ROBUSTX_OPS_LIBRARY, robustx._C or the references),
 ``weibull``, ``clever``, ``attacks``, ``models``, ``data``, ``coverage``, ``sensitivity``,
 ``defenses``, ``landscape``, ``divergence``, ``compat.art``, ``demo``, ``cli``.
 """

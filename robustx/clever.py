@@ -20,16 +20,16 @@ returning an exploded location.
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
-from robustx import ops
-from robustx.modelutil import check_images, chunks, clip_pair, frozen_eval, model_device, progress_bar
+from robustx import checks, ops
+from robustx.geometry import dual_norm, norm_name
+from robustx.modelutil import chunks, frozen_eval, progress_bar
 from robustx.weibull import fit_reverse_weibull
 
 __all__ = ["clever", "CleverResult", "TARGET_MODES"]
@@ -85,7 +85,7 @@ def clever(
     norm=2,
     radius: float,
     n_batches: int = 500,
-    batch_size: int = 1024,
+    n_samples: int = 1024,
     targets="untargeted",
     clip_values: Optional[Tuple[float, float]] = None,
     seed: int = 0,
@@ -96,8 +96,8 @@ def clever(
     """CLEVER scores of the images ``x`` (N, ...) for a model returning logits.
 
     ``norm`` p in {1, 2, inf} ("1", "2", "inf" too); ``radius`` R > 0 of the sampling
-    ball; ``n_batches`` N_b >= 2 and ``batch_size`` N_s (paper: 500 x 1024);
-    ``targets``: "untargeted" (all j != c), "top2" (runner-up class), "random" (one
+    ball; ``n_batches`` N_b >= 2 batches of ``n_samples`` N_s points each (paper: 500 x
+    1024); ``targets``: "untargeted" (all j != c), "top2" (runner-up class), "random" (one
     random j != c per image, from ``seed``), "least_likely", or an integer tensor (N,) or
     (N, T) of target classes (never the predicted class). ``clip_values=(lo, hi)`` is
     the data domain: x must lie inside and samples are clipped to it. Sample s of image
@@ -106,16 +106,17 @@ def clever(
     ``max_chunk``: rows (samples x targets) per forward/backward pass; by default sized
     from the model's measured activation memory. Larger scores = more robust.
     """
-    p = ops.parse_norm(norm)
-    radius = _check_radius(radius)
-    n_batches = _check_int(n_batches, "n_batches", 2)
-    batch_size = _check_int(batch_size, "batch_size", 1)
-    seed = _check_int(seed, "seed", 0)
+    checks.model(model)
+    p = checks.norm(norm)
+    radius = checks.positive_float(radius, "radius")
+    n_batches = checks.integer(n_batches, "n_batches", 2)
+    n_samples = checks.integer(n_samples, "n_samples", 1)
+    seed = checks.seed(seed)
     if max_chunk is not None:
-        max_chunk = _check_int(max_chunk, "max_chunk", 1)
-    clip = clip_pair(clip_values)
-    dev = _resolve_device(model, device)
-    x = check_images(x, "x", clip).detach().to(dev)
+        max_chunk = checks.integer(max_chunk, "max_chunk", 1)
+    clip = checks.clip_range(clip_values)
+    dev = checks.device(device, model)
+    x = checks.images(x, "x", clip).detach().to(dev)
     if x.shape[0] == 0:
         raise ValueError("x must hold at least one image, got an empty batch")
     with frozen_eval(model):
@@ -124,18 +125,17 @@ def clever(
         tgt = _resolve_targets(targets, logits, predicted, seed)
         g0 = logits.gather(1, predicted[:, None]) - logits.gather(1, tgt)
         rows = max_chunk or _auto_chunk(model, x[:1])
-        maxima, zeros = _batch_maxima(
-            model, x, predicted, tgt, p, radius, n_batches, batch_size, clip, seed, rows, progress
-        )
+        ball = _Ball(p, radius, clip, seed, n_batches, n_samples)
+        maxima, zeros = _batch_maxima(model, x, predicted, tgt, ball, rows, progress)
     n, t = tgt.shape
-    zero_fraction = zeros / (n_batches * batch_size)
+    zero_fraction = zeros / (n_batches * n_samples)
     _warn_zero_gradients(zero_fraction)
     fit = fit_reverse_weibull(maxima.reshape(n * t, n_batches).cpu())
     as_nt = lambda v: v.reshape(n, t)  # noqa: E731
     lipschitz = as_nt(fit.estimate)
     g0 = g0.detach().cpu().to(torch.float64)
     target_scores = _scores(g0, lipschitz, radius)
-    settings = dict(norm=_norm_name(p), radius=radius, n_batches=n_batches, batch_size=batch_size,
+    settings = dict(norm=norm_name(p), radius=radius, n_batches=n_batches, n_samples=n_samples,
                     targets=targets if isinstance(targets, str) else "given", clip_values=clip, seed=seed)
     return CleverResult(
         scores=target_scores.amin(1),
@@ -153,43 +153,6 @@ def clever(
         zero_grad_fraction=zero_fraction.cpu().to(torch.float64),
         settings=settings,
     )
-
-
-# ------------------------------------------------------------------ argument checks
-def _check_radius(radius) -> float:
-    if isinstance(radius, bool) or not isinstance(radius, numbers.Real):
-        raise TypeError(f"radius must be a number > 0, got {radius!r}")
-    if not math.isfinite(radius) or radius <= 0:
-        raise ValueError(f"radius must be a finite number > 0, got {radius!r}")
-    return float(radius)
-
-
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def _resolve_device(model: nn.Module, device) -> torch.device:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    home = model_device(model)
-    if device is None:
-        return home
-    try:
-        dev = torch.device(device)
-    except (TypeError, RuntimeError):
-        raise ValueError(f"device must be None, a torch.device or a device string, got {device!r}") from None
-    has_state = any(True for _ in model.parameters()) or any(True for _ in model.buffers())
-    if has_state and dev.type != home.type:
-        raise ValueError(f"device={device!r} but the model lives on {home}; move the model or pass device=None")
-    return dev
-
-
-def _norm_name(p: float) -> str:
-    return "inf" if math.isinf(p) else str(int(p))
 
 
 # ------------------------------------------------------------------ logits and targets
@@ -288,69 +251,101 @@ def _saved_bytes(model: nn.Module, rows: torch.Tensor) -> int:
     return total
 
 
-def _segments(start: int, stop: int, batch_size: int) -> Iterator[Tuple[int, int]]:
-    """Split samples [start, stop) at batch boundaries into runs (lo, hi) that are either
-    whole batches or a part of one batch."""
-    lo = start
-    while lo < stop:
-        if lo % batch_size == 0 and stop - lo >= batch_size:
-            hi = lo + (stop - lo) // batch_size * batch_size
-        else:
-            hi = min((lo // batch_size + 1) * batch_size, stop)
-        yield lo, hi
-        lo = hi
+@dataclass(frozen=True)
+class _Ball:
+    """The sampling design: N_b batches of N_s points uniform in B_p(x0, R), clipped to ``clip``."""
+
+    p: float
+    radius: float
+    clip: Optional[Tuple[float, float]]
+    seed: int
+    n_batches: int
+    n_samples: int
+
+    def points(self, x: torch.Tensor, images: slice, batches: slice) -> torch.Tensor:
+        """The points of ``batches`` of each image in ``images``: (M, batches * N_s, ...).
+
+        Point s of image i is sample ``i * N_b * N_s + s`` of center 0 of the stream: one
+        ball_sample call per image, since the op numbers the centers of every call from 0.
+        """
+        per_image = self.n_batches * self.n_samples
+        n = (batches.stop - batches.start) * self.n_samples
+        return torch.cat([
+            ops.ball_sample(x[i : i + 1], n, self.radius, self.p, self.clip, self.seed,
+                            offset=i * per_image + batches.start * self.n_samples)
+            for i in range(images.start, images.stop)
+        ])
 
 
-def _batch_maxima(model, x, predicted, tgt, p, radius, n_batches, batch_size, clip, seed, rows, progress):
+def _pass_sizes(n_targets: int, n_batches: int, n_samples: int, rows: int) -> Tuple[int, int, int]:
+    """(images, batches, targets) covered by one pass of about ``rows`` rows (point x target).
+
+    A pass always holds whole batches of N_s points, so the op's batch maxima are final;
+    it takes all N_b batches of several images when one image's rows do not fill it.
+    """
+    group = min(n_targets, max(1, rows // n_samples))
+    batches = min(n_batches, max(1, rows // (n_samples * group)))
+    whole_images = batches == n_batches and group == n_targets
+    images = max(1, rows // (n_batches * n_samples * n_targets)) if whole_images else 1
+    return images, batches, group
+
+
+def _batch_maxima(model, x, predicted, tgt, ball: _Ball, rows: int, progress: bool):
     """Batch maxima (N, T, N_b) of ||grad g_j||_q and the count of zero gradients (N, T).
 
-    Each forward pass takes up to ``rows // T'`` consecutive sampled points replicated once
-    per target of a group of T' targets (row s*T' + t is point s for target t); one
-    backward of sum_rows (f_c - f_{j_t}) gives every row's gradient of its own g. Passes
-    ignore batch boundaries; the maxima of batches split across passes are merged.
+    Each pass samples whole batches of M images once and, per group of T' targets, feeds
+    every point once per target (forward/backward in pieces of at most ``rows`` rows);
+    ``grad_norm_batch_max`` reduces the (M, S, T', D) gradients to final batch maxima.
     """
     n, t = tgt.shape
-    n_samples = n_batches * batch_size
-    q = ops.dual_norm(p)
-    group = min(t, rows)
-    groups: List[slice] = list(chunks(t, group))
-    passes = list(chunks(n_samples, max(1, rows // group)))
-    maxima = torch.zeros(n, t, n_batches, device=x.device, dtype=torch.float64)
+    q = dual_norm(ball.p)
+    m_pass, b_pass, t_pass = _pass_sizes(t, ball.n_batches, ball.n_samples, rows)
+    maxima = torch.zeros(n, t, ball.n_batches, device=x.device, dtype=torch.float64)
     zeros = torch.zeros(n, t, device=x.device, dtype=torch.float64)
-    work = ((i, s) for i in range(n) for s in passes)
-    for i, s in progress_bar(work, progress, "CLEVER", total=n * len(passes)):
-        pts = ops.ball_sample(x[i : i + 1], s.stop - s.start, radius, p, clip, seed, offset=i * n_samples + s.start)[0]
-        for gs in groups:
-            grads = _target_gradients(model, pts, predicted[i], tgt[i, gs])
-            pick = torch.arange(grads.shape[2], device=x.device)[None]
-            for lo, hi in _segments(s.start, s.stop, batch_size):
-                bs = min(batch_size, hi - lo)
-                mx, norms = ops.grad_norm_batch_max(
-                    grads[:, lo - s.start : hi - s.start], pick, q=q, batch_size=bs, return_norms=True
-                )
-                window = maxima[i, gs, lo // batch_size : lo // batch_size + mx.shape[2]]
-                window.copy_(torch.maximum(window, mx[0].to(torch.float64)))
-                zeros[i, gs] += (norms[0] == 0).sum(1).to(torch.float64)
+    work = [(im, bs) for im in chunks(n, m_pass) for bs in chunks(ball.n_batches, b_pass)]
+    for im, bs in progress_bar(work, progress, "CLEVER", total=len(work)):
+        pts = ball.points(x, im, bs)
+        for ts in chunks(t, t_pass):
+            grads = _target_gradients(model, pts, predicted[im], tgt[im, ts], rows)
+            pick = torch.arange(grads.shape[2], device=x.device).expand(grads.shape[0], -1)
+            mx, norms = ops.grad_norm_batch_max(grads, pick, q=q, batch_size=ball.n_samples, return_norms=True)
+            maxima[im, ts, bs] = mx.to(torch.float64)
+            zeros[im, ts] += (norms == 0).sum(2).to(torch.float64)
     if not torch.isfinite(maxima).all():
         raise ValueError("the model produced NaN or infinite gradients inside the sampling ball")
     return maxima, zeros
 
 
-def _target_gradients(model: nn.Module, pts: torch.Tensor, c: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-    """Gradients (1, S, T, D) of g_t = f_c - f_{j_t} at each of the S points ``pts``."""
-    s, t = pts.shape[0], tgt.shape[0]
-    rows = pts.unsqueeze(1).expand(s, t, *pts.shape[1:]).reshape(s * t, *pts.shape[1:]).requires_grad_(True)
+def _target_gradients(model: nn.Module, pts: torch.Tensor, c: torch.Tensor, tgt: torch.Tensor, rows: int):
+    """Gradients (M, S, T, D) of g_t = f_{c_m} - f_{j_mt} at the points ``pts`` (M, S, ...).
+
+    Row (m, s, t) is point s of image m for target t; the rows go through the model in
+    equal pieces of at most ``rows``, one backward of sum_rows g each.
+    """
+    m, s, t = pts.shape[0], pts.shape[1], tgt.shape[1]
+    shape = pts.shape[2:]
+    inputs = pts[:, :, None].expand(m, s, t, *shape).reshape(m * s * t, *shape)
+    c_rows = c[:, None].expand(m, s * t).reshape(-1)
+    j_rows = tgt[:, None, :].expand(m, s, t).reshape(-1)
+    grads = torch.empty_like(inputs)
+    pieces = -(-inputs.shape[0] // rows)
+    for r in chunks(inputs.shape[0], -(-inputs.shape[0] // pieces)):
+        grads[r] = _g_gradient(model, inputs[r], c_rows[r], j_rows[r])
+    return grads.reshape(m, s, t, -1)
+
+
+def _g_gradient(model: nn.Module, inputs: torch.Tensor, c: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """Gradient of each row's g = f_c - f_j with respect to that row (one backward)."""
+    rows = inputs.clone().requires_grad_(True)
     with torch.enable_grad():
-        out = _check_output(model(rows), s * t).view(s, t, -1)
+        out = _check_output(model(rows), rows.shape[0])
         if not out.requires_grad:
             raise ValueError(
                 "the model's output does not depend differentiably on its input; CLEVER needs input gradients"
             )
-        g = out[:, :, c] - out.gather(2, tgt.view(1, t, 1).expand(s, t, 1)).squeeze(2)
+        g = out.gather(1, c[:, None]) - out.gather(1, j[:, None])
         (grad,) = torch.autograd.grad(g.sum(), rows, allow_unused=True)
-    if grad is None:
-        grad = torch.zeros_like(rows)
-    return grad.reshape(1, s, t, -1)
+    return torch.zeros_like(rows) if grad is None else grad
 
 
 # ------------------------------------------------------------------ scores and reporting

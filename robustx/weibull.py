@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 from scipy.stats import kstwo
+
+from robustx import checks
 
 __all__ = ["INITIAL_SHAPES", "ReverseWeibullFit", "fit_reverse_weibull"]
 
@@ -82,8 +84,7 @@ def fit_reverse_weibull(
     shapes = _check_shapes(initial_shapes)
     if not 0.0 <= min_pvalue <= 1.0:
         raise ValueError(f"min_pvalue must be in [0, 1], got {min_pvalue!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
+    max_iter = checks.integer(max_iter, "max_iter", 1)
     b, n = m.shape
     top = m.amax(1)
     spread = top - m.amin(1)
@@ -133,13 +134,13 @@ def _check_maxima(maxima) -> torch.Tensor:
 
 
 def _check_shapes(initial_shapes) -> tuple:
-    try:
-        shapes = tuple(float(c) for c in initial_shapes)
-    except (TypeError, ValueError):
-        raise TypeError(f"initial_shapes must be a sequence of numbers, got {initial_shapes!r}") from None
-    if not shapes or not all(0 < c < float("inf") for c in shapes):
-        raise ValueError(f"initial_shapes must be a non-empty sequence of positive numbers, got {initial_shapes!r}")
-    return shapes
+    """A non-empty sequence of finite shapes c > 0."""
+    if isinstance(initial_shapes, str) or not isinstance(initial_shapes, Iterable):
+        raise TypeError(f"initial_shapes must be a sequence of numbers, got {initial_shapes!r}")
+    shapes = tuple(initial_shapes)
+    if not shapes:
+        raise ValueError("initial_shapes must be a non-empty sequence of positive numbers, got an empty one")
+    return tuple(checks.positive_float(c, "initial_shapes") for c in shapes)
 
 
 def _initial_point(w: torch.Tensor, c0: torch.Tensor):

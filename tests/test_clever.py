@@ -14,7 +14,7 @@ from robustx.data import digits
 from robustx.models import digits_cnn
 from robustx.weibull import fit_reverse_weibull
 
-TINY = dict(n_batches=8, batch_size=16, progress=False)
+TINY = dict(n_batches=8, n_samples=16, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +57,25 @@ def test_linear_model_equals_exact_boundary_distance(norm):
     assert res.fallback.all()  # constant gradient norms: the Weibull fit is skipped, flagged
 
 
-def test_matches_a_naive_per_sample_reference():
+# max_chunk -> passes of (images, batches, targets) with N_b = 6, N_s = 5, T = 2 (60 rows per image):
+# None (1024 rows): both images in one pass; 25: 2 batches x 2 targets; 12: 1 batch x 2 targets;
+# 7: 1 batch x 1 target; 3: 1 batch x 1 target, each batch in two forward/backward pieces (3 + 2 rows)
+PASSES = {None: (17, 6, 2), 25: (1, 2, 2), 12: (1, 1, 2), 7: (1, 1, 1), 3: (1, 1, 1)}
+
+
+@pytest.mark.parametrize("max_chunk", list(PASSES))
+def test_matches_a_naive_per_sample_reference(max_chunk):
+    import sys
+
+    assert sys.modules["robustx.clever"]._pass_sizes(2, 6, 5, max_chunk or 1024) == PASSES[max_chunk]
     torch.manual_seed(1)
     model = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4))
     x = torch.rand(2, 1, 2, 3)
     pred = model(x).argmax(1)
     targets = torch.stack([(pred + 1) % 4, (pred + 2) % 4], 1)
     nb, bs, radius, seed = 6, 5, 0.7, 3
-    res = clever(model, x, norm=2, radius=radius, n_batches=nb, batch_size=bs, targets=targets,
-                 clip_values=(0.0, 1.0), seed=seed, progress=False)
+    res = clever(model, x, norm=2, radius=radius, n_batches=nb, n_samples=bs, targets=targets,
+                 clip_values=(0.0, 1.0), seed=seed, max_chunk=max_chunk, progress=False)
     s = nb * bs
     maxima = torch.zeros(2, 2, nb, dtype=torch.float64)
     g0 = torch.zeros(2, 2, dtype=torch.float64)
@@ -85,13 +95,26 @@ def test_matches_a_naive_per_sample_reference():
             maxima[i, t] = torch.tensor(norms, dtype=torch.float64).view(nb, bs).amax(1)
     fit = fit_reverse_weibull(maxima.view(4, nb))
     torch.testing.assert_close(res.g0, g0, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(res.max_sampled.view(-1), maxima.view(4, nb).amax(1), rtol=1e-5, atol=0)
+    torch.testing.assert_close(res.max_sampled.view(-1), maxima.view(4, nb).amax(1), rtol=1e-6, atol=0)
     # the maxima agree to float32 rounding; a fit on a flat likelihood ridge may amplify that
     torch.testing.assert_close(res.lipschitz.view(-1), fit.estimate, rtol=1e-2, atol=0)
     expected = torch.minimum(g0 / fit.estimate.view(2, 2), torch.tensor(radius, dtype=torch.float64))
     torch.testing.assert_close(res.target_scores, expected, rtol=1e-2, atol=0)
     torch.testing.assert_close(res.scores, res.target_scores.amin(1))
     assert torch.equal(res.targets, targets) and torch.equal(res.predicted, pred)
+
+
+def test_same_numbers_as_the_per_image_passes_of_version_0_1(cnn):
+    """Values of robustx 0.1.0 (one ball_sample call and one op call per image and pass,
+    maxima merged in Python) for the digits CNN: the stream (sample s of image i) is unchanged."""
+    x = digits("test")[0][:3]
+    res = clever(cnn, x, norm="inf", radius=0.7, n_batches=8, n_samples=16, targets="top2",
+                 clip_values=(0, 1), seed=3, progress=False)
+    old_max = [193.5040740966797, 152.98239135742188, 189.17010498046875]
+    old_scores = [0.013292332075142027, 0.07752681841364159, 0.05217978505737252]
+    torch.testing.assert_close(res.max_sampled.view(-1), torch.tensor(old_max, dtype=torch.float64), rtol=1e-6, atol=0)
+    # a fit amplifies float32 rounding of the gradients (batch-size dependent conv kernels)
+    torch.testing.assert_close(res.scores, torch.tensor(old_scores, dtype=torch.float64), rtol=1e-3, atol=0)
 
 
 def test_logit_scaling_leaves_scores_unchanged(cnn, images):
@@ -114,13 +137,14 @@ def test_same_seed_same_result_and_seed_matters(cnn, images):
     assert not torch.equal(a.max_sampled, c.max_sampled)
 
 
-@pytest.mark.parametrize("max_chunk", [2, 7, 40])
+@pytest.mark.parametrize("max_chunk", [2, 7, 40, 120])
 def test_chunking_does_not_change_results(max_chunk):
-    # 3 targets, batches of 5: target groups (2), pieces of batches (7 rows), whole batches (40)
+    # 3 targets, 4 batches of 5: pieces of a batch (2), one batch x one target per pass (7),
+    # two batches x all targets (40), both images whole in one pass (120)
     torch.manual_seed(2)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
     x = torch.rand(2, 1, 3, 4)
-    settings = dict(norm=1, radius=1.0, clip_values=(0, 1), n_batches=4, batch_size=5, progress=False)
+    settings = dict(norm=1, radius=1.0, clip_values=(0, 1), n_batches=4, n_samples=5, progress=False)
     base = clever(model, x, **settings)
     chunked = clever(model, x, max_chunk=max_chunk, **settings)
     torch.testing.assert_close(chunked.max_sampled, base.max_sampled, rtol=1e-5, atol=0)
@@ -221,10 +245,13 @@ class OneClass(nn.Module):
         (dict(radius=0.0), ValueError, "radius"),
         (dict(radius=-1.0), ValueError, "radius"),
         (dict(radius=math.nan), ValueError, "radius"),
+        (dict(radius="1"), TypeError, "radius"),
         (dict(x=torch.zeros(0, 1, 8, 8)), ValueError, "at least one image"),
         (dict(n_batches=1), ValueError, "n_batches"),
         (dict(n_batches=2.5), TypeError, "n_batches"),
-        (dict(batch_size=0), ValueError, "batch_size"),
+        (dict(n_samples=0), ValueError, "n_samples"),
+        (dict(n_samples=16.0), TypeError, "n_samples"),
+        (dict(seed=-1), ValueError, "seed"),
         (dict(norm=3), ValueError, "norm"),
         (dict(norm="l3"), ValueError, "norm"),
         (dict(targets="second"), ValueError, "targets"),
@@ -233,6 +260,7 @@ class OneClass(nn.Module):
         (dict(targets=[1, 2]), TypeError, "targets"),
         (dict(max_chunk=0), ValueError, "max_chunk"),
         (dict(clip_values=(1, 0)), ValueError, "clip_values"),
+        (dict(clip_values=(0, None)), ValueError, "clip_values"),
         (dict(device="meta"), ValueError, "device"),
         (dict(model=WrongShape()), ValueError, "logits"),
         (dict(model=OneClass()), ValueError, "logits"),
@@ -263,5 +291,5 @@ def test_imagenet_sized_model_is_chunked_within_the_memory_budget():
     rows = mod._auto_chunk(model, x)
     per_row = 16 * 224 * 224 * 4 + 3 * 224 * 224 * 4  # the conv output (saved by ReLU) and its input
     assert 1 <= rows <= mod.CPU_CHUNK_BYTES // per_row
-    res = clever(model, x, radius=1.0, targets="top2", n_batches=2, batch_size=3, progress=False)
+    res = clever(model, x, radius=1.0, targets="top2", n_batches=2, n_samples=3, progress=False)
     assert res.targets.shape == (1, 1) and torch.isfinite(res.scores).all() and res.scores.item() > 0

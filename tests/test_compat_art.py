@@ -184,6 +184,9 @@ def test_bad_inputs(model, images):
     for bad in ((1, BS, 1.0, 2), (NB, 0, 1.0, 2), (NB, BS, 0.0, 2), (NB, BS, float("nan"), 2), (NB, BS, 1.0, 3)):
         with pytest.raises(ValueError, match="nb_batches|batch_size|radius|norm"):
             rart.clever_u(model, x, *bad)
+    for bad in ((2.5, BS, 1.0, 2), (NB, float(BS), 1.0, 2), (NB, BS, "1", 2)):
+        with pytest.raises(TypeError, match="nb_batches|batch_size|radius"):
+            rart.clever_u(model, x, *bad)
     with pytest.raises(ValueError, match="pool_factor"):
         rart.clever_u(model, x, *args, pool_factor=0)
     with pytest.raises(ValueError, match="c_init"):

@@ -224,11 +224,11 @@ def test_rejects_bad_input():
         call(a=(act * 8).long())
     with pytest.raises(TypeError, match="act"):
         call(a=act.numpy())
-    for k in (0, -1, 2.0):
-        with pytest.raises(ValueError, match="k must"):
+    for k, exc in ((0, ValueError), (-1, ValueError), (2.0, TypeError)):
+        with pytest.raises(exc, match="k must"):
             call(k=k, sections=torch.zeros(4, 3, dtype=torch.bool))
-    for top_k in (0, 5, 1.0):
-        with pytest.raises(ValueError, match="top_k"):
+    for top_k, exc in ((0, ValueError), (5, ValueError), (1.0, TypeError)):
+        with pytest.raises(exc, match="top_k"):
             call(top_k=top_k)
     with pytest.raises(ValueError, match="low"):
         call(lo=low.float())

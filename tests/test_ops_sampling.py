@@ -260,9 +260,9 @@ def test_rejects_bad_radius(radius):
         ops.ball_sample(torch.rand(1, 4), 2, radius, 2)
 
 
-@pytest.mark.parametrize("n", [-1, 2.0, "3", True])
-def test_rejects_bad_n(n):
-    with pytest.raises(ValueError, match="n must"):
+@pytest.mark.parametrize("n, exc", [(-1, ValueError), (2.0, TypeError), ("3", TypeError), (True, TypeError)])
+def test_rejects_bad_n(n, exc):
+    with pytest.raises(exc, match="n must"):
         ops.ball_sample(torch.rand(1, 4), n, 0.5, 2)
 
 
@@ -281,12 +281,13 @@ def test_rejects_bad_centers():
 
 def test_rejects_bad_seed_offset_and_clip():
     centers = torch.rand(1, 4)
-    for seed in (-1, 2**63, 1.0):
-        with pytest.raises(ValueError, match="seed"):
+    for seed, exc in ((-1, ValueError), (2**63, ValueError), (1.0, TypeError)):
+        with pytest.raises(exc, match="seed"):
             ops.ball_sample(centers, 2, 0.5, 2, seed=seed)
-    for offset in (-1, 0.5):
-        with pytest.raises(ValueError, match="offset"):
+    for offset, exc in ((-1, ValueError), (0.5, TypeError)):
+        with pytest.raises(exc, match="offset"):
             ops.ball_sample(centers, 2, 0.5, 2, offset=offset)
-    for clip in ((1.0, 0.0), (0.5, 0.5), (0.0,), 1.0):
+    # clip_values: None or a finite (lo, hi) with lo < hi; one-sided bounds are not accepted
+    for clip in ((1.0, 0.0), (0.5, 0.5), (0.0,), 1.0, (0.0, None), (None, 1.0), (0.0, math.inf)):
         with pytest.raises(ValueError, match="clip_values"):
             ops.ball_sample(centers, 2, 0.5, 2, clip_values=clip)

@@ -133,7 +133,14 @@ def test_bad_maxima(bad, exc):
         fit_reverse_weibull(bad)
 
 
-@pytest.mark.parametrize("shapes", [(), (0.0, 1.0), (math.inf,), "abc"])
-def test_bad_initial_shapes(shapes):
-    with pytest.raises((ValueError, TypeError), match="initial_shapes"):
+@pytest.mark.parametrize("shapes, exc", [((), ValueError), ((0.0, 1.0), ValueError), ((math.inf,), ValueError),
+                                         ("abc", TypeError), (("1",), TypeError), (5.0, TypeError)])
+def test_bad_initial_shapes(shapes, exc):
+    with pytest.raises(exc, match="initial_shapes"):
         fit_reverse_weibull(torch.rand(1, 10, dtype=torch.float64), initial_shapes=shapes)
+
+
+@pytest.mark.parametrize("max_iter, exc", [(0, ValueError), (2.0, TypeError), (True, TypeError)])
+def test_bad_max_iter(max_iter, exc):
+    with pytest.raises(exc, match="max_iter"):
+        fit_reverse_weibull(torch.rand(1, 10, dtype=torch.float64), max_iter=max_iter)

@@ -34,7 +34,6 @@ the optimum far, for ART as here, and a RuntimeWarning says so.
 """
 from __future__ import annotations
 
-import math
 import numbers
 import warnings
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -45,8 +44,8 @@ from scipy import special
 from scipy.stats import FitError
 from torch import nn
 
-from robustx import ops
-from robustx.modelutil import frozen_eval, model_device, progress_bar
+from robustx import checks, ops
+from robustx.modelutil import frozen_eval, progress_bar
 
 __all__ = ["clever", "clever_u", "clever_t", "weibull_min_fit"]
 
@@ -91,7 +90,7 @@ def clever(
         classes = [target]
     else:
         classes = list(target)
-    classes = [_check_class(j, model.nb_classes, "target") for j in classes]
+    classes = [checks.integer(j, "target", 0, model.nb_classes - 1) for j in classes]
     scores = _scores(model, sample, logits, pred, [j for j in classes if j != pred], *args, max_chunk, verbose)
     found = iter(scores)
     return np.array([None if j == pred else next(found) for j in classes])
@@ -161,7 +160,7 @@ def clever_t(
     args = _check_estimator_args(nb_batches, batch_size, radius, norm, c_init, pool_factor)
     logits = model.predict(sample)
     pred = int(np.argmax(logits[None], axis=1)[0])
-    target_class = _check_class(target_class, model.nb_classes, "target_class")
+    target_class = checks.integer(target_class, "target_class", 0, model.nb_classes - 1)
     if target_class == pred:
         raise ValueError(f"target_class={target_class} is the predicted class of x")
     return _scores(model, sample, logits, pred, [target_class], *args, max_chunk, False)[0]
@@ -457,7 +456,7 @@ class _Model:
         self.clip_values = clip_values
         self.nb_classes = nb_classes
         self.input_shape = input_shape
-        self.device = model_device(module)
+        self.device = checks.device(None, module)
         self.standardise = [
             tuple(torch.as_tensor(a, dtype=torch.float32, device=self.device) for a in mean_std)
             for mean_std in standardise
@@ -575,21 +574,13 @@ def _check_sample(x, model: _Model) -> np.ndarray:
 
 
 def _check_estimator_args(nb_batches, batch_size, radius, norm, c_init, pool_factor):
-    counts = (("nb_batches", nb_batches, 2), ("batch_size", batch_size, 1), ("pool_factor", pool_factor, 1))
-    for name, value, least in counts:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
-    if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not math.isfinite(radius) or radius <= 0:
-        raise ValueError(f"radius must be a finite number > 0, got {radius!r}")
-    if isinstance(c_init, bool) or not isinstance(c_init, numbers.Real) or not math.isfinite(c_init) or c_init <= 0:
-        raise ValueError(f"c_init must be a finite number > 0, got {c_init!r}")
-    p = ops.parse_norm(int(norm) if isinstance(norm, np.integer) else norm)
-    return int(nb_batches), int(batch_size), radius, p, c_init, int(pool_factor)
+    return (
+        checks.integer(nb_batches, "nb_batches", 2),
+        checks.integer(batch_size, "batch_size", 1),
+        checks.positive_float(radius, "radius"),
+        checks.norm(int(norm) if isinstance(norm, np.integer) else norm),
+        checks.positive_float(c_init, "c_init"),
+        checks.integer(pool_factor, "pool_factor", 1),
+    )
 
 
-def _check_class(j, nb_classes: int, name: str) -> int:
-    if isinstance(j, bool) or not isinstance(j, numbers.Integral):
-        raise TypeError(f"{name} must hold integer class indices, got {j!r}")
-    if not 0 <= j < nb_classes:
-        raise ValueError(f"{name} must be a class in [0, {nb_classes}), got {j}")
-    return int(j)

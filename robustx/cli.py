@@ -156,7 +156,7 @@ def _run_metrics(args: argparse.Namespace) -> int:
 
 
 def _add_clever(subparsers) -> None:
-    from robustx.demo import DEMO_DEFAULTS as d
+    from robustx.clever_table import CLEVER_TABLE_DEFAULTS as d
 
     p = subparsers.add_parser(
         "clever",
@@ -166,7 +166,7 @@ def _add_clever(subparsers) -> None:
     )
     p.add_argument("--n-images", type=int, default=d["n_images"], help="number of test images (default %(default)s)")
     p.add_argument("--n-batches", type=int, default=d["n_batches"], help="N_b batches per image (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"], help="N_s samples per batch (default %(default)s)")
+    p.add_argument("--n-samples", type=int, default=d["n_samples"], help="N_s samples per batch (default %(default)s)")
     p.add_argument("--radius-l2", type=float, default=d["radius_l2"], help="L2 sampling radius (default %(default)s)")
     p.add_argument("--radius-linf", type=float, default=d["radius_linf"], help="L-inf radius (default %(default)s)")
     p.add_argument("--seed", type=int, default=d["seed"], help="sampling seed (default %(default)s)")
@@ -174,9 +174,9 @@ def _add_clever(subparsers) -> None:
 
 
 def _run_clever(args: argparse.Namespace) -> int:
-    from robustx.demo import run_demo
+    from robustx.clever_table import run_clever_table
 
-    run_demo(args.out, n_images=args.n_images, n_batches=args.n_batches, batch_size=args.batch_size,
+    run_clever_table(args.out, n_images=args.n_images, n_batches=args.n_batches, n_samples=args.n_samples,
              radius_l2=args.radius_l2, radius_linf=args.radius_linf, seed=args.seed, progress=not args.no_progress)
     return 0
 

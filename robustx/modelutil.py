@@ -147,12 +147,3 @@ class LayerOutputs:
         for h in self._handles:
             h.remove()
         self._handles = []
-
-
-# TEMP: removed by the lead at merge (callers switch to robustx.checks)
-check_images = checks.images
-clip_pair = checks.clip_range
-
-
-def positive_number(value, name: str) -> float:  # TEMP: removed by the lead at merge
-    return checks.positive_float(value, name)

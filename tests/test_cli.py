@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_clever_writes_json_and_png(tmp_path, capsys):
     out = tmp_path / "clever"
-    status = main(["clever", "--n-images", "3", "--n-batches", "6", "--batch-size", "8", "--radius-l2", "1.5",
+    status = main(["clever", "--n-images", "3", "--n-batches", "6", "--n-samples", "8", "--radius-l2", "1.5",
                    "--out", str(out), "--no-progress"])
     assert status == 0
     doc = json.loads((out / "clever.json").read_text())

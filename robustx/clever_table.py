@@ -1,10 +1,10 @@
-"""``robustx demo``: CLEVER L2 and L-inf scores of the built-in digits CNN.
+"""``robustx clever``: a table of CLEVER L2 and L-inf scores of the built-in digits CNN.
 
 Runs untargeted CLEVER (Weng et al., ICLR 2018) on the first test images of
 :func:`robustx.data.digits` with :func:`robustx.models.digits_cnn`, prints a table, and
 writes ``clever.json`` and ``clever_hist.png`` to the output directory. The defaults are
 small so the demo finishes in seconds on a laptop CPU; the paper uses N_b x N_s =
-500 x 1024 samples per image (``--n-batches 500 --batch-size 1024``).
+500 x 1024 samples per image (``--n-batches 500 --n-samples 1024``).
 """
 from __future__ import annotations
 
@@ -18,21 +18,21 @@ import torch
 from robustx import checks
 from robustx.clever import CleverResult, clever
 
-__all__ = ["run_demo", "DEMO_DEFAULTS"]
+__all__ = ["run_clever_table", "CLEVER_TABLE_DEFAULTS"]
 
-DEMO_DEFAULTS = dict(n_images=10, n_batches=100, batch_size=32, radius_l2=2.0, radius_linf=0.3, seed=0)
+CLEVER_TABLE_DEFAULTS = dict(n_images=10, n_batches=100, n_samples=32, radius_l2=2.0, radius_linf=0.3, seed=0)
 NORMS = (("L2", 2), ("Linf", "inf"))
 
 
-def run_demo(
-    out_dir="out/demo",
+def run_clever_table(
+    out_dir="out/clever",
     *,
-    n_images: int = DEMO_DEFAULTS["n_images"],
-    n_batches: int = DEMO_DEFAULTS["n_batches"],
-    batch_size: int = DEMO_DEFAULTS["batch_size"],
-    radius_l2: float = DEMO_DEFAULTS["radius_l2"],
-    radius_linf: float = DEMO_DEFAULTS["radius_linf"],
-    seed: int = DEMO_DEFAULTS["seed"],
+    n_images: int = CLEVER_TABLE_DEFAULTS["n_images"],
+    n_batches: int = CLEVER_TABLE_DEFAULTS["n_batches"],
+    n_samples: int = CLEVER_TABLE_DEFAULTS["n_samples"],
+    radius_l2: float = CLEVER_TABLE_DEFAULTS["radius_l2"],
+    radius_linf: float = CLEVER_TABLE_DEFAULTS["radius_linf"],
+    seed: int = CLEVER_TABLE_DEFAULTS["seed"],
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> dict:
@@ -48,7 +48,7 @@ def run_demo(
     results: Dict[str, Tuple[CleverResult, float]] = {}
     for name, norm in NORMS:
         start = time.perf_counter()
-        res = clever(model, x, norm=norm, radius=radii[name], n_batches=n_batches, batch_size=batch_size,
+        res = clever(model, x, norm=norm, radius=radii[name], n_batches=n_batches, n_samples=n_samples,
                      clip_values=(0.0, 1.0), seed=seed, progress=progress)
         results[name] = (res, time.perf_counter() - start)
     doc = _document(results, y, n_images)
@@ -89,7 +89,7 @@ def _table(results: Dict[str, Tuple[CleverResult, float]], y: torch.Tensor) -> s
     for n in names:
         res, seconds = results[n]
         s = res.settings
-        lines.append(f"{n}: radius {s['radius']}, {s['n_batches']} x {s['batch_size']} samples per image, "
+        lines.append(f"{n}: radius {s['radius']}, {s['n_batches']} x {s['n_samples']} samples per image, "
                      f"{int(res.fallback.sum())} Weibull fallbacks, {seconds:.1f} s")
     return "\n".join(lines)
 

@@ -46,19 +46,33 @@ def _add_run_options(p: argparse.ArgumentParser, out: str) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from robustx.pipeline import sources
+    from robustx.pipeline import distributed, sources
     from robustx.pipeline.evaluate import evaluate
 
+    distributed.init_from_env()  # under torchrun: one process per device, inputs sharded by rank
+    rank = distributed.world()[0]
     model = sources.load_model(args.model, args.weights)
     data = args.data or sources.default_data(args.model)
     x, y = sources.load_data(data, model, args.n)
     report = evaluate(model, (x, y), metrics=args.metrics, attacks=args.attacks, config=_read_config(args.config),
                       profile=sources.default_profile(data), out=args.out, resume=args.resume, seed=args.seed,
-                      device=args.device, batch_size=args.batch_size, progress=not args.no_progress,
-                      name=args.model)
-    print(_summary(report))
-    print(f"wrote {args.out}/report.json, {args.out}/report.html and {args.out}/store.sqlite")
+                      device=args.device or _local_device(), batch_size=args.batch_size,
+                      progress=not args.no_progress and rank == 0, name=args.model)
+    if rank == 0:
+        print(_summary(report))
+        print(f"wrote {args.out}/report.json, {args.out}/report.html and {args.out}/store.sqlite")
     return 0
+
+
+def _local_device() -> Optional[str]:
+    """cuda:LOCAL_RANK under torchrun on a GPU machine, else the model's own device."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        return f"cuda:{os.environ['LOCAL_RANK']}"
+    return None
 
 
 def _read_config(path: Optional[str]) -> Optional[dict]:

@@ -29,6 +29,7 @@ from robustx import attacks as attack_lib
 from robustx import checks
 from robustx import metrics as suite
 from robustx.modelutil import chunks, frozen_eval, model_device, progress_bar
+from robustx.pipeline import distributed
 from robustx.pipeline.report import MetricResult, Report, histogram_png, image_grid_png, layer_bars_png
 from robustx.pipeline.store import ResultStore, run_id, run_unit
 
@@ -55,7 +56,8 @@ _TARGETS = {
     "corruption": "robustx.metrics.corruption:corruption_errors", "coverage": "robustx.coverage:NeuronCoverage",
     "ns": "robustx.sensitivity:neuron_sensitivity", "nu": "robustx.sensitivity:neuron_uncertainty",
 }
-_EXTRA_KEYS = {"clever": {"n_images"}}  # keys that evaluate itself reads
+_EXTRA_KEYS = {"clever": {"n_images"}}
+_DATA_ARGUMENTS = {"self", "model", "x", "y", "x_adv", "x_noisy", "clip_values", "seed", "batch_size", "progress"}  # keys that evaluate itself reads
 _ALIASES = {"clever": {"batch_size": "n_samples"}}  # ART's name for N_s, samples per batch
 _TABLE_OF = {"CLEVER": "clever", "DIV": "div", "EBD": "ebd", "eps-ENI": "eps-eni", "mCE": "corruption",
              "rmCE": "corruption", "NS": "ns", "NU": "nu", **{m: "coverage" for m in suite.available("coverage")}}
@@ -87,24 +89,64 @@ class _Run:
     profile: Optional[torch.Tensor] = None
     figures: Dict[str, bytes] = field(default_factory=dict)
     _logits: Dict[Tuple[int, str], torch.Tensor] = field(default_factory=dict)
+    _adversarial: Dict[Tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    timings: Dict[str, float] = field(default_factory=dict)  # seconds of the shared attacks
 
     # ------------------------------------------------------------ shared tensors
     def batches(self) -> List[slice]:
         return list(chunks(self.x.shape[0], self.batch_size))
 
     def per_batch(self, key: str, fn: Callable[[slice, int], Dict[str, torch.Tensor]], desc: str) -> Dict[str, torch.Tensor]:
-        """``fn(batch, seed)`` over every batch, each a stored unit; the tensors concatenated."""
-        parts: List[Dict[str, torch.Tensor]] = []
-        for i, b in enumerate(progress_bar(self.batches(), self.progress, desc)):
-            tensors, _ = run_unit(self.store, f"{key}/batch-{i:04d}", lambda b=b: (fn(b, self.seed + b.start), {}))
-            parts.append(tensors)
-        return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+        """``fn(batch, seed)`` over every batch, each a stored unit; the tensors concatenated
+        in input order. With several processes each rank makes its own batches (i mod world
+        size) and the results are gathered; only rank 0 reads and writes the store."""
+        batches = self.batches()
+        units = [f"{key}/batch-{i:04d}" for i in range(len(batches))]
+        done = self._done(units)
+        parts: Dict[int, Dict[str, torch.Tensor]] = {}
+        for i in progress_bar(distributed.owned(len(batches)), self.progress, desc):
+            if i not in done:
+                start = time.perf_counter()
+                parts[i] = fn(batches[i], self.seed + batches[i].start)
+                self._put(units[i], parts[i], {}, time.perf_counter() - start)
+        if self.store is not None:
+            parts.update({i: self.store.get(units[i])[0] for i in done})
+        merged = distributed.gather_in_order(parts)
+        if self.store is not None:  # rank 0 keeps what the other ranks made
+            for i, tensors in merged.items():
+                if not self.store.done(units[i]):
+                    self.store.put(units[i], tensors, {"rank": i % distributed.world()[1]}, 0.0)
+        return {name: torch.cat([p[name] for p in merged.values()]) for name in merged[0]}
+
+    def _done(self, units: List[str]) -> set:
+        """Indices of the finished ``units``, as rank 0's store says, on every rank."""
+        mine = {i for i, u in enumerate(units) if self.store.done(u)} if self.store is not None else set()
+        return distributed.gather_in_order({0: mine} if self.store is not None else {}).get(0, set())
+
+    def _put(self, unit: str, tensors: Dict[str, torch.Tensor], meta: dict, seconds: float) -> None:
+        if self.store is not None:
+            self.store.put(unit, tensors, meta, seconds)
 
     def whole(self, key: str, fn: Callable[[], Tuple[Dict[str, torch.Tensor], dict]]):
-        return run_unit(self.store, key, fn)
+        """A unit over the whole input set, made by rank 0 alone (other ranks get None)."""
+        return run_unit(self.store, key, fn) if self.store is not None else (None, None)
+
+    def collective(self, key: str, fn: Callable[[], Tuple[Dict[str, torch.Tensor], dict]]):
+        """A unit every rank takes part in (``fn`` may all-reduce); rank 0 stores it."""
+        if self._done([key]):
+            return self.store.get(key) if self.store is not None else (None, None)
+        start = time.perf_counter()
+        tensors, meta = fn()
+        self._put(key, tensors, meta, time.perf_counter() - start)
+        return tensors, meta
 
     def adversarial(self, name: str, on: str = "model") -> torch.Tensor:
-        """The examples of attack ``name`` made against the model (or the surrogate)."""
+        """The examples of attack ``name`` made against the model (or the surrogate), made once."""
+        if (name, on) not in self._adversarial:
+            self._adversarial[(name, on)] = self._make_adversarial(name, on)
+        return self._adversarial[(name, on)]
+
+    def _make_adversarial(self, name: str, on: str) -> torch.Tensor:
         target = self.model if on == "model" else self.surrogate
         attack = attack_lib.get_attack(name, **self._attack_settings(name))
 
@@ -282,17 +324,24 @@ def _coverage(run: _Run, name: str):
 
     def compute():
         cov = NeuronCoverage(run.model, batch_size=run.batch_size, progress=run.progress, **run.settings["coverage"])
+        batches = run.batches()
+        rows = torch.cat([torch.arange(run.x.shape[0])[batches[i]] for i in distributed.owned(len(batches))]
+                         or [torch.zeros(0, dtype=torch.long)])
         with warnings.catch_warnings():  # without a profile the skip reasons say it
             warnings.filterwarnings("ignore", message="KMNC, NBC and SNAC need")
             if run.profile is not None:
                 cov.profile(run.profile)
-            result = cov.assess(run.x)
+            cov.update(run.x[rows])
+            distributed.all_reduce_coverage(cov)
+            result = cov.result()
         values = {k: torch.tensor(float("nan") if v is None else float(v), dtype=torch.float64)
                   for k, v in result.to_dict().items() if k in suite.available("coverage")}
         layers = {layer: float(c.NC) for layer, c in result.layers.items()}
         return values, {"nc_per_layer": layers}
 
-    tensors, meta = run.whole("metric/coverage", compute)
+    tensors, meta = run.collective("metric/coverage", compute)
+    if meta is None:
+        return None, None, {}
     if meta["nc_per_layer"]:
         run.figures["NC per layer"] = layer_bars_png(meta["nc_per_layer"], "neuron coverage (NC) per layer")
     return float(tensors[name]), None, {"profiled": run.profile is not None}
@@ -303,6 +352,8 @@ _FAMILY_RUNNERS = {
     "defense": _defense, "corruption": _corruption, "coverage": _coverage, "neuron": _neurons,
 }
 _NAMED_RUNNERS = {"CLEVER": _clever, "DIV": _div, "eps-ENI": _eni, "EBD": _ebd}
+# Whole-set metrics rank 0 computes alone in a multi-process run (the rest are sharded).
+_RANK0_ONLY = {"mCE", "rmCE", "EBD", "NS", "NU"}
 
 
 def _skip_reason(run: _Run, info: suite.MetricInfo) -> Optional[str]:
@@ -323,9 +374,13 @@ def _measure(run: _Run, name: str) -> MetricResult:
     base = dict(name=name, higher_is_better=info.higher_is_better, family=info.family)
     if reason is not None:
         return MetricResult(value=None, skipped=reason, **base)
+    if name in _RANK0_ONLY and distributed.world()[0] != 0:
+        return MetricResult(value=None, skipped="computed by rank 0", **base)
     runner = _NAMED_RUNNERS.get(name) or _FAMILY_RUNNERS[info.family]
     start = time.perf_counter()
     value, per_sample, detail = runner(run, name)
+    if value is None:
+        return MetricResult(value=None, skipped="stored by rank 0", **base)
     table = _TABLE_OF.get(name)
     settings = {**(run.settings.get(table, {}) if table else {}), **detail}
     return MetricResult(value=float(value), per_sample=per_sample, settings=_jsonable(settings),
@@ -373,8 +428,7 @@ def _metric_names(metrics) -> List[str]:
 def _accepted(target: str) -> set:
     module, attr = target.split(":")
     fn = getattr(__import__(module, fromlist=[attr]), attr)
-    params = inspect.signature(fn).parameters
-    return {p for p, spec in params.items() if spec.kind == spec.KEYWORD_ONLY or spec.default is not spec.empty}
+    return set(inspect.signature(fn).parameters) - _DATA_ARGUMENTS
 
 
 def _check_config(config: Optional[Mapping[str, Mapping[str, Any]]], attack_names: Sequence[str]):
@@ -387,7 +441,7 @@ def _check_config(config: Optional[Mapping[str, Mapping[str, Any]]], attack_name
         if not isinstance(keys, Mapping):
             raise TypeError(f"config: [{table}] must be a table of keyword arguments, got {keys!r}")
         keys = {_ALIASES.get(table, {}).get(k, k): v for k, v in keys.items()}
-        accepted = (set(attack_lib.attack_settings(table)) if table in attack_lib.ATTACKS
+        accepted = (set(attack_lib.attack_settings(table)) - {"seed"} if table in attack_lib.ATTACKS
                     else _accepted(_TARGETS[table]) | _EXTRA_KEYS.get(table, set()))
         unknown = sorted(set(keys) - accepted - {"progress"})
         if unknown:
@@ -470,19 +524,62 @@ def evaluate(
         profile = checks.images(profile, "profile")
         rid = run_id(nn.ModuleList([model, *extra]), torch.cat([x.flatten(), profile.flatten()]), y, names,
                      _jsonable(identity))
-    folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="robustx-run-"))
+    rank, size = distributed.world()
+    distributed.agree(rid, "the run (model, data, metrics, settings)")
+    n_batches = len(list(chunks(x.shape[0], batch_size)))
+    if size > n_batches:
+        raise ValueError(f"world size {size} is larger than the data: {x.shape[0]} inputs make only {n_batches} "
+                         f"batches of batch_size={batch_size}")
+    folder = Path(out) if out is not None else None
+    if folder is None and rank == 0:
+        folder = Path(tempfile.mkdtemp(prefix="robustx-run-"))
     dev = checks.device(device, model)
     start = time.perf_counter()
-    with ResultStore.open(folder, rid, _jsonable(identity), resume=resume) as store:
+    store = _open_store(folder, rid, identity, resume)
+    try:
         run = _Run(model, x, y, store, settings, attack_table, batch_size, seed, clip, progress, dev,
                    defended, surrogate, baseline, profile)
-        results = {m: _measure(run, m) for m in progress_bar(names, progress, "metrics")}
-        if run.primary is not None and any(suite.get(m).needs & {"adversarial examples"} for m in names):
+        _make_shared_examples(run, names)
+        results = {m: _measure(run, m) for m in progress_bar(names, progress and rank == 0, "metrics")}
+        if run._adversarial:
             run.figures["adversarial examples"] = image_grid_png(x[:8], run.adversarial(run.primary)[:8])
+    finally:
+        if store is not None:
+            store.close()
     report = Report(metrics=results, figures=run.figures, run=_jsonable({
         "id": rid, "model": name, "inputs": int(x.shape[0]), "input_shape": list(x.shape[1:]), "seed": seed,
         "attacks": attack_table, "seconds": time.perf_counter() - start, "torch": torch.__version__,
-        "device": str(dev)}))
-    if out is not None:
+        "device": str(dev), "processes": size, "attack_seconds": run.timings}))
+    if out is not None and rank == 0:
         report.save(folder)
-    return report
+    return distributed.gather_in_order({0: report} if rank == 0 else {})[0]
+
+
+def _open_store(folder: Optional[Path], rid: str, identity: dict, resume: bool) -> Optional[ResultStore]:
+    """Rank 0 opens the store; every rank raises rank 0's error if it could not."""
+    store, error = None, None
+    if distributed.world()[0] == 0:
+        try:
+            store = ResultStore.open(folder, rid, _jsonable(identity), resume=resume)
+        except ValueError as err:
+            error = str(err)
+    error = distributed.gather_in_order({0: error} if distributed.world()[0] == 0 else {}).get(0)
+    if error is not None:
+        raise ValueError(error)
+    return store
+
+
+def _make_shared_examples(run: _Run, names: Sequence[str]) -> None:
+    """Every attack's examples (and the transferred ones) once, on every rank, before the
+    metrics that share them (making them is collective in a multi-process run)."""
+    needs = set().union(*(suite.get(m).needs for m in names))
+    if "adversarial examples" not in needs:
+        return
+    for attack in run.attacks:
+        start = time.perf_counter()
+        run.adversarial(attack)
+        run.timings[f"attack {attack}"] = time.perf_counter() - start
+    if "AA_B" in names and run.surrogate is not None and run.primary is not None:
+        start = time.perf_counter()
+        run.adversarial(run.primary, on="surrogate")
+        run.timings[f"attack {run.primary} on the surrogate"] = time.perf_counter() - start

@@ -1,0 +1,120 @@
+"""Scale-out with torch.distributed (``torchrun``): the building blocks evaluate uses, public
+for users who write their own loops.
+
+* :func:`world` - (rank, world size); (0, 1) without an initialised process group.
+* :func:`init_from_env` - start the process group that ``torchrun`` describes in the
+  environment (NCCL on GPUs, gloo on CPU).
+* :func:`owned` - the fixed sharding: unit i belongs to rank i mod world size.
+* :func:`gather_in_order` - every rank's {index: result} merged on all ranks, so results
+  come back in input order whatever rank made them.
+* :func:`all_reduce_coverage` - coverage bitmaps merged by OR, TKNP patterns united.
+* :func:`all_reduce_moments` - running moments merged exactly (Chan et al.'s parallel
+  mean / variance update, in rank order).
+* :func:`agree` - refuse to go on when the ranks were given different settings.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Tuple, TypeVar
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["world", "init_from_env", "owned", "gather_in_order", "all_reduce_coverage", "all_reduce_moments", "agree"]
+
+T = TypeVar("T")
+
+
+def world() -> Tuple[int, int]:
+    """(rank, world size) of the default process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_from_env() -> bool:
+    """Initialise the default process group from torchrun's environment (WORLD_SIZE > 1):
+    NCCL with one GPU per local rank when CUDA is available, else gloo. True if it did."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+    return True
+
+
+def owned(n_units: int) -> List[int]:
+    """The units of this rank in the fixed order: i = rank, rank + world, ..."""
+    rank, size = world()
+    return list(range(rank, n_units, size))
+
+
+def gather_in_order(parts: Dict[int, T]) -> Dict[int, T]:
+    """Every rank's ``{index: result}`` merged and sorted by index, on every rank."""
+    rank, size = world()
+    if size == 1:
+        return dict(sorted(parts.items()))
+    gathered: List[Dict[int, T]] = [None] * size  # type: ignore[list-item]
+    dist.all_gather_object(gathered, {i: _to_cpu(v) for i, v in parts.items()})
+    merged: Dict[int, T] = {}
+    for part in gathered:
+        merged.update(part)
+    return dict(sorted(merged.items()))
+
+
+def _to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    return value
+
+
+def all_reduce_coverage(cov) -> None:
+    """OR every rank's coverage bitmaps into every rank's :class:`NeuronCoverage` (in place),
+    unite the TKNP patterns and add the input counts: the result equals one pass over the
+    union of the ranks' inputs (every rank needs the same layers and profile)."""
+    rank, size = world()
+    if size == 1:
+        return
+    for layer in cov._layers or ():
+        for name, state in layer.states.items():
+            flags = state.to(torch.uint8)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            layer.states[name].copy_(flags.bool())
+    patterns: List[Any] = [None] * size
+    dist.all_gather_object(patterns, cov.patterns)
+    cov.patterns = set().union(*patterns)
+    counts: List[Any] = [None] * size
+    dist.all_gather_object(counts, cov.n_inputs)
+    cov.n_inputs = sum(counts)
+
+
+def all_reduce_moments(moments) -> None:
+    """Merge every rank's :class:`robustx.neurons.RunningMoments` (in place, on every rank):
+    n, mean and M2 of all the ranks' values together, folded in rank order."""
+    from robustx.neurons import RunningMoments
+
+    rank, size = world()
+    if size == 1:
+        return
+    parts: List[Any] = [None] * size
+    dist.all_gather_object(parts, (moments.n, _to_cpu(moments.mean), _to_cpu(moments.m2)))
+    total = RunningMoments()
+    for n, mean, m2 in parts:
+        total.merge(RunningMoments(n, mean, m2))
+    moments.n, moments.mean, moments.m2 = total.n, total.mean, total.m2
+
+
+def agree(value: str, what: str) -> None:
+    """ValueError unless every rank passes the same ``value`` (e.g. the run id)."""
+    rank, size = world()
+    if size == 1:
+        return
+    values: List[Any] = [None] * size
+    dist.all_gather_object(values, value)
+    if len(set(values)) > 1:
+        raise ValueError(f"the ranks disagree on {what}: every process must get the same model, data and "
+                         f"settings ({len(set(values))} different values over {size} ranks)")

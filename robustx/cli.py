@@ -31,7 +31,8 @@ def _add_evaluate(subparsers) -> None:
     p.add_argument("--weights", default=None, help="state dict for the model (default: its shipped weights)")
     p.add_argument("--data", default=None, help="digits, cifar100 or a .npz (x, y) / .npy (x) file "
                    "(default: the model's own test set)")
-    p.add_argument("--n", type=int, default=None, help="evaluate the first N inputs (default: all)")
+    p.add_argument("-n", "--n", type=int, default=None, help="evaluate the first N inputs (default: all; under "
+                   "torchrun write -n N: torchrun takes --n for its own options)")
 
 
 def _add_run_options(p: argparse.ArgumentParser, out: str) -> None:

@@ -1,0 +1,114 @@
+"""Scale-out under torchrun (gloo on CPU, one thread per process): a 2-process evaluate gives
+the report of a 1-process one, a run whose rank was killed resumes to the same values, the
+building blocks merge exactly, and bad setups get a clear error."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from robustx.coverage import NeuronCoverage
+from robustx.neurons import RunningMoments
+
+HERE = Path(__file__).resolve().parent
+METRICS = "CA,AA_W,ALD_2,ASS,NTE,NC,TKNC,TKNP,DIV"
+ENV = dict(os.environ, OMP_NUM_THREADS="1", ROBUSTX_NO_PROGRESS="1")
+
+
+def _torchrun(nproc: int, *args: str):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+
+
+def _evaluate(out: Path, n: int = 48, resume: bool = False):
+    return ["-m", "robustx", "evaluate", "--model", "digits", "-n", str(n), "--metrics", METRICS,
+            "--batch-size", "8", "--out", str(out), "--no-progress", *(["--resume"] if resume else [])]
+
+
+def _values(out: Path) -> dict:
+    return {k: m["value"] for k, m in json.loads((out / "report.json").read_text())["metrics"].items()}
+
+
+def _units(out: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{out / 'store.sqlite'}?mode=ro", uri=True, timeout=1) as conn:
+            return conn.execute("SELECT COUNT(*) FROM units").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    subprocess.run([sys.executable, *_evaluate(out)], check=True, env=ENV, capture_output=True, timeout=600)
+    return out
+
+
+def test_two_processes_give_the_one_process_report(single, tmp_path):
+    proc = subprocess.run(_torchrun(2, *_evaluate(tmp_path)), env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _values(tmp_path) == _values(single)
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert doc["run"]["processes"] == 2
+
+
+def test_a_killed_rank_resumes_to_the_same_report(single, tmp_path):
+    total = _units(single)
+    proc = subprocess.Popen(_torchrun(2, *_evaluate(tmp_path)), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while _units(tmp_path) < total // 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    os.kill(workers[-1], signal.SIGKILL)  # one rank dies; torchrun then stops the other
+    proc.wait(timeout=120)
+    assert proc.returncode != 0 and 0 < _units(tmp_path) < total
+    done = subprocess.run(_torchrun(2, *_evaluate(tmp_path, resume=True)), env=ENV, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _values(tmp_path) == _values(single)
+
+
+def test_building_blocks_merge_exactly(tmp_path):
+    proc = subprocess.run(_torchrun(2, str(HERE / "dist_worker.py"), "blocks", str(tmp_path)), env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # every rank holds the merged result
+    values = torch.arange(10 * 3, dtype=torch.float64).reshape(10, 3) ** 1.5
+    assert ranks[0]["n"] == 10
+    torch.testing.assert_close(torch.tensor(ranks[0]["mean"], dtype=torch.float64), values.mean(0))
+    torch.testing.assert_close(torch.tensor(ranks[0]["var"], dtype=torch.float64), values.var(0, correction=0))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    x = torch.randn(12, 4, generator=torch.Generator().manual_seed(1))
+    whole = NeuronCoverage(model, top_k=1, progress=False).profile(x).update(x).result().to_dict()
+    assert ranks[0]["coverage"] == json.loads(json.dumps(whole))
+    assert ranks[0]["gathered"] == [[i, i * i] for i in range(7)]
+
+
+def test_running_moments_merge_in_any_split():
+    values = torch.randn(37, 5, dtype=torch.float64)
+    merged = RunningMoments().update(values[:11]).merge(RunningMoments().update(values[11:]))
+    torch.testing.assert_close(merged.variance(), values.var(0, correction=0))
+
+
+def test_ranks_with_different_settings_are_refused(tmp_path):
+    proc = subprocess.run(_torchrun(2, str(HERE / "dist_worker.py"), "disagree", str(tmp_path)), env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for r in (0, 1):
+        assert "the ranks disagree" in (tmp_path / f"error{r}.txt").read_text()
+
+
+def test_more_processes_than_batches_is_refused(tmp_path):
+    proc = subprocess.run(_torchrun(2, *_evaluate(tmp_path, n=8)), env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert "world size 2 is larger than the data" in proc.stderr + proc.stdout

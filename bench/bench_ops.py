@@ -17,12 +17,10 @@ import math
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from robustx import ops  # noqa: E402
+from robustx import ops
 
 
 def measure(fn, device, repeats, budget_s):

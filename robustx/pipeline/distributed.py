@@ -53,15 +53,20 @@ def owned(n_units: int) -> List[int]:
 
 def gather_in_order(parts: Dict[int, T]) -> Dict[int, T]:
     """Every rank's ``{index: result}`` merged and sorted by index, on every rank."""
-    rank, size = world()
+    size = world()[1]
     if size == 1:
         return dict(sorted(parts.items()))
-    gathered: List[Dict[int, T]] = [None] * size  # type: ignore[list-item]
-    dist.all_gather_object(gathered, {i: _to_cpu(v) for i, v in parts.items()})
     merged: Dict[int, T] = {}
-    for part in gathered:
+    for part in _all_gather({i: _to_cpu(v) for i, v in parts.items()}):
         merged.update(part)
     return dict(sorted(merged.items()))
+
+
+def _all_gather(value) -> List[Any]:
+    """Every rank's ``value`` (any picklable object), in rank order, on every rank."""
+    values: List[Any] = [None] * world()[1]
+    dist.all_gather_object(values, value)
+    return values
 
 
 def _to_cpu(value):
@@ -76,7 +81,7 @@ def all_reduce_coverage(cov) -> None:
     """OR every rank's coverage bitmaps into every rank's :class:`NeuronCoverage` (in place),
     unite the TKNP patterns and add the input counts: the result equals one pass over the
     union of the ranks' inputs (every rank needs the same layers and profile)."""
-    rank, size = world()
+    size = world()[1]
     if size == 1:
         return
     for layer in cov._layers or ():
@@ -84,12 +89,8 @@ def all_reduce_coverage(cov) -> None:
             flags = state.to(torch.uint8)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
             layer.states[name].copy_(flags.bool())
-    patterns: List[Any] = [None] * size
-    dist.all_gather_object(patterns, cov.patterns)
-    cov.patterns = set().union(*patterns)
-    counts: List[Any] = [None] * size
-    dist.all_gather_object(counts, cov.n_inputs)
-    cov.n_inputs = sum(counts)
+    cov.patterns = set().union(*_all_gather(cov.patterns))
+    cov.n_inputs = sum(_all_gather(cov.n_inputs))
 
 
 def all_reduce_moments(moments) -> None:
@@ -97,24 +98,21 @@ def all_reduce_moments(moments) -> None:
     n, mean and M2 of all the ranks' values together, folded in rank order."""
     from robustx.neurons import RunningMoments
 
-    rank, size = world()
+    size = world()[1]
     if size == 1:
         return
-    parts: List[Any] = [None] * size
-    dist.all_gather_object(parts, (moments.n, _to_cpu(moments.mean), _to_cpu(moments.m2)))
     total = RunningMoments()
-    for n, mean, m2 in parts:
+    for n, mean, m2 in _all_gather((moments.n, _to_cpu(moments.mean), _to_cpu(moments.m2))):
         total.merge(RunningMoments(n, mean, m2))
     moments.n, moments.mean, moments.m2 = total.n, total.mean, total.m2
 
 
 def agree(value: str, what: str) -> None:
     """ValueError unless every rank passes the same ``value`` (e.g. the run id)."""
-    rank, size = world()
+    size = world()[1]
     if size == 1:
         return
-    values: List[Any] = [None] * size
-    dist.all_gather_object(values, value)
+    values = _all_gather(value)
     if len(set(values)) > 1:
         raise ValueError(f"the ranks disagree on {what}: every process must get the same model, data and "
                          f"settings ({len(set(values))} different values over {size} ranks)")

@@ -356,15 +356,20 @@ _NAMED_RUNNERS = {"CLEVER": _clever, "DIV": _div, "eps-ENI": _eni, "EBD": _ebd}
 _RANK0_ONLY = {"mCE", "rmCE", "EBD", "NS", "NU"}
 
 
+# need -> (the run's attribute that provides it, why the metric is skipped without it)
+_PROVIDERS = {
+    "adversarial examples": ("primary", "no attack given (attacks=)"),
+    "defended model": ("defended", "no defended model given (defended=)"),
+    "surrogate": ("surrogate", "no surrogate model given (surrogate=)"),
+    "profile": ("profile", "no profile data given (profile=, e.g. training inputs)"),
+}
+
+
 def _skip_reason(run: _Run, info: suite.MetricInfo) -> Optional[str]:
-    if "adversarial examples" in info.needs and run.primary is None:
-        return "no attack given (attacks=)"
-    if "defended model" in info.needs and run.defended is None:
-        return "no defended model given (defended=)"
-    if "surrogate" in info.needs and run.surrogate is None:
-        return "no surrogate model given (surrogate=)"
-    if "profile" in info.needs and run.profile is None:
-        return "no profile data given (profile=, e.g. training inputs)"
+    for need in sorted(info.needs & set(_PROVIDERS)):
+        attribute, reason = _PROVIDERS[need]
+        if getattr(run, attribute) is None:
+            return reason
     return None
 
 

@@ -197,3 +197,29 @@ def test_report_folder_round_trips(digits_run, tmp_path):
     assert {n: m.value for n, m in loaded.metrics.items()} == {n: m.value for n, m in report.metrics.items()}
     html = (tmp_path / "report.html").read_text()
     assert "data:image/png;base64," in html and "AA_W" in html
+
+
+def test_real_cifar_models_small_run(tmp_path, capsys):
+    """The real check, small: the natural and the PAT ResNet-20 on 8 AISafety images, one
+    command each, then compare (skipped without ../shared/data/aisafety-cifar10)."""
+    from robustx.data import aisafety_cifar10, aisafety_dir
+    from robustx.models import resnet20_cifar
+
+    folder = aisafety_dir()
+    if not (folder / "resnet20_cifar.pt").is_file():
+        pytest.skip(f"AISafety CIFAR-10 files not found in {folder}")
+    x, y = aisafety_cifar10()
+    outs = []
+    for weights in ("resnet20_cifar.pt", "CIFAR10_PAT_enhanced.pt"):
+        out = tmp_path / weights
+        assert main(["evaluate", "--model", "resnet20", "--weights", str(folder / weights), "-n", "8",
+                     "--metrics", "CA,AA_W,ALD_inf,NC", "--out", str(out), "--no-progress"]) == 0
+        with torch.no_grad():
+            ca = metrics.accuracy(resnet20_cifar(folder / weights)(x[:8]), y[:8])
+        values = _values(out)
+        assert values["CA"] == pytest.approx(ca)
+        assert values["AA_W"] <= values["CA"] and values["ALD_inf"] <= 8 / 255 + 1e-6
+        outs.append(str(out))
+    capsys.readouterr()
+    assert main(["compare", *outs]) == 0
+    assert "AA_W" in capsys.readouterr().out

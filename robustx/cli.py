@@ -51,7 +51,7 @@ def _add_run_options(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--attacks", default=None, help="comma-separated attacks (default: pgd)")
     p.add_argument("--config", default=None, help="TOML file: one table per metric or attack, e.g. [clever]")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default %(default)s)")
-    p.add_argument("--device", default=None, help="torch device (default: the model's)")
+    p.add_argument("--device", default=None, help="torch device the model is moved to (default: the model's)")
     p.add_argument("--batch-size", type=_batch_size, default=256, help="inputs per batch and unit, or auto: the "
                    "largest power of two whose activations fit a quarter of free GPU memory or 1 GiB on a CPU "
                    "(default %(default)s)")
@@ -69,6 +69,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     data = args.data or sources.default_data(args.model)
     x, y = sources.load_data(data, model, args.n, workers=args.workers, resize=args.resize, crop=args.crop)
     device = args.device or _local_device()
+    if device is not None:
+        model.to(device)
     batch_size = args.batch_size
     if batch_size == "auto":  # rank 0's measure, so every rank runs the same batches
         from robustx.pipeline.batchsize import auto_batch_size

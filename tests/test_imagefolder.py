@@ -45,8 +45,8 @@ def _picture(colour: int, seed: int, size=(40, 30)) -> Image.Image:
 
 
 # (class folder, file name, dominant colour): the last "c_blue" image is red, so CA = 5/6.
-FILES = [("a_red", "x1.png", 0), ("a_red", "x2.PNG", 0), ("b_green", "y1.png", 1), ("b_green", "sub/y2.Png", 1),
-         ("c_blue", "z1.png", 2), ("c_blue", "z2.png", 0)]
+FILES = [("a_red", "x1.png", 0), ("a_red", "x2.PNG", 0), ("b_green", "y1.jpg", 1), ("b_green", "sub/y2.Png", 1),
+         ("c_blue", "z1.JPEG", 2), ("c_blue", "z2.png", 0)]
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def folder(tmp_path) -> Path:
     for i, (cls, name, colour) in enumerate(FILES):
         path = root / cls / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        _picture(colour, i).save(path, format="PNG")
+        _picture(colour, i).save(path)  # the format from the suffix
     (root / "a_red" / "notes.txt").write_text("not an image")
     return root
 
@@ -65,7 +65,7 @@ def test_classes_labels_and_files(folder):
     data = ImageFolder(folder, resize=36, crop=32)
     assert data.classes == ["a_red", "b_green", "c_blue"]
     assert [label for _, label in data.samples] == [0, 0, 1, 1, 2, 2]
-    assert [p.name for p, _ in data.samples] == ["x1.png", "x2.PNG", "y1.png", "y2.Png", "z1.png", "z2.png"]
+    assert [p.name for p, _ in data.samples] == ["x1.png", "x2.PNG", "y1.jpg", "y2.Png", "z1.JPEG", "z2.png"]
     x, y = data[3]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 1
 

@@ -27,12 +27,23 @@ def _add_evaluate(subparsers) -> None:
         "DIR/report.html and DIR/store.sqlite; --resume continues a killed run.",
     )
     _add_run_options(p, "out/evaluate")
-    p.add_argument("--model", required=True, help="digits, resnet20 or module:factory")
+    p.add_argument("--model", required=True, help="digits, resnet20 or module:factory (called with no arguments, "
+                   "e.g. torchvision.models:resnet50)")
     p.add_argument("--weights", default=None, help="state dict for the model (default: its shipped weights)")
-    p.add_argument("--data", default=None, help="digits, cifar100 or a .npz (x, y) / .npy (x) file "
-                   "(default: the model's own test set)")
-    p.add_argument("-n", "--n", type=int, default=None, help="evaluate the first N inputs (default: all; under "
-                   "torchrun write -n N: torchrun takes --n for its own options)")
+    p.add_argument("--normalize", choices=("imagenet",), default=None, help="wrap the model so it sees inputs "
+                   "normalised with the ImageNet mean and std (the data itself stays in [0, 1])")
+    p.add_argument("--data", default=None, help="digits, cifar100, an ImageNet-style folder (one subfolder per "
+                   "class, .jpg/.jpeg/.png) or a .npz (x, y) / .npy (x) file (default: the model's own test set)")
+    p.add_argument("-n", "--n", type=int, default=None, help="evaluate the first N inputs (a folder: N spread "
+                   "evenly over it; default: all; under torchrun write -n N: torchrun takes --n for its own options)")
+    p.add_argument("--workers", type=int, default=2, help="processes decoding a folder's images (default %(default)s)")
+    p.add_argument("--resize", type=int, default=256, help="a folder's images: shorter side resized to this "
+                   "(default %(default)s)")
+    p.add_argument("--crop", type=int, default=224, help="a folder's images: center crop size (default %(default)s)")
+    p.add_argument("--channels-last", action="store_true", help="model and inputs in channels_last memory format "
+                   "for the forward passes that give logits (not attacks, not CLEVER's gradients)")
+    p.add_argument("--autocast", choices=("bf16", "fp16"), default=None, help="torch.autocast for the forward "
+                   "passes that give logits (not attacks, not CLEVER's gradients)")
 
 
 def _add_run_options(p: argparse.ArgumentParser, out: str) -> None:
@@ -40,8 +51,10 @@ def _add_run_options(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--attacks", default=None, help="comma-separated attacks (default: pgd)")
     p.add_argument("--config", default=None, help="TOML file: one table per metric or attack, e.g. [clever]")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default %(default)s)")
-    p.add_argument("--device", default=None, help="torch device (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=256, help="inputs per batch and unit (default %(default)s)")
+    p.add_argument("--device", default=None, help="torch device the model is moved to (default: the model's)")
+    p.add_argument("--batch-size", type=_batch_size, default=256, help="inputs per batch and unit, or auto: the "
+                   "largest power of two whose activations fit a quarter of free GPU memory or 1 GiB on a CPU "
+                   "(default %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the run stored in --out")
     _add_output(p, out, _run_evaluate)
 
@@ -52,17 +65,38 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     distributed.init_from_env()  # under torchrun: one process per device, inputs sharded by rank
     rank = distributed.world()[0]
-    model = sources.load_model(args.model, args.weights)
+    model = sources.load_model(args.model, args.weights, args.normalize)
     data = args.data or sources.default_data(args.model)
-    x, y = sources.load_data(data, model, args.n)
+    x, y = sources.load_data(data, model, args.n, workers=args.workers, resize=args.resize, crop=args.crop)
+    device = args.device or _local_device()
+    if device is not None:
+        model.to(device)
+    batch_size = args.batch_size
+    if batch_size == "auto":  # rank 0's measure, so every rank runs the same batches
+        from robustx.pipeline.batchsize import auto_batch_size
+
+        batch_size = distributed.gather_in_order({0: auto_batch_size(model, x[:1], device)} if rank == 0 else {})[0]
     report = evaluate(model, (x, y), metrics=args.metrics, attacks=args.attacks, config=_read_config(args.config),
                       profile=sources.default_profile(data), out=args.out, resume=args.resume, seed=args.seed,
-                      device=args.device or _local_device(), batch_size=args.batch_size,
-                      progress=not args.no_progress and rank == 0, name=args.model)
+                      device=device, batch_size=batch_size, progress=not args.no_progress and rank == 0,
+                      name=args.model, channels_last=args.channels_last, autocast=args.autocast)
     if rank == 0:
         print(_summary(report))
         print(f"wrote {args.out}/report.json, {args.out}/report.html and {args.out}/store.sqlite")
     return 0
+
+
+def _batch_size(value: str):
+    """``--batch-size``: a positive int or "auto"."""
+    if value == "auto":
+        return value
+    try:
+        size = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive int or auto, got {value!r}") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int or auto, got {value!r}")
+    return size
 
 
 def _local_device() -> Optional[str]:

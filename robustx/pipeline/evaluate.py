@@ -14,6 +14,7 @@ input, so results do not depend on how the work is split (or on where a run resu
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import tempfile
 import time
@@ -91,6 +92,8 @@ class _Run:
     _logits: Dict[Tuple[int, str], torch.Tensor] = field(default_factory=dict)
     _adversarial: Dict[Tuple[str, str], torch.Tensor] = field(default_factory=dict)
     timings: Dict[str, float] = field(default_factory=dict)  # seconds of the shared attacks
+    channels_last: bool = False  # these two apply to the logits passes only (not attacks, not CLEVER)
+    autocast: Optional[torch.dtype] = None
 
     # ------------------------------------------------------------ shared tensors
     def batches(self) -> List[slice]:
@@ -168,16 +171,38 @@ class _Run:
         return {**{k: v for k, v in base.items() if k in accepted}, **self.attacks[name]}
 
     def logits(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """``net(x)`` in batches (cached per model and input set)."""
+        """``net(x)`` in batches (cached per model and input set), float32, under the run's
+        inference options: channels_last (the model's 4-D parameters converted for these
+        passes, restored after) and autocast."""
         key = (id(net), f"{x.data_ptr()}:{tuple(x.shape)}")
         if key not in self._logits:
-            with frozen_eval(net), torch.no_grad():
-                self._logits[key] = torch.cat([net(x[b].to(self.device)).float().cpu() for b in chunks(x.shape[0], self.batch_size)])
+            layout = torch.channels_last if self.channels_last else torch.preserve_format
+            autocast = torch.autocast(self.device.type, self.autocast, enabled=self.autocast is not None)
+            with frozen_eval(net), torch.no_grad(), _parameter_layout(net, layout), autocast:
+                self._logits[key] = torch.cat([net(_layout(x[b].to(self.device), layout)).float().cpu()
+                                               for b in chunks(x.shape[0], self.batch_size)])
         return self._logits[key]
 
     @property
     def primary(self) -> Optional[str]:
         return next(iter(self.attacks), None)
+
+
+def _layout(t: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
+    return t.to(memory_format=layout) if t.dim() == 4 else t
+
+
+@contextlib.contextmanager
+def _parameter_layout(net: nn.Module, layout: torch.memory_format):
+    """The 4-D parameters of ``net`` in ``layout`` inside the block, the originals after."""
+    saved = {p: p.data for p in net.parameters() if p.dim() == 4}
+    for p, data in saved.items():
+        p.data = _layout(data, layout)
+    try:
+        yield
+    finally:
+        for p, data in saved.items():
+            p.data = data
 
 
 # ------------------------------------------------------------------ the metrics
@@ -419,6 +444,18 @@ def _data(data) -> Tuple[torch.Tensor, torch.Tensor]:
     return x, checks.labels(y, x.shape[0], "data y")
 
 
+_AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def _autocast_dtype(value) -> Optional[torch.dtype]:
+    """None, or the autocast dtype named by "bf16" / "fp16" (or given as the torch dtype)."""
+    if value is None or value in (torch.bfloat16, torch.float16):
+        return value
+    if isinstance(value, str) and value in _AUTOCAST:
+        return _AUTOCAST[value]
+    raise ValueError(f"autocast must be None, 'bf16' or 'fp16', got {value!r}")
+
+
 def _metric_names(metrics) -> List[str]:
     every = suite.available()
     if metrics == "all":
@@ -489,6 +526,8 @@ def evaluate(
     clip_values: Tuple[float, float] = (0.0, 1.0),
     progress: bool = True,
     name: str = "model",
+    channels_last: bool = False,
+    autocast=None,
 ) -> Report:
     """Evaluate ``model`` on ``data`` with every metric in ``metrics`` and return the Report.
 
@@ -505,7 +544,10 @@ def evaluate(
     (:func:`config_sections`), e.g. ``{"clever": {"n_batches": 20}, "pgd": {"eps": 0.1}}``.
     ``out``: the run folder (``store.sqlite``, ``report.json``, ``report.html``); with
     ``resume=True`` a run of the same model, data, metrics and settings continues from its
-    finished units, and a different run is refused.
+    finished units, and a different run is refused. ``channels_last`` (model and inputs in
+    that memory format) and ``autocast`` ("bf16" or "fp16": :func:`torch.autocast`) apply to
+    the forward passes that give the logits only, never to attacks or CLEVER's gradients;
+    both are part of the run's identity.
     """
     checks.model(model)
     x, y = _data(data)
@@ -514,6 +556,9 @@ def evaluate(
     x = checks.images(x, "data x", clip)
     seed = checks.seed(seed)
     batch_size = checks.integer(batch_size, "batch_size")
+    autocast = _autocast_dtype(autocast)
+    if not isinstance(channels_last, bool):
+        raise TypeError(f"channels_last must be a bool, got {channels_last!r}")
     for role, net in (("defended", defended), ("surrogate", surrogate), ("baseline", baseline)):
         if net is not None:
             checks.model(net, role)
@@ -523,6 +568,8 @@ def evaluate(
     identity = {"settings": settings, "attacks": attack_table, "seed": seed, "batch_size": batch_size,
                 "clip_values": list(clip), "roles": [r for r, n in (("defended", defended), ("surrogate", surrogate),
                                                                     ("baseline", baseline)) if n is not None]}
+    if channels_last or autocast is not None:  # runs without them keep their ids
+        identity["inference"] = {"channels_last": channels_last, "autocast": str(autocast)}
     extra = [t for t in (defended, surrogate, baseline) if t is not None]
     rid = run_id(nn.ModuleList([model, *extra]), x, y, names, _jsonable(identity))
     if profile is not None:
@@ -543,7 +590,7 @@ def evaluate(
     store = _open_store(folder, rid, identity, resume)
     try:
         run = _Run(model, x, y, store, settings, attack_table, batch_size, seed, clip, progress, dev,
-                   defended, surrogate, baseline, profile)
+                   defended, surrogate, baseline, profile, channels_last=channels_last, autocast=autocast)
         _make_shared_examples(run, names)
         results = {m: _measure(run, m) for m in progress_bar(names, progress and rank == 0, "metrics")}
         if run._adversarial:
@@ -554,7 +601,8 @@ def evaluate(
     report = Report(metrics=results, figures=run.figures, run=_jsonable({
         "id": rid, "model": name, "inputs": int(x.shape[0]), "input_shape": list(x.shape[1:]), "seed": seed,
         "attacks": attack_table, "seconds": time.perf_counter() - start, "torch": torch.__version__,
-        "device": str(dev), "processes": size, "attack_seconds": run.timings}))
+        "device": str(dev), "processes": size, "attack_seconds": run.timings,
+        "inference": identity.get("inference", {})}))
     if out is not None and rank == 0:
         report.save(folder)
     return distributed.gather_in_order({0: report} if rank == 0 else {})[0]

@@ -2,11 +2,14 @@
 
 Models: ``digits`` (the built-in digits CNN, shipped weights), ``resnet20`` (the CIFAR
 ResNet-20 architecture; weights from ``--weights``, default the AISafety natural model) or
-``module:factory`` (a callable returning an ``nn.Module``; ``--weights`` then loads a state
-dict into it). Data: ``digits`` (its test split), ``cifar100`` (the 100 AISafety CIFAR-10
-test images), or a ``.npz`` file with arrays ``x`` (N, C, H, W) and ``y`` (N,), or a
-``.npy`` file of inputs ``x`` (labels: the model's own predictions). Weights and arrays
-are read without unpickling (``weights_only=True``, ``allow_pickle=False``).
+``module:factory`` (a callable returning an ``nn.Module``, called with no arguments, e.g.
+``torchvision.models:resnet50``; ``--weights`` then loads a state dict into it, and
+``--normalize imagenet`` wraps it in :class:`~robustx.pipeline.imagefolder.Normalized`).
+Data: ``digits`` (its test split), ``cifar100`` (the 100 AISafety CIFAR-10 test images),
+an ImageNet-style folder (:mod:`robustx.pipeline.imagefolder`), a ``.npz`` file with
+arrays ``x`` (N, C, H, W) and ``y`` (N,), or a ``.npy`` file of inputs ``x`` (labels: the
+model's own predictions). Weights and arrays are read without unpickling
+(``weights_only=True``, ``allow_pickle=False``).
 """
 from __future__ import annotations
 
@@ -19,15 +22,28 @@ import torch
 from torch import nn
 
 from robustx import checks
+from robustx.pipeline import imagefolder
 
-__all__ = ["load_model", "load_data", "default_data", "default_profile", "BUILT_IN_MODELS", "BUILT_IN_DATA"]
+__all__ = ["load_model", "load_data", "NORMALIZATIONS", "default_data", "default_profile", "BUILT_IN_MODELS", "BUILT_IN_DATA"]
 
 BUILT_IN_MODELS = ("digits", "resnet20")
 BUILT_IN_DATA = ("digits", "cifar100")
+#: ``--normalize`` choices: name -> (mean, std) per channel.
+NORMALIZATIONS = {"imagenet": (imagefolder.IMAGENET_MEAN, imagefolder.IMAGENET_STD)}
 
 
-def load_model(spec: str, weights: Optional[str] = None) -> nn.Module:
-    """The model named by ``spec`` (see the module docstring), in eval mode."""
+def load_model(spec: str, weights: Optional[str] = None, normalize: Optional[str] = None) -> nn.Module:
+    """The model named by ``spec`` (see the module docstring), in eval mode; with
+    ``normalize`` (a key of :data:`NORMALIZATIONS`) it sees normalised inputs."""
+    model = _named_model(spec, weights)
+    if normalize is None:
+        return model
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"--normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
+    return imagefolder.Normalized(model, *NORMALIZATIONS[normalize]).eval()
+
+
+def _named_model(spec: str, weights: Optional[str]) -> nn.Module:
     from robustx import models
 
     if spec == "digits":
@@ -69,10 +85,14 @@ def default_profile(data_spec: str) -> Optional[torch.Tensor]:
     return None
 
 
-def load_data(spec: str, model: nn.Module, n: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(x, y) named by ``spec``; the first ``n`` inputs when given."""
+def load_data(spec: str, model: nn.Module, n: Optional[int] = None, workers: int = 2, resize: int = 256,
+              crop: int = 224) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) named by ``spec``; the first ``n`` inputs when given (from an image folder:
+    ``n`` spread over it, decoded by ``workers`` processes, see :func:`imagefolder.load_folder`)."""
     from robustx import data
 
+    if spec not in BUILT_IN_DATA and Path(spec).is_dir():
+        return imagefolder.load_folder(spec, n, workers=workers, resize=resize, crop=crop)
     if spec == "digits":
         x, y = data.digits("test")
     elif spec == "cifar100":
@@ -87,7 +107,8 @@ def load_data(spec: str, model: nn.Module, n: Optional[int] = None) -> Tuple[tor
 
 def _array_file(path: Path, model: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
     if path.suffix not in (".npz", ".npy"):
-        raise ValueError(f"--data must be one of {', '.join(BUILT_IN_DATA)} or a .npz / .npy file, got {str(path)!r}")
+        raise ValueError(f"--data must be one of {', '.join(BUILT_IN_DATA)}, an image folder or a .npz / .npy file, "
+                         f"got {str(path)!r}")
     if not path.is_file():
         raise FileNotFoundError(f"--data: no such file: {path}")
     if path.suffix == ".npz":

@@ -68,7 +68,7 @@ def main() -> None:
     transferred = metrics.transfer_examples(attack, models["natural"], x, y)
     for name in ("PAT", "RAND"):
         results[name]["AA_B"] = metrics.accuracy(logits_of(models[name], transferred), y)
-    print(f"100 AISafety CIFAR-10 images; PGD L-inf eps 8/255, 10 x 2/255, random start (seed 0); "
+    print("100 AISafety CIFAR-10 images; PGD L-inf eps 8/255, 10 x 2/255, random start (seed 0); "
           "AA_B: PGD examples of the natural model (surrogate)")
     print()
     print("| metric | better | " + " | ".join(MODELS) + " |")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import numbers
 from typing import Callable, Dict, Optional, Protocol
 
 import torch

@@ -29,7 +29,7 @@ from torch import nn
 from robustx import attacks as attack_lib
 from robustx import checks
 from robustx import metrics as suite
-from robustx.modelutil import chunks, frozen_eval, model_device, progress_bar
+from robustx.modelutil import chunks, frozen_eval, progress_bar
 from robustx.pipeline import distributed
 from robustx.pipeline.report import MetricResult, Report, histogram_png, image_grid_png, layer_bars_png
 from robustx.pipeline.store import ResultStore, run_id, run_unit

@@ -153,7 +153,7 @@ def step_resnet50(dry: bool) -> None:
 
     device = device_of(dry)
     torch.manual_seed(0)
-    side, images, n_b, n_s, cov_n, cov_bs = (32, 1, 2, 2, 2, 2) if dry else (224, 2, 10, 1024, 256, 64)
+    side, images, n_b, n_s, cov_n, cov_bs = (32, 1, 2, 2, 2, 2) if dry else (224, 2, 4, 1024, 256, 64)
     model, source = load_resnet50()
     model = model.to(device).eval()
     x = torch.rand(images, 3, side, side, device=device)

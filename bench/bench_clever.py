@@ -74,7 +74,7 @@ def compare(model, x, norm, radius, targets, n_batches, n_samples, rows, repeats
     """Best-of-``repeats`` times of clever and of the floor, measured alternately."""
     device = x.device
     kw = dict(norm=norm, radius=radius, n_batches=n_batches, n_samples=n_samples, targets=targets,
-              clip_values=clip, max_chunk=rows, progress=False)
+              clip_values=clip, max_chunk=rows, on_fallback="max", progress=False)  # the floor's rows, no resampling
 
     def run_clever():
         res = clever(model, x, **kw)

@@ -16,6 +16,15 @@ exact numbers): fresh samples for every batch instead of bootstrapping one pool,
 gradient of g per target instead of two, logits required (a warning when the outputs
 look like probabilities), and a Weibull fit that falls back, with a flag, instead of
 returning an exploded location.
+
+Ill-conditioned fits. When every reverse-Weibull fit of a pair is rejected (KS p-value
+< 0.001, the Gumbel limit, NaN), the estimate falls back to the largest sampled maximum:
+the smallest Lipschitz estimate possible, so the score over-states robustness. By
+default such pairs get more batches first (``on_fallback="resample"``); any fallback
+left warns, and ``CleverResult.reliable`` is False for its image. A Gumbel-limit fit
+itself has no finite end point: a-hat is unbounded and the score goes to 0, the
+pessimistic side; the fallback is the optimistic side, hence the warning. Constant
+maxima (a linear model: the gradient norm is the Lipschitz constant) are exact and silent.
 """
 from __future__ import annotations
 
@@ -30,11 +39,15 @@ from torch import nn
 from robustx import checks, ops
 from robustx.geometry import dual_norm, norm_name
 from robustx.modelutil import chunks, frozen_eval, progress_bar
-from robustx.weibull import fit_reverse_weibull
+from robustx.weibull import FALLBACK_REASONS, ReverseWeibullFit, fit_reverse_weibull
 
-__all__ = ["clever", "CleverResult", "TARGET_MODES"]
+__all__ = ["clever", "CleverResult", "TARGET_MODES", "TARGET_SAMPLES", "ON_FALLBACK"]
 
 TARGET_MODES = ("untargeted", "top2", "random", "least_likely")
+TARGET_SAMPLES = ("shared", "independent")  # one sample set per image, or per (image, target)
+ON_FALLBACK = ("resample", "max", "raise")
+RESAMPLE_STRIDE = 1 << 40  # stream offset between the resampled batches of consecutive units
+UNRELIABLE = FALLBACK_REASONS.index("ks_rejected")  # reasons from here on are ill-conditioned fits
 ZERO_GRAD_WARN_FRACTION = 0.1  # warn (gradient masking?) above this fraction of zero gradients
 CPU_CHUNK_BYTES = 512 << 20  # saved activations per forward/backward on CPU
 CUDA_CHUNK_FRACTION = 0.25  # ... and on CUDA, this fraction of the free GPU memory
@@ -50,8 +63,12 @@ class CleverResult:
     Per (image, target), shape (N, T): ``targets``, ``g0`` = f_c(x0) - f_j(x0),
     ``lipschitz`` (a-hat, or ``max_sampled`` where ``fallback``), the reverse-Weibull
     ``loc`` (end point a; scipy's weibull_min on the negated maxima has loc = -a),
-    ``scale``, ``shape``, ``ks_pvalue``, ``fallback``, ``max_sampled`` (largest batch
-    maximum) and ``zero_grad_fraction`` (samples with an exactly zero gradient).
+    ``scale``, ``shape``, ``ks_pvalue``, ``fallback``, ``reason`` (why it fell back: index into
+    :data:`robustx.weibull.FALLBACK_REASONS`, 0 = no fallback, 1 = constant maxima, exact),
+    ``max_sampled`` (largest batch maximum), ``batches`` (batch maxima fitted: N_b, more
+    where resampled) and ``zero_grad_fraction`` (samples with an exactly zero gradient).
+    ``reliable`` (N,): no target of the image fell back for a reason other than constant
+    maxima; where False the score over-states robustness.
     """
 
     scores: torch.Tensor
@@ -65,13 +82,20 @@ class CleverResult:
     shape: torch.Tensor
     ks_pvalue: torch.Tensor
     fallback: torch.Tensor
+    reason: torch.Tensor
     max_sampled: torch.Tensor
+    batches: torch.Tensor
     zero_grad_fraction: torch.Tensor
     settings: dict = field(default_factory=dict)
 
+    @property
+    def reliable(self) -> torch.Tensor:
+        """(N,) bool: False where a target's fit fell back other than for constant maxima."""
+        return ~(self.reason >= UNRELIABLE).any(1)
+
     def to_dict(self) -> dict:
-        """JSON-ready dict: settings plus every field as nested lists (NaN -> None)."""
-        out = {"settings": dict(self.settings)}
+        """JSON-ready dict: settings, ``reliable`` and every field as nested lists (NaN -> None)."""
+        out = {"settings": dict(self.settings), "reliable": self.reliable.tolist()}
         for name in self.__dataclass_fields__:
             if name != "settings":
                 out[name] = _jsonable(getattr(self, name))
@@ -87,6 +111,9 @@ def clever(
     n_batches: int = 500,
     n_samples: int = 1024,
     targets="untargeted",
+    target_samples: str = "shared",
+    on_fallback: str = "resample",
+    max_batches: Optional[int] = None,
     clip_values: Optional[Tuple[float, float]] = None,
     seed: int = 0,
     device=None,
@@ -99,18 +126,40 @@ def clever(
     ball; ``n_batches`` N_b >= 2 batches of ``n_samples`` N_s points each (paper: 500 x
     1024); ``targets``: "untargeted" (all j != c), "top2" (runner-up class), "random" (one
     random j != c per image, from ``seed``), "least_likely", or an integer tensor (N,) or
-    (N, T) of target classes (never the predicted class). ``clip_values=(lo, hi)`` is
-    the data domain: x must lie inside and samples are clipped to it. Sample s of image
-    i is point ``i * N_b * N_s + s`` of the counter-based stream ``seed``, so results do
-    not depend on chunking. ``device``: where to compute (default: the model's).
-    ``max_chunk``: rows (samples x targets) per forward/backward pass; by default sized
-    from the model's measured activation memory. Larger scores = more robust.
+    (N, T) of target classes (never the predicted class).
+
+    ``target_samples``: "shared" (default) draws one sample set per image and uses it
+    for every target, so the untargeted minimum compares targets on common random
+    numbers and a target's estimate equals that of a targeted run; "independent" draws
+    fresh samples per (image, target), as the paper runs Algorithm 1 once per target.
+    Both cost the same forward/backward passes (every point goes through once per target);
+    shared draws T times fewer samples.
+
+    ``on_fallback``: what happens to a pair whose maxima are not constant and whose every
+    fit is ill-conditioned (KS rejected, Gumbel limit, NaN). "resample" (default): draw
+    more batches (doubling, up to ``max_batches``, default 4 N_b), refit on all maxima,
+    then fall back; "max": fall back to the largest sampled maximum at once; "raise":
+    RuntimeError naming the images. Every fallback left emits one RuntimeWarning and
+    sets ``reliable`` False for its image: the largest sampled maximum is the smallest
+    Lipschitz estimate possible, so its score over-states robustness. (A Gumbel-limit fit
+    has no finite end point; taking it would send the score to 0, the honest side.)
+
+    ``clip_values=(lo, hi)`` is the data domain: x must lie inside and samples are
+    clipped to it. Sampling unit u (image u, or pair u = i T + t with independent
+    samples) draws batch b < N_b from point ``(u N_b + b) N_s`` of the counter-based
+    stream ``seed``, resampled batches b >= N_b from ``(u + 1) 2^40 + (b - N_b) N_s``, so
+    results do not depend on chunking. ``device``: where to compute (default: the
+    model's). ``max_chunk``: rows (samples x targets) per forward/backward pass; by
+    default sized from the model's measured activation memory. Larger scores = more robust.
     """
     checks.model(model)
     p = checks.norm(norm)
     radius = checks.positive_float(radius, "radius")
     n_batches = checks.integer(n_batches, "n_batches", 2)
     n_samples = checks.integer(n_samples, "n_samples", 1)
+    max_batches = checks.integer(4 * n_batches if max_batches is None else max_batches, "max_batches", n_batches)
+    target_samples = _choice(target_samples, "target_samples", TARGET_SAMPLES)
+    on_fallback = _choice(on_fallback, "on_fallback", ON_FALLBACK)
     seed = checks.seed(seed)
     if max_chunk is not None:
         max_chunk = checks.integer(max_chunk, "max_chunk", 1)
@@ -126,17 +175,24 @@ def clever(
         g0 = logits.gather(1, predicted[:, None]) - logits.gather(1, tgt)
         rows = max_chunk or _auto_chunk(model, x[:1])
         ball = _Ball(p, radius, clip, seed, n_batches, n_samples)
-        maxima, zeros = _batch_maxima(model, x, predicted, tgt, ball, rows, progress)
-    n, t = tgt.shape
-    zero_fraction = zeros / (n_batches * n_samples)
-    _warn_zero_gradients(zero_fraction)
-    fit = fit_reverse_weibull(maxima.reshape(n * t, n_batches).cpu())
+        units = _units(x, predicted, tgt, target_samples)
+        maxima, zeros = _batch_maxima(model, *units, ball, rows, progress)
+        n, t = tgt.shape
+        maxima, zeros = maxima.reshape(n * t, n_batches).cpu(), zeros.reshape(n * t).cpu()
+        fit = fit_reverse_weibull(maxima)
+        batches = torch.full((n * t,), n_batches, dtype=torch.int64)
+        if on_fallback == "resample":
+            _resample(model, units, ball, rows, maxima, fit, zeros, batches, max_batches)
     as_nt = lambda v: v.reshape(n, t)  # noqa: E731
+    zero_fraction = as_nt(zeros / (batches * n_samples))
+    _warn_zero_gradients(zero_fraction)
+    _report_fallbacks(as_nt(fit.reason), on_fallback, max_batches)
     lipschitz = as_nt(fit.estimate)
     g0 = g0.detach().cpu().to(torch.float64)
     target_scores = _scores(g0, lipschitz, radius)
     settings = dict(norm=norm_name(p), radius=radius, n_batches=n_batches, n_samples=n_samples,
-                    targets=targets if isinstance(targets, str) else "given", clip_values=clip, seed=seed)
+                    targets=targets if isinstance(targets, str) else "given", target_samples=target_samples,
+                    on_fallback=on_fallback, max_batches=max_batches, clip_values=clip, seed=seed)
     return CleverResult(
         scores=target_scores.amin(1),
         target_scores=target_scores,
@@ -149,10 +205,20 @@ def clever(
         shape=as_nt(fit.shape),
         ks_pvalue=as_nt(fit.ks_pvalue),
         fallback=as_nt(fit.fallback),
+        reason=as_nt(fit.reason),
         max_sampled=as_nt(fit.max_sampled),
-        zero_grad_fraction=zero_fraction.cpu().to(torch.float64),
+        batches=as_nt(batches),
+        zero_grad_fraction=zero_fraction.to(torch.float64),
         settings=settings,
     )
+
+
+def _choice(value, name: str, allowed: Tuple[str, ...]) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {allowed}, got {type(value).__name__}")
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
 
 
 # ------------------------------------------------------------------ logits and targets
@@ -251,6 +317,15 @@ def _saved_bytes(model: nn.Module, rows: torch.Tensor) -> int:
     return total
 
 
+def _units(x, predicted, tgt, target_samples: str):
+    """Sampling units (images, their classes c, their targets (U, T_u)): the images with all
+    their targets (shared samples), or one unit per (image, target) pair (independent)."""
+    if target_samples == "shared":
+        return x, predicted, tgt
+    t = tgt.shape[1]
+    return x.repeat_interleave(t, 0), predicted.repeat_interleave(t), tgt.reshape(-1, 1)
+
+
 @dataclass(frozen=True)
 class _Ball:
     """The sampling design: N_b batches of N_s points uniform in B_p(x0, R), clipped to ``clip``."""
@@ -262,18 +337,21 @@ class _Ball:
     n_batches: int
     n_samples: int
 
-    def points(self, x: torch.Tensor, images: slice, batches: slice) -> torch.Tensor:
-        """The points of ``batches`` of each image in ``images``: (M, batches * N_s, ...).
+    def offset(self, unit: int, batch: int) -> int:
+        """Stream index of the first point of batch ``batch`` of sampling unit ``unit``."""
+        if batch < self.n_batches:
+            return (unit * self.n_batches + batch) * self.n_samples
+        return (unit + 1) * RESAMPLE_STRIDE + (batch - self.n_batches) * self.n_samples
 
-        Point s of image i is sample ``i * N_b * N_s + s`` of center 0 of the stream: one
-        ball_sample call per image, since the op numbers the centers of every call from 0.
-        """
-        per_image = self.n_batches * self.n_samples
+    def points(self, x: torch.Tensor, units: slice, batches: slice, first_unit: int) -> torch.Tensor:
+        """The points of ``batches`` (all below N_b, or all above) of rows ``units`` of x,
+        units ``first_unit + row``: (M, batches * N_s, ...), from center 0 of the stream
+        (one ball_sample call per unit: the op numbers the centers of every call from 0)."""
         n = (batches.stop - batches.start) * self.n_samples
         return torch.cat([
             ops.ball_sample(x[i : i + 1], n, self.radius, self.p, self.clip, self.seed,
-                            offset=i * per_image + batches.start * self.n_samples)
-            for i in range(images.start, images.stop)
+                            offset=self.offset(first_unit + i, batches.start))
+            for i in range(units.start, units.stop)
         ])
 
 
@@ -290,21 +368,24 @@ def _pass_sizes(n_targets: int, n_batches: int, n_samples: int, rows: int) -> Tu
     return images, batches, group
 
 
-def _batch_maxima(model, x, predicted, tgt, ball: _Ball, rows: int, progress: bool):
-    """Batch maxima (N, T, N_b) of ||grad g_j||_q and the count of zero gradients (N, T).
+def _batch_maxima(model, x, predicted, tgt, ball: _Ball, rows: int, progress: bool,
+                  batches: Optional[range] = None, first_unit: int = 0):
+    """Batch maxima (U, T, B) of ||grad g_j||_q over ``batches`` (default the N_b first) of
+    the units x (U, ...), numbered from ``first_unit``, and their zero gradients (U, T).
 
-    Each pass samples whole batches of M images once and, per group of T' targets, feeds
+    Each pass samples whole batches of M units once and, per group of T' targets, feeds
     every point once per target (forward/backward in pieces of at most ``rows`` rows);
     ``grad_norm_batch_max`` reduces the (M, S, T', D) gradients to final batch maxima.
     """
     n, t = tgt.shape
+    batches = batches or range(ball.n_batches)
     q = dual_norm(ball.p)
-    m_pass, b_pass, t_pass = _pass_sizes(t, ball.n_batches, ball.n_samples, rows)
-    maxima = torch.zeros(n, t, ball.n_batches, device=x.device, dtype=torch.float64)
+    m_pass, b_pass, t_pass = _pass_sizes(t, len(batches), ball.n_samples, rows)
+    maxima = torch.zeros(n, t, len(batches), device=x.device, dtype=torch.float64)
     zeros = torch.zeros(n, t, device=x.device, dtype=torch.float64)
-    work = [(im, bs) for im in chunks(n, m_pass) for bs in chunks(ball.n_batches, b_pass)]
+    work = [(im, bs) for im in chunks(n, m_pass) for bs in chunks(len(batches), b_pass)]
     for im, bs in progress_bar(work, progress, "CLEVER", total=len(work)):
-        pts = ball.points(x, im, bs)
+        pts = ball.points(x, im, slice(batches.start + bs.start, batches.start + bs.stop), first_unit)
         for ts in chunks(t, t_pass):
             grads = _target_gradients(model, pts, predicted[im], tgt[im, ts], rows)
             pick = torch.arange(grads.shape[2], device=x.device).expand(grads.shape[0], -1)
@@ -314,6 +395,56 @@ def _batch_maxima(model, x, predicted, tgt, ball: _Ball, rows: int, progress: bo
     if not torch.isfinite(maxima).all():
         raise ValueError("the model produced NaN or infinite gradients inside the sampling ball")
     return maxima, zeros
+
+
+def _resample(model, units, ball: _Ball, rows: int, maxima, fit: ReverseWeibullFit, zeros, batches,
+              max_batches: int) -> None:
+    """Refit ill-conditioned pairs on twice the batches, again, up to ``max_batches``.
+
+    Updates ``fit``, ``zeros`` and ``batches`` (P,) in place for the pairs p = u T_u + k
+    (unit u, its target k) whose maxima are not constant and whose fit fell back; each round
+    draws the next batches of their units and fits all their maxima.
+    """
+    x, predicted, tgt = units
+    t = tgt.shape[1]
+    have = ball.n_batches
+    redo = torch.arange(maxima.shape[0])
+    while have < max_batches:
+        keep = fit.reason[redo] >= UNRELIABLE
+        redo, maxima = redo[keep], maxima[keep]
+        if redo.numel() == 0:
+            return
+        more = range(have, min(2 * have, max_batches))
+        extra = []
+        for u in redo.div(t, rounding_mode="floor").unique().tolist():
+            cols = redo[redo.div(t, rounding_mode="floor") == u] % t
+            mx, zs = _batch_maxima(model, x[u : u + 1], predicted[u : u + 1], tgt[u : u + 1, cols.to(tgt.device)],
+                                   ball, rows, False, more, u)
+            extra.append(mx[0].cpu())
+            zeros[u * t + cols] += zs[0].cpu()
+        maxima = torch.cat([maxima, torch.cat(extra)], 1)
+        refit = fit_reverse_weibull(maxima)
+        for name in fit.__dataclass_fields__:
+            getattr(fit, name)[redo] = getattr(refit, name)
+        batches[redo] = have = more.stop
+
+
+def _report_fallbacks(reason: torch.Tensor, on_fallback: str, max_batches: int) -> None:
+    """One RuntimeWarning (RuntimeError with "raise") for the ill-conditioned fallbacks (N, T)."""
+    bad = reason >= UNRELIABLE
+    if not bad.any():
+        return
+    images = bad.any(1).nonzero().flatten().tolist()
+    labels = ("KS rejected", "Gumbel limit", "NaN or no convergence")
+    why = ", ".join(f"{int((reason == k).sum())} {label}" for k, label in enumerate(labels, UNRELIABLE))
+    after = f" after resampling up to {max_batches} batches" if on_fallback == "resample" else ""
+    shown = ", ".join(map(str, images[:20])) + (", ..." if len(images) > 20 else "")
+    msg = (f"{int(bad.sum())} of {bad.numel()} (image, target) Weibull fits were ill-conditioned ({why}){after} "
+           f"and fell back to the largest sampled gradient norm, the smallest Lipschitz estimate possible: the "
+           f"scores of images [{shown}] over-state robustness (reliable=False)")
+    if on_fallback == "raise":
+        raise RuntimeError(msg)
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
 def _target_gradients(model: nn.Module, pts: torch.Tensor, c: torch.Tensor, tgt: torch.Tensor, rows: int):

@@ -4,7 +4,9 @@ Runs untargeted CLEVER (Weng et al., ICLR 2018) on the first test images of
 :func:`robustx.data.digits` with :func:`robustx.models.digits_cnn`, prints a table, and
 writes ``clever.json`` and ``clever_hist.png`` to the output directory. The defaults are
 small so the demo finishes in seconds on a laptop CPU; the paper uses N_b x N_s =
-500 x 1024 samples per image (``--n-batches 500 --n-samples 1024``).
+500 x 1024 samples per image (``--n-batches 500 --n-samples 1024``). A score marked ``*``
+is not reliable: a Weibull fit of the image fell back to the largest sampled gradient norm
+even after resampling, so it over-states robustness (``CleverResult.reliable``).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Callable, Dict, Tuple
 import torch
 
 from robustx import checks
-from robustx.clever import CleverResult, clever
+from robustx.clever import UNRELIABLE, CleverResult, clever
 
 __all__ = ["run_clever_table", "CLEVER_TABLE_DEFAULTS"]
 
@@ -33,10 +35,12 @@ def run_clever_table(
     radius_l2: float = CLEVER_TABLE_DEFAULTS["radius_l2"],
     radius_linf: float = CLEVER_TABLE_DEFAULTS["radius_linf"],
     seed: int = CLEVER_TABLE_DEFAULTS["seed"],
+    max_batches=None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> dict:
-    """Compute, print and save the demo's CLEVER scores; returns the JSON document."""
+    """Compute, print and save the demo's CLEVER scores; returns the JSON document.
+    ``max_batches``: resampling budget of ill-conditioned fits (default 4 x n_batches)."""
     from robustx.data import digits
     from robustx.models import digits_cnn
 
@@ -49,7 +53,7 @@ def run_clever_table(
     for name, norm in NORMS:
         start = time.perf_counter()
         res = clever(model, x, norm=norm, radius=radii[name], n_batches=n_batches, n_samples=n_samples,
-                     clip_values=(0.0, 1.0), seed=seed, progress=progress)
+                     clip_values=(0.0, 1.0), seed=seed, max_batches=max_batches, progress=progress)
         results[name] = (res, time.perf_counter() - start)
     doc = _document(results, y, n_images)
     out = Path(out_dir)
@@ -71,6 +75,8 @@ def _document(results: Dict[str, Tuple[CleverResult, float]], y: torch.Tensor, n
             "mean": float(scores.mean()),
             "median": float(scores.median()),
             "fallbacks": int(res.fallback.sum()),
+            "ill_conditioned_fallbacks": int((res.reason >= UNRELIABLE).sum()),
+            "reliable": res.reliable.tolist(),
             "result": res.to_dict(),
         }
     return doc
@@ -82,16 +88,22 @@ def _table(results: Dict[str, Tuple[CleverResult, float]], y: torch.Tensor) -> s
     head = f"{'image':>5} {'label':>5} {'pred':>4} " + " ".join(f"{'CLEVER ' + n:>12}" for n in names)
     lines = [head, "-" * len(head)]
     for i in range(y.shape[0]):
-        cells = " ".join(f"{float(results[n][0].scores[i]):12.4f}" for n in names)
+        cells = " ".join(_cell(results[n][0], i) for n in names)
         lines.append(f"{i:5d} {int(y[i]):5d} {int(first.predicted[i]):4d} {cells}")
     lines.append("-" * len(head))
-    lines.append(f"{'mean':>16} " + " ".join(f"{float(results[n][0].scores.mean()):12.4f}" for n in names))
+    lines.append(f"{'mean':>16} " + " ".join(f"{float(results[n][0].scores.mean()):11.4f} " for n in names))
     for n in names:
         res, seconds = results[n]
         s = res.settings
         lines.append(f"{n}: radius {s['radius']}, {s['n_batches']} x {s['n_samples']} samples per image, "
-                     f"{int(res.fallback.sum())} Weibull fallbacks, {seconds:.1f} s")
+                     f"{int(res.fallback.sum())} Weibull fallbacks ({int((res.reason >= UNRELIABLE).sum())} "
+                     f"ill-conditioned), {int((~res.reliable).sum())} unreliable images (*), {seconds:.1f} s")
     return "\n".join(lines)
+
+
+def _cell(res: CleverResult, i: int) -> str:
+    """Score of image i, width 12, marked * where it is not reliable."""
+    return f"{float(res.scores[i]):11.4f}" + (" " if res.reliable[i] else "*")
 
 
 def _histogram(results: Dict[str, Tuple[CleverResult, float]], path: Path) -> None:

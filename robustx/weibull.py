@@ -24,7 +24,12 @@ limit, a -> infinity, which small or unbounded-looking samples produce; scipy's
 Nelder-Mead stops somewhere on that ridge and returns a huge a). When every fit of a set
 is ill-conditioned, or the maxima are constant (spread below 1e-5 relative, e.g. a
 linear model), the estimate falls back to the largest sampled maximum and ``fallback``
-is set.
+is set; ``reason`` says why (:data:`FALLBACK_REASONS`).
+
+A Gumbel-limit fit has no finite end point: its a-hat is unbounded and a CLEVER score
+g0 / a-hat goes to 0, which under-states robustness. The fallback to the largest sampled
+maximum is the optimistic side instead (the smallest Lipschitz estimate possible), so
+:func:`robustx.clever` resamples, warns and marks such images unreliable.
 """
 from __future__ import annotations
 
@@ -37,7 +42,11 @@ from scipy.stats import kstwo
 
 from robustx import checks
 
-__all__ = ["INITIAL_SHAPES", "ReverseWeibullFit", "fit_reverse_weibull"]
+__all__ = ["FALLBACK_REASONS", "INITIAL_SHAPES", "ReverseWeibullFit", "fit_reverse_weibull"]
+
+# ``reason`` codes: no fallback; constant maxima (exact, e.g. a linear model); every fit
+# rejected by the KS test; the likelihood grows toward the Gumbel limit; NaN or no convergence
+FALLBACK_REASONS = ("none", "constant", "ks_rejected", "gumbel_limit", "nan")
 
 INITIAL_SHAPES = (0.1, 1.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 MIN_PVALUE = 1e-3
@@ -55,7 +64,8 @@ class ReverseWeibullFit:
 
     ``loc`` is the end point a (scipy's ``weibull_min`` fitted to -m has loc = -a);
     ``estimate`` is a, or the largest sampled maximum where ``fallback`` is set.
-    ``log_likelihood`` is that of the maxima under the fit (scipy: -nnlf).
+    ``log_likelihood`` is that of the maxima under the fit (scipy: -nnlf). ``reason``
+    (int64) indexes :data:`FALLBACK_REASONS`: 0 where the fit is used, else why not.
     """
 
     loc: torch.Tensor
@@ -66,6 +76,7 @@ class ReverseWeibullFit:
     fallback: torch.Tensor
     estimate: torch.Tensor
     max_sampled: torch.Tensor
+    reason: torch.Tensor
 
 
 def fit_reverse_weibull(
@@ -92,7 +103,7 @@ def fit_reverse_weibull(
     std = torch.where(constant, torch.ones_like(top), m.std(1, correction=0))
     w = ((top[:, None] - m) / std[:, None]).repeat_interleave(len(shapes), 0)  # (B*R, n), min 0
     c0 = torch.tensor(shapes, dtype=torch.float64, device=m.device).repeat(b)
-    u, v, failed = _solve(w, *_initial_point(w, c0), max_iter)
+    u, v, at_limit, unfinished = _solve(w, *_initial_point(w, c0), max_iter)
     c, t = u.exp(), v.exp()
     nll, log_scale = _profile_nll(w, c, t)
     pvalue = _ks_pvalue(w, c, t, log_scale)
@@ -103,7 +114,7 @@ def fit_reverse_weibull(
     loglik = -n * (nll.view(b, r) + std.log()[:, None])
     pvalue = pvalue.view(b, r)
     ok = torch.isfinite(loc) & torch.isfinite(scale) & torch.isfinite(shape) & torch.isfinite(loglik)
-    ok &= ~failed.view(b, r)
+    ok &= ~(at_limit | unfinished).view(b, r)
     valid = ok & (pvalue >= min_pvalue) & (loc >= top[:, None]) & ~constant[:, None]
     # report the best p-value among valid fits, else among converged ones, else among all
     rank = pvalue.nan_to_num(-1.0) + 2.0 * ok + 4.0 * valid
@@ -120,7 +131,18 @@ def fit_reverse_weibull(
         fallback=fallback,
         estimate=torch.where(fallback, top, pick(loc)),
         max_sampled=top,
+        reason=_reason(fallback, constant, ok, at_limit.view(b, r)),
     )
+
+
+def _reason(fallback, constant, ok, at_limit) -> torch.Tensor:
+    """Index into FALLBACK_REASONS per set: constant first, then a converged fit the KS
+    test rejected, then a fit run to the Gumbel limit, else NaN or no convergence."""
+    code = torch.full(fallback.shape, FALLBACK_REASONS.index("nan"), dtype=torch.int64, device=fallback.device)
+    code = torch.where(at_limit.any(1), FALLBACK_REASONS.index("gumbel_limit"), code)
+    code = torch.where(ok.any(1), FALLBACK_REASONS.index("ks_rejected"), code)
+    code = torch.where(constant, FALLBACK_REASONS.index("constant"), code)
+    return torch.where(fallback, code, 0)
 
 
 def _check_maxima(maxima) -> torch.Tensor:
@@ -210,10 +232,10 @@ def _solve(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, max_iter: int):
     Coordinates at a bound with the gradient pointing outward are held there (projected
     gradient; the gap reaches its lower bound when shape < 1, where the likelihood is
     unbounded as a -> max m). A row stops when its projected gradient vanishes or no step
-    improves F any more (an optimum at machine precision); stopped rows are dropped. Returns u, v and
-    ``failed``: rows with no finite optimum (at the upper bound of the shape or the gap:
-    the likelihood keeps growing toward the Gumbel limit, a -> infinity) or still moving
-    after ``max_iter`` steps.
+    improves F any more (an optimum at machine precision); stopped rows are dropped. Returns
+    u, v, ``at_limit``: rows with no finite optimum (at the upper bound of the shape or the
+    gap: the likelihood keeps growing toward the Gumbel limit, a -> infinity), and
+    ``unfinished``: rows still moving after ``max_iter`` steps.
     """
     f, grad, huu, huv, hvv = _nll_derivatives(w, u, v)
     lam = torch.full_like(u, 1e-3)
@@ -249,10 +271,10 @@ def _solve(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, max_iter: int):
         flat = g.abs().amax(1) <= _GRAD_TOL
         stuck = lam[active] > 1e12
         active = active[~(flat | stuck)]
-    at_upper = (u >= _U_BOUNDS[1]) | (v >= _V_BOUNDS[1])
-    unfinished = torch.zeros_like(at_upper)
+    at_limit = (u >= _U_BOUNDS[1]) | (v >= _V_BOUNDS[1])
+    unfinished = torch.zeros_like(at_limit)
     unfinished[active] = True
-    return u, v, at_upper | unfinished
+    return u, v, at_limit, unfinished
 
 
 def _pinned(u: torch.Tensor, v: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:

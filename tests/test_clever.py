@@ -75,7 +75,7 @@ def test_matches_a_naive_per_sample_reference(max_chunk):
     targets = torch.stack([(pred + 1) % 4, (pred + 2) % 4], 1)
     nb, bs, radius, seed = 6, 5, 0.7, 3
     res = clever(model, x, norm=2, radius=radius, n_batches=nb, n_samples=bs, targets=targets,
-                 clip_values=(0.0, 1.0), seed=seed, max_chunk=max_chunk, progress=False)
+                 clip_values=(0.0, 1.0), seed=seed, max_chunk=max_chunk, progress=False, on_fallback="max")
     s = nb * bs
     maxima = torch.zeros(2, 2, nb, dtype=torch.float64)
     g0 = torch.zeros(2, 2, dtype=torch.float64)
@@ -109,7 +109,7 @@ def test_same_numbers_as_the_per_image_passes_of_version_0_1(cnn):
     maxima merged in Python) for the digits CNN: the stream (sample s of image i) is unchanged."""
     x = digits("test")[0][:3]
     res = clever(cnn, x, norm="inf", radius=0.7, n_batches=8, n_samples=16, targets="top2",
-                 clip_values=(0, 1), seed=3, progress=False)
+                 clip_values=(0, 1), seed=3, progress=False, on_fallback="max")
     old_max = [193.5040740966797, 152.98239135742188, 189.17010498046875]
     old_scores = [0.013292332075142027, 0.07752681841364159, 0.05217978505737252]
     torch.testing.assert_close(res.max_sampled.view(-1), torch.tensor(old_max, dtype=torch.float64), rtol=1e-6, atol=0)
@@ -293,3 +293,134 @@ def test_imagenet_sized_model_is_chunked_within_the_memory_budget():
     assert 1 <= rows <= mod.CPU_CHUNK_BYTES // per_row
     res = clever(model, x, radius=1.0, targets="top2", n_batches=2, n_samples=3, progress=False)
     assert res.targets.shape == (1, 1) and torch.isfinite(res.scores).all() and res.scores.item() > 0
+
+
+# ------------------------------------------------------------------ the MLE and the fallback policy
+class Quadratic(nn.Module):
+    """Logits [0.5 x^T diag(3, 1) x + 2, 1] on 2-vectors: g = 0.5 (3 x1^2 + x2^2) + 1,
+    ||grad g||_2 = sqrt(9 x1^2 + x2^2), whose maximum over the unit disc is 3 at (+-1, 0).
+    Near it P(||grad g|| > 3 - e) ~ e^1.5 for uniform samples: a reverse Weibull of shape 1.5."""
+
+    def forward(self, x):
+        f0 = 0.5 * (3 * x[:, 0] ** 2 + x[:, 1] ** 2) + 2
+        return torch.stack((f0, torch.ones_like(f0)), 1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_weibull_mle_finds_the_unsampled_end_point(seed):
+    res = clever(Quadratic(), torch.zeros(1, 2), radius=1.0, n_batches=200, n_samples=128, seed=seed,
+                 on_fallback="raise", progress=False)
+    assert not res.fallback.any() and res.reliable.all() and res.batches.item() == 200
+    loc, top = res.loc.item(), res.max_sampled.item()
+    assert top < 3.0 - 1e-3  # the samples do not reach the end point...
+    assert abs(loc - 3.0) < 2e-3 and abs(loc - 3.0) < 3.0 - top  # ...the fit gets closer
+    assert 1.25 < res.shape.item() < 1.75 and res.ks_pvalue.item() > 0.1
+    assert res.scores.item() == pytest.approx(1 / 3, rel=1e-3)  # g0 / L = 1 / 3
+
+
+class ExpMargin(nn.Module):
+    """Logits [exp(w.x), 0]: ||grad g||_2 = ||w|| exp(w.x), far above the samples in 3x32x32."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.register_buffer("w", w.flatten())
+
+    def forward(self, x):
+        margin = torch.exp(x.flatten(1) @ self.w)
+        return torch.stack((margin, torch.zeros_like(margin)), 1)
+
+
+@pytest.fixture(scope="module")
+def exp_case():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(3 * 32 * 32, generator=gen)
+    return ExpMargin(2.0 * z / z.norm()), torch.rand(3, 3, 32, 32, generator=gen)
+
+
+EXP = dict(norm=2, radius=2.0, n_batches=20, n_samples=16, progress=False)
+
+
+def test_fallback_max_warns_and_marks_the_image_unreliable(exp_case):
+    model, x = exp_case
+    with pytest.warns(RuntimeWarning, match=r"1 of 3 .* 1 Gumbel limit.* images \[2\]"):
+        res = clever(model, x, on_fallback="max", **EXP)
+    assert res.reliable.tolist() == [True, True, False] and res.reason[2, 0].item() == 3
+    assert res.lipschitz[2, 0] == res.max_sampled[2, 0] and res.batches.flatten().tolist() == [20, 20, 20]
+    true_lipschitz = model.w.norm() * torch.exp(x[2].flatten() @ model.w + 2.0 * model.w.norm())
+    assert true_lipschitz > 30 * res.max_sampled[2, 0]  # the fallback's score is far too optimistic
+    doc = res.to_dict()
+    assert doc["reliable"] == [True, True, False] and doc["reason"][2] == [3]
+
+
+def test_fallback_raise_names_the_images(exp_case):
+    model, x = exp_case
+    with pytest.raises(RuntimeError, match=r"images \[2\]"):
+        clever(model, x, on_fallback="raise", **EXP)
+
+
+def test_resample_draws_the_next_batches_of_the_stream_and_warns_for_what_is_left(exp_case):
+    model, x = exp_case
+    with pytest.warns(RuntimeWarning, match=r"after resampling up to 80 batches.* images \[2\]"):
+        res = clever(model, x, max_batches=80, **EXP)
+    assert res.reliable.tolist() == [True, True, False]
+    assert res.batches.flatten().tolist() == [20, 20, 80]  # 20 -> 40 -> 80, only the ill-conditioned pair
+    # the maxima fitted: batches 0..19 at (u N_b) N_s, batches 20..79 at (u + 1) 2^40 (u = 2)
+    pts = torch.cat([ops.ball_sample(x[2:], 20 * 16, 2.0, 2, offset=2 * 20 * 16)[0],
+                     ops.ball_sample(x[2:], 60 * 16, 2.0, 2, offset=3 << 40)[0]])
+    norms = model.w.double().norm() * torch.exp(pts.flatten(1).double() @ model.w.double())
+    fit = fit_reverse_weibull(norms.view(1, 80, 16).amax(2))
+    torch.testing.assert_close(res.max_sampled[2, 0], norms.max(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(res.ks_pvalue[2, :], fit.ks_pvalue, rtol=1e-3, atol=0)
+    torch.testing.assert_close(res.shape[2, :], fit.shape, rtol=1e-3, atol=0)
+
+
+def test_resample_repairs_a_fit_that_more_batches_make_well_conditioned(exp_case):
+    model, x = exp_case
+    settings = dict(EXP, n_batches=100, n_samples=128)
+    with pytest.warns(RuntimeWarning, match=r"images \[1\]"):
+        before = clever(model, x[:2], on_fallback="max", **settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        after = clever(model, x[:2], **settings)
+    assert after.reliable.all() and after.batches.flatten().tolist() == [100, 400]
+    assert after.ks_pvalue[1, 0] > 1e-3 and not after.fallback.any()
+    assert after.lipschitz[1, 0] > before.lipschitz[1, 0]  # the fit's end point lies above the samples
+    assert torch.equal(after.scores[0], before.scores[0])
+
+
+class SquaredNorm(nn.Module):
+    """Logits [||x||^2, 0, 0]: targets 1 and 2 have the same g, ||grad g||_2 = 2 ||x||."""
+
+    def forward(self, x):
+        f0 = x.flatten(1).pow(2).sum(1)
+        return torch.stack((f0, torch.zeros_like(f0), torch.zeros_like(f0)), 1)
+
+
+@pytest.mark.filterwarnings("ignore:.*ill-conditioned")
+def test_independent_target_samples_follow_the_paper():
+    x = torch.tensor([[1.0, 0.5, 0.0], [0.0, -1.0, 2.0]])
+    settings = dict(norm=2, radius=0.5, n_batches=4, n_samples=8, seed=9, on_fallback="max", progress=False)
+    shared = clever(SquaredNorm(), x, **settings)
+    paper = clever(SquaredNorm(), x, target_samples="independent", **settings)
+    assert torch.equal(shared.max_sampled[:, 0], shared.max_sampled[:, 1])  # one sample set per image
+    assert (paper.max_sampled[:, 0] != paper.max_sampled[:, 1]).all()  # one per (image, target)
+    for i in range(2):
+        for t in range(2):
+            unit = i * 2 + t  # pair (i, t) draws points (unit N_b + b) N_s of the stream
+            pts = ops.ball_sample(x[i : i + 1], 32, 0.5, 2, seed=9, offset=unit * 32)[0]
+            torch.testing.assert_close(paper.max_sampled[i, t], 2 * pts.double().norm(dim=1).max(), rtol=1e-6, atol=0)
+        pts = ops.ball_sample(x[i : i + 1], 32, 0.5, 2, seed=9, offset=i * 32)[0]
+        torch.testing.assert_close(shared.max_sampled[i, 0], 2 * pts.double().norm(dim=1).max(), rtol=1e-6, atol=0)
+    assert paper.settings["target_samples"] == "independent" and shared.settings["target_samples"] == "shared"
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc",
+    [(dict(on_fallback="ignore"), ValueError), (dict(on_fallback=None), TypeError),
+     (dict(target_samples="paper"), ValueError), (dict(target_samples=1), TypeError),
+     (dict(max_batches=7), ValueError), (dict(max_batches=16.0), TypeError)],
+)
+def test_bad_policy_arguments(cnn, images, kwargs, exc):
+    name = next(iter(kwargs))
+    with pytest.raises(exc, match=name):
+        clever(cnn, images, radius=1.0, **TINY, **kwargs)

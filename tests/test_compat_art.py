@@ -1,4 +1,5 @@
 """robustx.compat.art against the real ART 1.20.1 CLEVER functions (same seed, same score)."""
+import sys
 import warnings
 
 import numpy as np
@@ -203,3 +204,36 @@ def test_bad_inputs(model, images):
         rart.clever_u(classifier(model, postprocessing_defences=ReverseSigmoid()), x, *args)
     with pytest.raises(ValueError, match="shape"):
         rart.clever_u(nn.Sequential(model, nn.Flatten(0)), x, *args)
+
+
+def test_patch_makes_unchanged_art_code_run_robustx(model, images):
+    import art.metrics
+
+    art_fns = {(mod.__name__, name): getattr(mod, name) for mod in (art.metrics, art_metrics)
+               for name in ("clever", "clever_u", "clever_t")}
+    clf = classifier(model)
+    x = images[3]
+    target = (predicted(model, x) + 2) % 10
+    ref_u, _ = seeded(art_metrics.clever_u, 5, clf, x, NB, BS, 1.0, 2, verbose=False)
+    ref_t, _ = seeded(art_metrics.clever_t, 6, clf, x, target, NB, BS, 0.3, np.inf)
+    ref, _ = seeded(art_metrics.clever, 7, clf, x, NB, BS, 2.0, 1, target=[target], verbose=False)
+    defended = classifier(model, postprocessing_defences=ReverseSigmoid())
+    ref_defended, _ = seeded(art_metrics.clever_u, 8, defended, x, NB, BS, 1.0, 2, verbose=False)
+    try:
+        rart.patch()
+        rart.patch()  # twice: harmless
+        for mod in (art.metrics, art_metrics):
+            assert mod.clever_u.__wrapped__ is rart.clever_u and mod.clever.__wrapped__ is rart.clever
+            assert mod.clever_t.__wrapped__ is rart.clever_t
+        # ART's own call signatures, unchanged: same numbers
+        got_u, _ = seeded(art.metrics.clever_u, 5, clf, x, NB, BS, 1.0, 2, verbose=False)
+        got_t, _ = seeded(art_metrics.clever_t, 6, clf, x, target, NB, BS, 0.3, np.inf)
+        got, _ = seeded(art.metrics.clever, 7, clf, x, NB, BS, 2.0, 1, target=[target], verbose=False)
+        np.testing.assert_allclose([got_u, got_t, got[0]], [ref_u, ref_t, ref[0]], rtol=RTOL)
+        # a classifier robustx does not handle (a postprocessing defence) still goes to ART
+        got_defended, _ = seeded(art.metrics.clever_u, 8, defended, x, NB, BS, 1.0, 2, verbose=False)
+        assert got_defended == ref_defended
+    finally:
+        rart.unpatch()
+    rart.unpatch()  # twice: harmless
+    assert all(getattr(sys.modules[mod], name) is fn for (mod, name), fn in art_fns.items())

@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.stats import kstest, weibull_min
 
-from robustx.weibull import INITIAL_SHAPES, _nll_derivatives, _profile_nll, fit_reverse_weibull
+from robustx.weibull import FALLBACK_REASONS, INITIAL_SHAPES, _nll_derivatives, _profile_nll, fit_reverse_weibull
 
 
 def reverse_weibull_maxima(shape, loc, scale, size, seed):
@@ -71,6 +71,7 @@ def test_ks_pvalue_is_scipy_kstest_of_the_fit():
 def test_multi_start_keeps_the_best_pvalue_among_valid_fits():
     m = torch.tensor(reverse_weibull_maxima(6.0, loc=2.0, scale=1.0, size=200, seed=11))[None]
     best = fit_reverse_weibull(m)
+    assert best.reason.tolist() == [0] and FALLBACK_REASONS[0] == "none"
     singles = [fit_reverse_weibull(m, initial_shapes=(c,)) for c in INITIAL_SHAPES]
     valid = [s.ks_pvalue.item() for s in singles if not s.fallback.item()]
     assert best.ks_pvalue.item() == pytest.approx(max(valid), rel=1e-12)
@@ -93,6 +94,7 @@ def test_constant_maxima_fall_back_to_the_maximum():
     m[1] += torch.linspace(0, 1e-6, 50, dtype=torch.float64)  # float32-level noise of a linear model
     fit = fit_reverse_weibull(m)
     assert fit.fallback.all()
+    assert [FALLBACK_REASONS[r] for r in fit.reason.tolist()] == ["constant", "constant"]
     torch.testing.assert_close(fit.estimate, m.amax(1))
     assert torch.isnan(fit.loc).all()
 
@@ -105,6 +107,7 @@ def test_ill_conditioned_fits_fall_back_and_are_flagged():
     gumbel = rng.gumbel(size=200)
     fit = fit_reverse_weibull(torch.tensor(np.stack([bimodal, gumbel])))
     assert fit.fallback.tolist() == [True, True]
+    assert [FALLBACK_REASONS[r] for r in fit.reason.tolist()] == ["ks_rejected", "gumbel_limit"]
     assert fit.ks_pvalue[0].item() < 1e-3
     torch.testing.assert_close(fit.estimate, torch.tensor([bimodal.max(), gumbel.max()], dtype=torch.float64))
 

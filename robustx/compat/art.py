@@ -31,9 +31,18 @@ bench/bench_art.py) except where ART's fit explodes (bootstrap maxima of a small
 hold many tied values; the Lipschitz estimate comes out orders of magnitude above every
 sampled norm and the score near 0): there a change in the 7th digit of one norm moves
 the optimum far, for ART as here, and a RuntimeWarning says so.
+
+Drop-in without code changes: ``robustx.compat.art.patch()`` puts these functions in
+place of ``clever``, ``clever_u`` and ``clever_t`` in ``art.metrics`` and
+``art.metrics.metrics``, so unchanged ART code (``art.metrics.clever_u(classifier, ...)``)
+runs them; classifiers they do not handle (other frameworks, preprocessing defences) still
+go to ART's own functions. ``unpatch()`` restores ART's. Names bound before ``patch()``
+(``from art.metrics import clever_u`` at import time) keep ART's functions.
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import numbers
 import warnings
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -47,7 +56,7 @@ from torch import nn
 from robustx import checks, ops
 from robustx.modelutil import frozen_eval, progress_bar
 
-__all__ = ["clever", "clever_u", "clever_t", "weibull_min_fit"]
+__all__ = ["clever", "clever_u", "clever_t", "weibull_min_fit", "patch", "unpatch"]
 
 # --------------------------------------------------------------------------- public API
 
@@ -164,6 +173,60 @@ def clever_t(
     if target_class == pred:
         raise ValueError(f"target_class={target_class} is the predicted class of x")
     return _scores(model, sample, logits, pred, [target_class], *args, max_chunk, False)[0]
+
+
+# ------------------------------------------------------------------ patching ART itself
+
+ART_MODULES = ("art.metrics", "art.metrics.metrics")
+_ART_ORIGINALS: dict = {}  # (module, name) -> ART's function, while patched
+
+
+def patch() -> None:
+    """Replace ``clever``, ``clever_u`` and ``clever_t`` in ``art.metrics`` and
+    ``art.metrics.metrics`` by this module's (same signatures, same numbers, faster).
+
+    Calls with a classifier this module does not handle go to ART's function. Calling it
+    again changes nothing; :func:`unpatch` restores ART's functions.
+    """
+    for module_name in ART_MODULES:
+        module = importlib.import_module(module_name)
+        for name in ("clever", "clever_u", "clever_t"):
+            current = getattr(module, name)
+            if not hasattr(current, "__robustx_art__"):
+                _ART_ORIGINALS[module_name, name] = current
+                setattr(module, name, _drop_in(globals()[name], current))
+
+
+def unpatch() -> None:
+    """Put ART's own ``clever``, ``clever_u`` and ``clever_t`` back (harmless when not patched)."""
+    for (module_name, name), original in _ART_ORIGINALS.items():
+        setattr(importlib.import_module(module_name), name, original)
+    _ART_ORIGINALS.clear()
+
+
+def _drop_in(ours: Callable, art_fn: Callable) -> Callable:
+    """``ours`` for classifiers it handles, ``art_fn`` for the others."""
+
+    @functools.wraps(ours)
+    def call(classifier, *args, **kwargs):
+        return (ours if _handled(classifier) else art_fn)(classifier, *args, **kwargs)
+
+    call.__robustx_art__ = art_fn
+    return call
+
+
+def _handled(classifier) -> bool:
+    """A plain nn.Module, or an ART PyTorchClassifier without defences."""
+    if isinstance(classifier, nn.Module):
+        return True
+    art_classifier = _art_pytorch_classifier()
+    if art_classifier is None or not isinstance(classifier, art_classifier) or classifier.postprocessing_defences:
+        return False
+    try:
+        _art_standardisation(classifier, tuple(classifier.input_shape))
+    except ValueError:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------ the estimator

@@ -15,10 +15,8 @@ fits) and the vectorised fit against scipy's one-at-a-time fits.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,11 +26,10 @@ from scipy.optimize import fmin
 from scipy.stats import weibull_min
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from robustx.compat import art as rart  # noqa: E402
-from robustx.data import aisafety_cifar10, aisafety_dir, digits  # noqa: E402
-from robustx.models import digits_cnn, resnet20_cifar  # noqa: E402
-from robustx.modelutil import frozen_eval  # noqa: E402
+from robustx.compat import art as rart
+from robustx.data import aisafety_cifar10, aisafety_dir, digits
+from robustx.models import digits_cnn, resnet20_cifar
+from robustx.modelutil import frozen_eval
 
 NB_BATCHES, BATCH_SIZE, POOL_FACTOR = 50, 100, 10
 

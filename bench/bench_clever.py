@@ -19,18 +19,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from robustx import ops  # noqa: E402
-from robustx.clever import clever  # noqa: E402
-from robustx.data import aisafety_cifar10, aisafety_dir, digits  # noqa: E402
-from robustx.models import digits_cnn, resnet20_cifar  # noqa: E402
-from robustx.modelutil import chunks, frozen_eval  # noqa: E402
-from robustx.weibull import fit_reverse_weibull  # noqa: E402
+from robustx import ops
+from robustx.clever import clever
+from robustx.data import aisafety_cifar10, aisafety_dir, digits
+from robustx.models import digits_cnn, resnet20_cifar
+from robustx.modelutil import chunks, frozen_eval
+from robustx.weibull import fit_reverse_weibull
 
 PAPER_BATCHES, PAPER_SAMPLES = 500, 1024
 

@@ -10,17 +10,14 @@ successful one (S = everything: the largest work for the means over S).
 """
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from robustx import metrics  # noqa: E402
-from robustx.models import ResNet20  # noqa: E402
+from robustx import metrics
+from robustx.models import ResNet20
 
 
 def timed(fn, repeats: int) -> float:

@@ -10,19 +10,16 @@
     python3 bench/bench_metrics_model.py [--n 10000] [--ebd-n 20] [--threads 2]
 """
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from robustx.data import aisafety_cifar10, aisafety_dir  # noqa: E402
-from robustx.metrics.boundary import ebd  # noqa: E402
-from robustx.metrics.corruption import CORRUPTIONS, corrupt, corruption_errors, mce  # noqa: E402
-from robustx.models import resnet20_cifar  # noqa: E402
-from robustx.modelutil import chunks  # noqa: E402
+from robustx.data import aisafety_cifar10, aisafety_dir
+from robustx.metrics.boundary import ebd
+from robustx.metrics.corruption import CORRUPTIONS, corrupt, corruption_errors, mce
+from robustx.models import resnet20_cifar
+from robustx.modelutil import chunks
 
 
 def timed(fn) -> float:

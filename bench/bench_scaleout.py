@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 CONFIGS = ((1, 1), (1, 2), (2, 1))  # (processes, threads per process)
 

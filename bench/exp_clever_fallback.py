@@ -12,17 +12,14 @@ mean score and the score change of the images whose score moved, and the wall ti
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from robustx.clever import UNRELIABLE, clever  # noqa: E402
-from robustx.clever_table import CLEVER_TABLE_DEFAULTS as TABLE  # noqa: E402
+from robustx.clever import UNRELIABLE, clever
+from robustx.clever_table import CLEVER_TABLE_DEFAULTS as TABLE
 
 
 class ExpMargin(nn.Module):

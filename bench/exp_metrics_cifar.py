@@ -10,18 +10,15 @@ against the natural model. Prints markdown tables:
 """
 import argparse
 import functools
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from robustx import metrics  # noqa: E402
-from robustx.attacks import pgd  # noqa: E402
-from robustx.data import aisafety_cifar10, aisafety_dir  # noqa: E402
-from robustx.models import resnet20_cifar  # noqa: E402
+from robustx import metrics
+from robustx.attacks import pgd
+from robustx.data import aisafety_cifar10, aisafety_dir
+from robustx.models import resnet20_cifar
 
 MODELS = {"natural": "resnet20_cifar.pt", "PAT": "CIFAR10_PAT_enhanced.pt", "RAND": "CIFAR10_RAND_enhanced.pt"}
 ROWS = ["CA", "AA_W", "|S|", "ALD_0", "ALD_2", "ALD_inf", "ASS", "PSD", "ACAC", "ACTC", "NTE", "RGB", "RIC", "AA_B"]

@@ -15,20 +15,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from robustx import ops  # noqa: E402
-from robustx.attacks import carlini_wagner_l2, deepfool  # noqa: E402
-from robustx.clever import clever  # noqa: E402
-from robustx.data import aisafety_cifar10, aisafety_dir, digits  # noqa: E402
-from robustx.models import digits_cnn, resnet20_cifar  # noqa: E402
+from robustx import ops
+from robustx.attacks import carlini_wagner_l2, deepfool
+from robustx.clever import clever
+from robustx.data import aisafety_cifar10, aisafety_dir, digits
+from robustx.models import digits_cnn, resnet20_cifar
 
 
 def linear_exactness(lines):

@@ -77,6 +77,7 @@ class CleverResult:
     targets: torch.Tensor
     g0: torch.Tensor
     lipschitz: torch.Tensor
+    # the fit's fields, as in weibull.ReverseWeibullFit, per (image, target)
     loc: torch.Tensor
     scale: torch.Tensor
     shape: torch.Tensor

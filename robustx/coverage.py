@@ -128,6 +128,7 @@ class CoverageResult:
     ``neurons`` of all layers (KMNC, NBC, SNAC None without a profile), TKNP a count of
     patterns, ``inputs`` counted, and the per-layer breakdown. Higher = more exercised."""
 
+    # the fractions of LayerCoverage, over every layer together
     NC: float
     KMNC: Optional[float]
     NBC: Optional[float]

@@ -262,6 +262,7 @@ def neuron_uncertainty_stream(
     return _uncertainty(model, inputs, layers, axis, progress, total)
 
 
+# The same calling convention as neuron_sensitivity (layers, axis, batch_size, progress), on purpose.
 def neuron_uncertainty(
     model: nn.Module,
     x: torch.Tensor,

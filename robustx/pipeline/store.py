@@ -69,6 +69,12 @@ CREATE TABLE tensors (
 # JSON and run identity
 
 
+
+def _expect(value, kind: type, name: str, what: str) -> None:
+    """TypeError naming ``name`` unless ``value`` is a ``kind`` (described as ``what``)."""
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
+
 def _check_json(value, where: str) -> None:
     """Raise TypeError naming ``where`` unless ``value`` is plain JSON data."""
     if value is None or isinstance(value, (bool, str)):
@@ -149,8 +155,7 @@ def run_id(model: nn.Module, x: torch.Tensor, y, metrics: Iterable[str], setting
     names = list(metrics)
     if not all(isinstance(m, str) for m in names):
         raise TypeError(f"metrics must hold metric names (str), got {names!r}")
-    if not isinstance(settings, dict):
-        raise TypeError(f"settings must be a dict, got {type(settings).__name__}")
+    _expect(settings, dict, "settings", "a dict")
     h = hashlib.sha256()
     _feed(h, b"robustx-run", str(_FORMAT).encode())
     cls = type(model)
@@ -238,8 +243,7 @@ class ResultStore:
             raise TypeError(f"run_id must be a non-empty str, got {run_id!r}")
         if not isinstance(resume, bool):
             raise TypeError(f"resume must be a bool, got {resume!r}")
-        if not isinstance(settings, dict):
-            raise TypeError(f"settings must be a dict, got {type(settings).__name__}")
+        _expect(settings, dict, "settings", "a dict")
         text = canonical_json(settings)
         path = Path(folder) / STORE_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -286,10 +290,8 @@ class ResultStore:
         A unit is stored once: putting a finished unit again raises ValueError.
         """
         unit = _unit(unit)
-        if not isinstance(tensors, dict):
-            raise TypeError(f"tensors must be a dict of name -> torch.Tensor, got {type(tensors).__name__}")
-        if not isinstance(meta, dict):
-            raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
+        _expect(tensors, dict, "tensors", "a dict of name -> torch.Tensor")
+        _expect(meta, dict, "meta", "a dict")
         meta_text = canonical_json(meta, "meta")
         if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) \
                 or not math.isfinite(seconds) or seconds < 0:
@@ -329,8 +331,7 @@ class ResultStore:
 
     def units(self, prefix: str = "") -> List[str]:
         """Finished units whose name starts with ``prefix``, in the order they were stored."""
-        if not isinstance(prefix, str):
-            raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+        _expect(prefix, str, "prefix", "a str")
         rows = self._conn.execute("SELECT unit FROM units ORDER BY seq")
         return [u for (u,) in rows if u.startswith(prefix)]
 

@@ -57,8 +57,9 @@ _TARGETS = {
     "corruption": "robustx.metrics.corruption:corruption_errors", "coverage": "robustx.coverage:NeuronCoverage",
     "ns": "robustx.sensitivity:neuron_sensitivity", "nu": "robustx.sensitivity:neuron_uncertainty",
 }
-_EXTRA_KEYS = {"clever": {"n_images"}}
-_DATA_ARGUMENTS = {"self", "model", "x", "y", "x_adv", "x_noisy", "clip_values", "seed", "batch_size", "progress"}  # keys that evaluate itself reads
+_EXTRA_KEYS = {"clever": {"n_images"}}  # keys that evaluate itself reads
+# arguments evaluate passes itself, so a config table may not set them
+_DATA_ARGUMENTS = {"self", "model", "x", "y", "x_adv", "x_noisy", "clip_values", "seed", "batch_size", "progress"}
 _ALIASES = {"clever": {"batch_size": "n_samples"}}  # ART's name for N_s, samples per batch
 _TABLE_OF = {"CLEVER": "clever", "DIV": "div", "EBD": "ebd", "eps-ENI": "eps-eni", "mCE": "corruption",
              "rmCE": "corruption", "NS": "ns", "NU": "nu", **{m: "coverage" for m in suite.available("coverage")}}
@@ -151,16 +152,12 @@ class _Run:
 
     def _make_adversarial(self, name: str, on: str) -> torch.Tensor:
         target = self.model if on == "model" else self.surrogate
-        attack = attack_lib.get_attack(name, **self._attack_settings(name))
+        seeded = "seed" in attack_lib.attack_settings(name)
 
         def make(b: slice, seed: int) -> Dict[str, torch.Tensor]:
-            kwargs = {"seed": seed} if "seed" in attack_lib.attack_settings(name) else {}
-            if kwargs:
-                made = attack_lib.get_attack(name, **self._attack_settings(name), **kwargs)
-            else:
-                made = attack
+            attack = attack_lib.get_attack(name, **self._attack_settings(name), **({"seed": seed} if seeded else {}))
             with frozen_eval(target):
-                x_adv = made(target, self.x[b].to(self.device), self.y[b].to(self.device))
+                x_adv = attack(target, self.x[b].to(self.device), self.y[b].to(self.device))
             return {"x_adv": x_adv.detach().cpu()}
 
         return self.per_batch(f"attack/{name}@{on}", make, f"{name} on the {on}")["x_adv"]

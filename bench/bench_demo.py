@@ -29,7 +29,7 @@ def main() -> None:
                    stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     doc = json.loads((Path(args.out) / "report.json").read_text())
-    rows = [(f"attack: {name}", s) for name, s in doc["run"]["attack_seconds"].items()]
+    rows = list(doc["run"]["attack_seconds"].items())
     rows += [(name, m["seconds"]) for name, m in doc["metrics"].items() if m["value"] is not None]
     rows.sort(key=lambda r: -r[1])
     inside = doc["run"]["seconds"]

@@ -275,14 +275,15 @@ def _clever(run: _Run, name: str):
         idx = torch.arange(run.x.shape[0])[b]
         idx = idx[idx < n_images]
         if idx.numel() == 0:
-            return {"scores": torch.empty(0, dtype=torch.float64)}
+            return {"scores": torch.empty(0, dtype=torch.float64), "reliable": torch.empty(0, dtype=torch.bool)}
         res = clever(run.model, run.x[idx].to(run.device), clip_values=run.clip_values, seed=seed, progress=False,
                      **settings)
-        return {"scores": res.scores.double().cpu()}
+        return {"scores": res.scores.double().cpu(), "reliable": res.reliable.cpu()}
 
-    s = run.per_batch("metric/CLEVER", scores, "CLEVER")["scores"]
+    out = run.per_batch("metric/CLEVER", scores, "CLEVER")
+    s = out["scores"]
     run.figures["CLEVER scores"] = histogram_png(s.tolist(), f"CLEVER (L{settings['norm']}, R = {settings['radius']})", "score")
-    return float(s.mean()), s.tolist(), {"images": n_images}
+    return float(s.mean()), s.tolist(), {"images": n_images, "unreliable_images": int((~out["reliable"]).sum())}
 
 
 def _per_sample_mean(run: _Run, key: str, fn, field_name: str):

@@ -223,3 +223,13 @@ def test_real_cifar_models_small_run(tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare", *outs]) == 0
     assert "AA_W" in capsys.readouterr().out
+
+
+def test_landscape_table_adds_its_plots(tmp_path):
+    x, y = digits("test")
+    report = evaluate(digits_cnn(), (x[:4], y[:4]), metrics=["CA"], config={"landscape": {"steps": 5, "n_images": 2}},
+                      out=tmp_path, progress=False)
+    for kind in ("contour", "surface"):
+        png = report.figures[f"loss landscape ({kind})"]
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 2

@@ -56,8 +56,9 @@ _TARGETS = {
     "ebd": "robustx.metrics.boundary:ebd", "eps-eni": "robustx.metrics.eni:eps_eni",
     "corruption": "robustx.metrics.corruption:corruption_errors", "coverage": "robustx.coverage:NeuronCoverage",
     "ns": "robustx.sensitivity:neuron_sensitivity", "nu": "robustx.sensitivity:neuron_uncertainty",
+    "landscape": "robustx.landscape:input_landscape",
 }
-_EXTRA_KEYS = {"clever": {"n_images"}}  # keys that evaluate itself reads
+_EXTRA_KEYS = {"clever": {"n_images"}, "landscape": {"n_images"}}  # keys that evaluate itself reads
 # arguments evaluate passes itself, so a config table may not set them
 _DATA_ARGUMENTS = {"self", "model", "x", "y", "x_adv", "x_noisy", "clip_values", "seed", "batch_size", "progress"}
 _ALIASES = {"clever": {"batch_size": "n_samples"}}  # ART's name for N_s, samples per batch
@@ -593,6 +594,8 @@ def evaluate(
         results = {m: _measure(run, m) for m in progress_bar(names, progress and rank == 0, "metrics")}
         if run._adversarial:
             run.figures["adversarial examples"] = image_grid_png(x[:8], run.adversarial(run.primary)[:8])
+        if "landscape" in config and rank == 0:
+            _landscape_figures(run, config["landscape"])
     finally:
         if store is not None:
             store.close()
@@ -618,6 +621,24 @@ def _open_store(folder: Optional[Path], rid: str, identity: dict, resume: bool) 
     if error is not None:
         raise ValueError(error)
     return store
+
+
+def _landscape_figures(run: _Run, settings: Dict[str, Any]) -> None:
+    """Loss-surface contour and 3-D plots around the first inputs (Yu et al.), when the config
+    has a [landscape] table (keys: n_images, default 2, and input_landscape's; span default
+    2 x the first attack's eps, else 0.1 of the data range)."""
+    from robustx.landscape import input_landscape
+
+    settings = dict(settings)
+    n = min(settings.pop("n_images", 2), run.x.shape[0])
+    eps = run.attacks[run.primary].get("eps") if run.primary else None
+    settings.setdefault("span", 2 * eps if eps else 0.1 * (run.clip_values[1] - run.clip_values[0]))
+    land = input_landscape(run.model, run.x[:n].to(run.device), run.y[:n].to(run.device), clip_values=run.clip_values,
+                           seed=run.seed, progress=False, **settings)
+    with tempfile.TemporaryDirectory() as folder:
+        for kind in ("contour", "surface"):
+            path = land.plot(Path(folder) / f"{kind}.png", kind=kind, index=list(range(n)))
+            run.figures[f"{land.surface} landscape ({kind})"] = path.read_bytes()
 
 
 def _make_shared_examples(run: _Run, names: Sequence[str]) -> None:

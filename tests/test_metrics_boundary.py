@@ -7,18 +7,10 @@ import torch
 from torch import nn
 
 from robustx.metrics.boundary import ebd, orthonormal_directions
+from toy_models import linear_model
 
 SHAPE = (1, 4, 4)
 D = 16
-
-
-def linear_model(n_classes, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    lin = nn.Linear(D, n_classes).double()
-    with torch.no_grad():
-        lin.weight.copy_(torch.randn(n_classes, D, generator=g, dtype=torch.float64))
-        lin.bias.copy_(torch.randn(n_classes, generator=g, dtype=torch.float64))
-    return nn.Sequential(nn.Flatten(), lin)
 
 
 def closed_form(model, x, y, directions, span):

@@ -5,15 +5,7 @@ import torch
 from torch import nn
 
 from robustx.metrics.eni import eps_eni
-
-
-def linear(d, k, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    lin = nn.Linear(d, k).double()
-    with torch.no_grad():
-        lin.weight.copy_(torch.randn(k, d, generator=g, dtype=torch.float64))
-        lin.bias.copy_(torch.randn(k, generator=g, dtype=torch.float64))
-    return nn.Sequential(nn.Flatten(), lin)
+from toy_models import linear_model
 
 
 def np_cross_entropy(logits, y):
@@ -23,7 +15,7 @@ def np_cross_entropy(logits, y):
 
 
 def test_given_noisy_inputs_match_numpy():
-    model = linear(12, 4)
+    model = linear_model(4, shape=(12,))
     g = torch.Generator().manual_seed(1)
     x = 0.2 + 0.6 * torch.rand(7, 3, 2, 2, generator=g, dtype=torch.float64)
     y = torch.randint(0, 4, (7,), generator=g)
@@ -69,7 +61,7 @@ class Recorder(nn.Module):
 
 
 def test_noise_lies_in_the_ball_and_the_box_and_is_seeded():
-    model = Recorder(linear(12, 3))
+    model = Recorder(linear_model(3, shape=(12,)))
     x = torch.rand(5, 3, 2, 2, dtype=torch.float64)
     x[0] = 0.0  # at the box edge: noise clipped
     y = torch.zeros(5, dtype=torch.long)
@@ -85,7 +77,7 @@ def test_noise_lies_in_the_ball_and_the_box_and_is_seeded():
 
 
 def test_model_state_restored_and_bad_arguments():
-    model = linear(12, 3)
+    model = linear_model(3, shape=(12,))
     model.train()
     x = torch.rand(2, 3, 2, 2, dtype=torch.float64)
     y = torch.zeros(2, dtype=torch.long)

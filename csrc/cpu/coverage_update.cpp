@@ -106,11 +106,8 @@ at::Tensor coverage_update_cpu(const at::Tensor& act, const at::Tensor& low, con
   at::parallel_for(0, m_count, 64, [&](int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; ++m) {
       for (int64_t n = 0; n < n_count; ++n) {
-        const NeuronFlags f = neuron_flags(v[n * m_count + m], lo[m], hi[m], k, input_min[n], input_max[n], threshold);
-        if (f.section >= 0) sec[m * k + f.section] = true;
-        up[m] = up[m] || f.upper;
-        down[m] = down[m] || f.lower;
-        on[m] = on[m] || f.above;
+        set_flags(neuron_flags(v[n * m_count + m], lo[m], hi[m], k, input_min[n], input_max[n], threshold), m, k, sec,
+                  up, down, on);
       }
     }
   });

@@ -94,11 +94,8 @@ __global__ void update_flags_kernel(const double* __restrict__ v, const double* 
   const int64_t total = n_count * m_count, stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t nm = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; nm < total; nm += stride) {
     const int64_t n = nm / m_count, m = nm % m_count;
-    const NeuronFlags f = neuron_flags(v[nm], low[m], high[m], k, input_min[n], input_max[n], threshold);
-    if (f.section >= 0) sections[m * k + f.section] = true;
-    if (f.upper) upper[m] = true;
-    if (f.lower) lower[m] = true;
-    if (f.above) above[m] = true;
+    set_flags(neuron_flags(v[nm], low[m], high[m], k, input_min[n], input_max[n], threshold), m, k, sections, upper,
+              lower, above);
   }
 }
 

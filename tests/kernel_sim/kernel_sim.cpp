@@ -127,11 +127,8 @@ void sim_coverage_update_f32(const float* act, int64_t n_count, int64_t m_count,
   }
   for (int64_t nm = 0; nm < n_count * m_count; ++nm) {  // update_flags: one thread per (input, neuron)
     const int64_t n = nm / m_count, m = nm % m_count;
-    const NeuronFlags f = neuron_flags(v[nm], low[m], high[m], k, input_min[n], input_max[n], threshold);
-    if (f.section >= 0) sections[m * k + f.section] = true;
-    if (f.upper) upper[m] = true;
-    if (f.lower) lower[m] = true;
-    if (f.above) above[m] = true;
+    set_flags(neuron_flags(v[nm], low[m], high[m], k, input_min[n], input_max[n], threshold), m, k, sections, upper,
+              lower, above);
   }
 }
 

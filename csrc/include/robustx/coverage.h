@@ -42,6 +42,16 @@ RX_HD NeuronFlags neuron_flags(double v, double low, double high, int64_t k, dou
                      scaled_value(v, input_min, input_max) > threshold};
 }
 
+// OR the flags of neuron m into the layer's states. On CUDA several threads may store `true`
+// into the same flag: the races are benign.
+RX_HD void set_flags(const NeuronFlags& f, int64_t m, int64_t k, bool* sections, bool* upper, bool* lower,
+                     bool* above) {
+  if (f.section >= 0) sections[m * k + f.section] = true;
+  if (f.upper) upper[m] = true;
+  if (f.lower) lower[m] = true;
+  if (f.above) above[m] = true;
+}
+
 // ---- The CUDA kernels' split of the work (identities are +-inf, so an all-inf input keeps
 // its value; NaN propagates through nan_min / nan_max).
 

@@ -28,6 +28,16 @@ def build_cuda() -> bool:
     return available if wanted == "auto" else wanted == "1"
 
 
+class IncrementalBuild(BuildExtension):
+    """torch's BuildExtension with its objects kept in build/temp-<kind> (pip's editable
+    install would use a fresh temporary folder), so ninja recompiles only changed sources."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        kind = "cuda" if build_cuda() else "cpu"
+        self.build_temp = os.path.join(os.path.dirname(os.path.abspath(__file__)), "build", f"temp-{kind}")
+
+
 def extension():
     here = os.path.dirname(os.path.abspath(__file__))
     sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
@@ -52,5 +62,5 @@ def extension():
 setup(
     packages=find_packages(include=["robustx", "robustx.*"]),
     ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension},
+    cmdclass={"build_ext": IncrementalBuild},
 )

@@ -79,11 +79,11 @@ def clever_section(args) -> list[str]:
     """CLEVER top-2 L2 on a random ResNet-50 at 224x224 against bench_clever's floor."""
     import bench_clever
     from gpu_check import forward_flops
-    from resnet50 import load_resnet50
+    import torchvision
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model, source = load_resnet50()
+    model, source = torchvision.models.resnet50(weights=None), f"torchvision {torchvision.__version__}"
     model.eval()
     x = torch.rand(args.images, 3, 224, 224)
     rows = bench_clever.auto_rows(model, x)

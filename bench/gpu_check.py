@@ -148,12 +148,12 @@ def step_resnet50(dry: bool) -> None:
     """CLEVER top-2 and coverage on ResNet-50 against the bare forward/backward and forward."""
     import bench_clever
     import bench_coverage
-    from resnet50 import load_resnet50
+    import torchvision
 
     device = device_of(dry)
     torch.manual_seed(0)
     side, images, n_b, n_s, cov_n, cov_bs = (32, 1, 2, 2, 2, 2) if dry else (224, 2, 4, 1024, 256, 64)
-    model, source = load_resnet50()
+    model, source = torchvision.models.resnet50(weights=None), f"torchvision {torchvision.__version__}"
     model = model.to(device).eval()
     x = torch.rand(images, 3, side, side, device=device)
     rows = 2 if dry else bench_clever.auto_rows(model, x)

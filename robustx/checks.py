@@ -24,6 +24,7 @@ __all__ = [
     "norm",
     "clip_range",
     "device",
+    "device_unavailable",
     "floating_tensor",
     "images",
     "labels",
@@ -95,7 +96,8 @@ def clip_range(clip_values, name: str = "clip_values") -> Optional[Tuple[float, 
 def device(value, net: Optional[nn.Module] = None, name: str = "device") -> torch.device:
     """A ``torch.device``; ``None`` means the device of ``net`` (CPU for a stateless one).
 
-    With a model that has parameters or buffers, the device type must be the model's.
+    A device given must exist on this machine (see :func:`device_unavailable`), and with a
+    model that has parameters or buffers, its type must be the model's.
     """
     home = torch.device("cpu")
     if net is not None:
@@ -106,10 +108,29 @@ def device(value, net: Optional[nn.Module] = None, name: str = "device") -> torc
         dev = torch.device(value)
     except (TypeError, RuntimeError):
         raise ValueError(f"{name} must be None, a torch.device or a device string, got {value!r}") from None
+    reason = device_unavailable(dev)
+    if reason:
+        raise ValueError(f"{name} {str(dev)!r} is not available: {reason}")
     stateful = net is not None and any(True for _ in [*net.parameters(), *net.buffers()])
     if stateful and dev.type != home.type:
         raise ValueError(f"{name}={value!r} but the model lives on {home}; move the model or pass {name}=None")
     return dev
+
+
+def device_unavailable(dev: torch.device) -> Optional[str]:
+    """Why ``dev`` cannot be used on this machine ("torch.cuda.is_available() is False",
+    an index >= the backend's device count, ...), or None when it can."""
+    if dev.type in ("cpu", "meta"):
+        return None
+    backend = getattr(torch, dev.type, None)
+    if backend is None or not hasattr(backend, "is_available"):
+        return f"this torch build has no {dev.type} backend"
+    if not backend.is_available():
+        return f"torch.{dev.type}.is_available() is False"
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if dev.index is not None and dev.index >= count:
+        return f"torch.{dev.type}.device_count() is {count}"
+    return None
 
 
 def floating_tensor(value, name: str) -> torch.Tensor:

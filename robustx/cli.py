@@ -60,9 +60,12 @@ def _add_run_options(p: argparse.ArgumentParser, out: str) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    from robustx import checks
     from robustx.pipeline import distributed, sources
     from robustx.pipeline.evaluate import evaluate
 
+    if args.device is not None:
+        checks.device(args.device, name="--device")  # before any work: the device exists here
     distributed.init_from_env()  # under torchrun: one process per device, inputs sharded by rank
     rank = distributed.world()[0]
     model = sources.load_model(args.model, args.weights, args.normalize)
@@ -277,17 +280,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The errors main() prints as one line: what the library raises for a bad argument, a bad or
+#: missing file, a failed import, an unavailable device or a failed user factory
+#: (:class:`robustx.pipeline.sources.UserCodeError` is a RuntimeError). Anything else
+#: (AttributeError, AssertionError, IndexError, ...) is a bug in robustx and keeps its
+#: traceback, to be reported; KeyboardInterrupt and SystemExit pass through.
+USER_ERRORS = (ValueError, TypeError, KeyError, OSError, ImportError, RuntimeError)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``robustx`` console script and ``python -m robustx``.
 
-    A bad argument, a missing file or a failed import prints one line and exits with 2;
-    ``--debug`` shows the traceback instead."""
+    An error of :data:`USER_ERRORS` prints one line, ``robustx COMMAND: error: MESSAGE``
+    (a multi-line message joined), and exits with 2; ``--debug`` shows the traceback instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, KeyError, OSError, ImportError, RuntimeError) as err:
+    except USER_ERRORS as err:
         if args.debug:
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        parser.exit(2, f"robustx {args.command}: error: {message}\n")
+        parser.exit(2, f"robustx {args.command}: error: {' '.join(str(message).split())}\n")

@@ -367,7 +367,7 @@ def run_landscape(
     if model == "digits":
         net = models.digits_cnn(pretrained=weights is None)
         if weights is not None:
-            net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            models.load_weights(net, weights)
         x, y = data.digits("test")
         span = 0.5 if span is None else span
     elif model == "resnet20":

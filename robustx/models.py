@@ -9,15 +9,16 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
-from typing import Optional, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from robustx import checks
 
-__all__ = ["DigitsCNN", "digits_cnn", "BasicBlock", "ResNet20", "resnet20_cifar", "DIGITS_WEIGHTS"]
+__all__ = ["DigitsCNN", "digits_cnn", "BasicBlock", "ResNet20", "resnet20_cifar", "load_weights", "DIGITS_WEIGHTS"]
 
 DIGITS_WEIGHTS = Path(__file__).resolve().parent / "weights" / "digits_cnn.pt"
 
@@ -46,13 +47,57 @@ class DigitsCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def _load_state(path: Union[str, os.PathLike], name: str) -> dict:
+def load_weights(model: nn.Module, path: Union[str, os.PathLike], name: str = "weights") -> nn.Module:
+    """Load the state dict saved at ``path`` (``torch.save(model.state_dict(), path)``) into
+    ``model`` and return it. The file is read with ``weights_only=True`` (never unpickled);
+    a file that is not a state dict, or whose keys or shapes do not fit ``model``, raises
+    ``ValueError`` naming ``name``, the file and the first offending keys."""
+    state = _load_state(path, name)
+    what = f"{name} {path}"
+    _check_shapes(model, state, what)
+    result = model.load_state_dict(state, strict=False)  # not strict: a one-line message, below
+    if result.missing_keys or result.unexpected_keys:
+        parts = [f"{kind} keys {_first_keys(keys)}" for kind, keys in
+                 (("missing", result.missing_keys), ("unexpected", result.unexpected_keys)) if keys]
+        raise ValueError(f"{what} does not fit {type(model).__name__}: {'; '.join(parts)}")
+    return model
+
+
+def _load_state(path: Union[str, os.PathLike], name: str) -> Mapping:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{name}: weight file not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(f"{name}: no such file: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{name} {path}: not a state dict (a whole pickled model or an arbitrary pickle, "
+                         "which robustx never unpickles); save the weights with torch.save(model.state_dict(), path)"
+                         ) from err
+    except (EOFError, KeyError, RuntimeError, ValueError) as err:  # empty, cut short or not a torch.save file
+        reason = f"not a torch.save file, or cut short: {type(err).__name__}: {err}"
+        raise ValueError(f"{name} {path}: cannot be read as a state dict "
+                         f"({'the file is empty' if path.stat().st_size == 0 else reason})") from err
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{name} {path}: not a state dict but a {type(state).__name__}; save the weights with "
+                         "torch.save(model.state_dict(), path)")
+    return state
+
+
+def _check_shapes(model: nn.Module, state: Mapping, what: str) -> None:
+    """ValueError at the first tensor of ``state`` whose shape differs from the model's."""
+    own = model.state_dict()
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and key in own and value.shape != own[key].shape:
+            raise ValueError(f"{what} does not fit {type(model).__name__}: {key} has shape {tuple(value.shape)} "
+                             f"in the file, {tuple(own[key].shape)} in the model")
+
+
+def _first_keys(keys: Sequence[str], shown: int = 3) -> str:
+    """'a', 'b', 'c' and 5 more."""
+    text = ", ".join(repr(k) for k in keys[:shown])
+    return text + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
 def digits_cnn(pretrained: bool = True) -> DigitsCNN:
@@ -62,7 +107,7 @@ def digits_cnn(pretrained: bool = True) -> DigitsCNN:
         raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
     model = DigitsCNN()
     if pretrained:
-        model.load_state_dict(_load_state(DIGITS_WEIGHTS, "digits_cnn"))
+        load_weights(model, DIGITS_WEIGHTS, "digits_cnn")
     return model.eval()
 
 
@@ -123,5 +168,5 @@ def resnet20_cifar(weights: Optional[Union[str, os.PathLike]] = None) -> ResNet2
     ``resnet20_cifar.pt``) or None for random initialisation."""
     model = ResNet20()
     if weights is not None:
-        model.load_state_dict(_load_state(weights, "weights"))
+        load_weights(model, weights)
     return model.eval()

@@ -3,7 +3,7 @@ for users who write their own loops.
 
 * :func:`world` - (rank, world size); (0, 1) without an initialised process group.
 * :func:`init_from_env` - start the process group that ``torchrun`` describes in the
-  environment (NCCL on GPUs, gloo on CPU).
+  environment (NCCL on GPUs, gloo on CPU); it is destroyed when the process exits.
 * :func:`owned` - the fixed sharding: unit i belongs to rank i mod world size.
 * :func:`gather_in_order` - every rank's {index: result} merged on all ranks, so results
   come back in input order whatever rank made them.
@@ -14,6 +14,7 @@ for users who write their own loops.
 """
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any, Dict, List, Tuple, TypeVar
 
@@ -34,7 +35,11 @@ def world() -> Tuple[int, int]:
 
 def init_from_env() -> bool:
     """Initialise the default process group from torchrun's environment (WORLD_SIZE > 1):
-    NCCL with one GPU per local rank when CUDA is available, else gloo. True if it did."""
+    NCCL with one GPU per local rank when CUDA is available, else gloo. True if it did.
+
+    The group is destroyed at interpreter exit (success or error): a gloo group left to the
+    interpreter's teardown can abort a finished process ("terminate called without an
+    active exception", SIGABRT), so torchrun would report a good run as failed."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return False
     if torch.cuda.is_available():
@@ -42,7 +47,14 @@ def init_from_env() -> bool:
         dist.init_process_group("nccl")
     else:
         dist.init_process_group("gloo")
+    atexit.register(_destroy)
     return True
+
+
+def _destroy() -> None:
+    """Destroy the default process group unless the user already did."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def owned(n_units: int) -> List[int]:

@@ -14,8 +14,10 @@ model's own predictions). Weights and arrays are read without unpickling
 from __future__ import annotations
 
 import importlib
+import zipfile
+import zlib
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -24,7 +26,8 @@ from torch import nn
 from robustx import checks
 from robustx.pipeline import imagefolder
 
-__all__ = ["load_model", "load_data", "NORMALIZATIONS", "default_data", "default_profile", "BUILT_IN_MODELS", "BUILT_IN_DATA"]
+__all__ = ["load_model", "load_data", "NORMALIZATIONS", "default_data", "default_profile", "BUILT_IN_MODELS",
+           "BUILT_IN_DATA", "UserCodeError"]
 
 BUILT_IN_MODELS = ("digits", "resnet20")
 BUILT_IN_DATA = ("digits", "cifar100")
@@ -51,24 +54,45 @@ def _named_model(spec: str, weights: Optional[str]) -> nn.Module:
     elif spec == "resnet20":
         from robustx.data import aisafety_dir
 
-        return models.resnet20_cifar(weights or aisafety_dir() / "resnet20_cifar.pt").eval()
+        model, weights = models.ResNet20(), weights or aisafety_dir() / "resnet20_cifar.pt"
     elif ":" in spec:
-        module_name, attr = spec.split(":", 1)
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"--model {spec}: cannot import {attr!r} from {module_name!r} ({err})") from None
-        model = factory()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"--model {spec}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
+        model = _factory_model(spec)
     else:
         raise ValueError(f"--model must be one of {', '.join(BUILT_IN_MODELS)} or module:factory, got {spec!r}")
     if weights is not None:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"--weights: no such file: {path}")
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        models.load_weights(model, weights, "--weights")
     return model.eval()
+
+
+class UserCodeError(RuntimeError):
+    """An exception raised by the user's own code (the module and factory of ``--model
+    module:factory``), as one line ``in <where>: <type>: <message>``. The original
+    exception is chained (``__cause__``); ``type_name`` and ``message`` keep its type and text."""
+
+    def __init__(self, where: str, err: Exception):
+        self.type_name, self.message = type(err).__name__, str(err)
+        super().__init__(f"in {where}: {self.type_name}: {err}")
+
+
+def _factory_model(spec: str) -> nn.Module:
+    """The ``nn.Module`` returned by ``module:factory``, called with no arguments."""
+    module_name, attr = spec.split(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"--model {spec}: cannot import {attr!r} from {module_name!r} ({err})") from None
+    except Exception as err:  # the module's own code failed while importing
+        raise UserCodeError(f"module {module_name}", err) from err
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"--model {spec}: module {module_name!r} has no callable {attr!r}")
+    try:
+        model = factory()
+    except Exception as err:
+        raise UserCodeError(f"factory {spec}", err) from err
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"--model {spec}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def default_data(model_spec: str) -> str:
@@ -111,17 +135,36 @@ def _array_file(path: Path, model: nn.Module) -> Tuple[torch.Tensor, torch.Tenso
                          f"got {str(path)!r}")
     if not path.is_file():
         raise FileNotFoundError(f"--data: no such file: {path}")
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as arrays:
-            missing = {"x", "y"} - set(arrays.files)
-            if missing:
-                raise ValueError(f"--data {path}: the .npz file needs arrays x and y, missing {sorted(missing)}")
-            x, y = torch.from_numpy(arrays["x"].astype(np.float32)), torch.from_numpy(arrays["y"].astype(np.int64))
-    else:
-        x = torch.from_numpy(np.load(path, allow_pickle=False).astype(np.float32))
-        y = None
-    x = checks.images(x, f"--data {path} x", (0.0, 1.0))
-    if y is None:
+    arrays = _read_arrays(path)
+    missing = {"x", "y"} - set(arrays)
+    if path.suffix == ".npz" and missing:
+        raise ValueError(f"--data {path}: the .npz file needs arrays x and y, missing {sorted(missing)}")
+    x = checks.images(_numeric(arrays["x"], f"--data {path} x").float(), f"--data {path} x", (0.0, 1.0))
+    if "y" in arrays:
+        return x, checks.labels(_numeric(arrays["y"], f"--data {path} y"), x.shape[0], f"--data {path} y")
+    try:
         with torch.no_grad():
-            y = model.eval()(x).argmax(1)
-    return x, checks.labels(y, x.shape[0], f"--data {path} y")
+            return x, model.eval()(x).argmax(1)  # labels: the model's own predictions
+    except Exception as err:
+        raise UserCodeError(f"the model's forward pass on --data {path}", err) from err
+
+
+def _read_arrays(path: Path) -> Dict[str, np.ndarray]:
+    """Arrays x and y (those present) of a .npz file, or {"x": the array} of a .npy file,
+    read without unpickling; a file numpy cannot read raises ValueError naming it."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return {"x": loaded}
+        with loaded:
+            return {k: loaded[k] for k in ("x", "y") if k in loaded.files}
+    except (EOFError, ValueError, OSError, zipfile.BadZipFile, zlib.error) as err:  # empty, truncated, object arrays
+        reason = "the file is empty" if path.stat().st_size == 0 else f"{type(err).__name__}: {err}"
+        raise ValueError(f"--data {path}: not a readable .npz / .npy file ({reason})") from err
+
+
+def _numeric(array: np.ndarray, name: str) -> torch.Tensor:
+    """``array`` as a tensor; it must hold real numbers (bool, int or float: no complex, no strings)."""
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    return torch.from_numpy(array)

@@ -1,5 +1,7 @@
 """Neuron sensitivity and neuron uncertainty against hand-computed values and a
 straightforward per-sample, per-neuron NumPy reference."""
+import collections
+
 import numpy as np
 import pytest
 import torch
@@ -225,6 +227,17 @@ def test_to_dict_is_json(digits_pairs):
 def test_plot_writes_png(tmp_path, digits_pairs):
     model, x, x_adv = digits_pairs
     path = neuron_sensitivity(model, x, x_adv).plot(tmp_path / "sens.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_draws_layer_names_literally(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(collections.OrderedDict([("conv$^$", nn.Conv2d(1, 2, 3)), ("$_$", nn.ReLU()),
+                                                   ("flat", nn.Flatten()), ("a$\\foo$", nn.Linear(2 * 6 * 6, 3))]))
+    x = torch.rand(4, 1, 8, 8)
+    sens = neuron_sensitivity(model, x, (x + 0.1).clamp(0, 1))
+    assert list(sens) == ["conv$^$", "a$\\foo$"]
+    path = sens.plot(tmp_path / "sens.png", title="NS of $x^$")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -10,7 +10,9 @@ set N of all neurons of the chosen layers and a neuron value phi(x, n):
   floor((phi - low) k / (high - low)), a value equal to high_n hits section k - 1, a value outside
   [low_n, high_n] hits none (a neuron with high_n == low_n has one reachable section).
 * **NBC** = (|UpperCorner| + |LowerCorner|) / (2 |N|), UpperCorner = {n : some x has
-  phi(x, n) > high_n}, LowerCorner likewise with phi < low_n.  **SNAC** = |UpperCorner| / |N|.
+  phi(x, n) > high_n}, LowerCorner likewise with phi < low_n (DeepGauge's strict rule; here a
+  value within rounding noise of a bound counts as at it, see "Rounding noise" below).
+  **SNAC** = |UpperCorner| / |N|.
 * **TKNC(k)** = |union over x and layers of the top-k neurons of the layer| / |N|, k = ``top_k``.
 * **TKNP(k)** = number of distinct patterns, a pattern being the tuple over layers of
   the *sets* of top-k neurons of one input.

@@ -1,6 +1,7 @@
 """The report: JSON round trip, the self-contained HTML page, plots and comparison
 (robustx.pipeline.report)."""
 import base64
+import io
 import json
 import math
 import struct
@@ -144,6 +145,37 @@ def test_plots_are_pngs_of_sensible_size():
         image_grid_png(torch.rand(2, 2, 4, 4), torch.rand(2, 2, 4, 4))
     with pytest.raises(ValueError, match="same length"):
         bars_png(["a"], [1.0, 2.0], "t")
+
+
+# user text that matplotlib's mathtext cannot parse (the last four) or would typeset ($x$)
+MATH_LIKE = ["$x$", "$", "_^\\", "conv$^$", "a$\\foo$", "$_$", "run $x^$ 2"]
+
+
+def _mathtext_fails(text: str) -> bool:
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    fig.subplots().set_title(text)
+    try:
+        fig.savefig(io.BytesIO(), format="png")
+    except ValueError:
+        return True
+    return False
+
+
+def test_plot_text_is_drawn_literally():
+    import matplotlib
+
+    assert sum(_mathtext_fails(t) for t in MATH_LIKE) == 4  # what would break the report without the fix
+    a, b = _pair()
+    pngs = [
+        histogram_png([1.0, 2.0, 3.0], "CLEVER of conv$^$", "score $_$"),
+        bars_png(MATH_LIKE, range(len(MATH_LIKE)), "a$\\foo$"),
+        layer_bars_png({name: 1.0 for name in MATH_LIKE}, "NC $x^$"),
+        *[base64.b64decode(s.split(",", 1)[1]) for s in _parse(compare_html([a, b], ["run$_$", "$x^$"])).images],
+    ]
+    assert len(pngs) == 7 and all(p.startswith(b"\x89PNG") for p in pngs)
+    assert matplotlib.rcParams["text.parse_math"]  # the user's setting is back after each figure
 
 
 def _pair():

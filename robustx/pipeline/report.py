@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from robustx import checks
+from robustx.plotting import literal_text
 
 __all__ = [
     "MetricResult", "Report", "compare", "compare_html",
@@ -235,6 +236,7 @@ def _new_figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
+@literal_text()
 def histogram_png(values: Sequence[float], title: str, xlabel: str, bins: int = 30) -> bytes:
     """PNG of a histogram of the finite ``values`` (the count of non-finite ones in the title)."""
     checks.integer(bins, "bins")
@@ -250,6 +252,7 @@ def histogram_png(values: Sequence[float], title: str, xlabel: str, bins: int = 
     return _png(fig)
 
 
+@literal_text()
 def bars_png(labels: Sequence[str], values: Sequence[float], title: str) -> bytes:
     """PNG of one vertical bar per label, each annotated with its value."""
     labels, values = [str(v) for v in labels], [float(v) for v in values]
@@ -266,6 +269,7 @@ def bars_png(labels: Sequence[str], values: Sequence[float], title: str) -> byte
     return _png(fig)
 
 
+@literal_text()
 def layer_bars_png(per_layer: Dict[str, float], title: str) -> bytes:
     """PNG of one horizontal bar per layer (in the dict's order, first at the top)."""
     names, values = list(per_layer), [float(v) for v in per_layer.values()]

@@ -1,11 +1,14 @@
 """The report: JSON round trip, the self-contained HTML page, plots and comparison
 (robustx.pipeline.report)."""
 import base64
+import errno
 import io
 import json
 import math
+import os
 import struct
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,6 +97,23 @@ def test_nan_value_round_trips(tmp_path):
     rep = _report(clean_accuracy=float("nan"))
     back = Report.load(rep.save(tmp_path))
     assert math.isnan(back.metrics["clean_accuracy"].value)
+
+
+def test_a_full_disk_leaves_no_temporary_file_and_the_old_report(tmp_path, monkeypatch):
+    old = _report().save(tmp_path).joinpath("report.json").read_text()
+    real = Path.write_text
+
+    def full_disk(self, text, **kw):  # what a write that fills the disk leaves: the file, empty
+        real(self, "")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError, match=r"cannot write .*report\.json: No space left on device") as err:
+        _report(clean_accuracy=0.5).save(tmp_path)
+    monkeypatch.undo()
+    assert err.value.errno == errno.ENOSPC and "\n" not in str(err.value)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["report.html", "report.json"]
+    assert (tmp_path / "report.json").read_text() == old
 
 
 def test_load_rejects_other_json(tmp_path):

@@ -8,6 +8,7 @@ Figures (PNG bytes) live in the HTML page only.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
@@ -129,10 +130,18 @@ def _decode_nonfinite(value):
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file and rename it over ``path``."""
+    """Write ``text`` to a temporary file and rename it over ``path``; on failure the
+    temporary file is removed and the OSError names ``path``."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from err
+        raise
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """robustx.evaluate and the `robustx evaluate / compare / metrics` commands: values equal to
 the metric functions called by hand, skipped metrics with their reason, a SIGKILLed run
 that resumes to the same report, refusal to resume another run, and one-line CLI errors."""
+import functools
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from robustx import attacks, metrics
 from robustx.cli import main
 from robustx.data import digits
 from robustx.models import digits_cnn
+from robustx.metrics import eni
 from robustx.pipeline.evaluate import evaluate
 from robustx.pipeline.report import Report
 
@@ -99,19 +101,101 @@ def test_bad_arguments_name_themselves(tmp_path):
         evaluate(model, x[:4], metrics=["CA"], progress=False)
 
 
-def test_resume_of_another_run_is_refused(tmp_path):
+def _counting_attacks(monkeypatch) -> list:
+    """Every attack the pipeline makes, by name (attacks.get_attack is called once per
+    batch); each attack takes at least 0.1 s more, so its unit's compute time is clearly
+    longer than reading it back."""
+    made, real = [], attacks.get_attack
+
+    def get_attack(name, **kw):
+        made.append(name)
+        return _slow(real(name, **kw))
+
+    monkeypatch.setattr(attacks, "get_attack", get_attack)
+    return made
+
+
+def _slow(fn):
+    @functools.wraps(fn)  # keeps the signature that config checks read
+    def slow(*args, **kw):
+        time.sleep(0.1)
+        return fn(*args, **kw)
+    return slow
+
+
+def _stored_seconds(out: Path, label: str) -> float:
+    with sqlite3.connect(out / "store.sqlite") as conn:
+        return sum(s for (s,) in conn.execute("SELECT seconds FROM units WHERE unit LIKE ?", (label + "/%",)))
+
+
+def test_resume_reuses_every_unit_whose_content_is_unchanged(tmp_path, monkeypatch):
     x, y = digits("test")
-    model = digits_cnn()
-    evaluate(model, (x[:8], y[:8]), metrics=["CA", "AA_W"], attacks=PGD, out=tmp_path, progress=False)
-    with pytest.raises(ValueError, match="resume=True"):
-        evaluate(model, (x[:8], y[:8]), metrics=["CA", "AA_W"], attacks=PGD, out=tmp_path, progress=False)
-    other = {"pgd": dict(PGD["pgd"], eps=0.2)}
-    with pytest.raises(ValueError, match="another run|differ"):
-        evaluate(model, (x[:8], y[:8]), metrics=["CA", "AA_W"], attacks=other, out=tmp_path, resume=True,
-                 progress=False)
-    again = evaluate(model, (x[:8], y[:8]), metrics=["CA", "AA_W"], attacks=PGD, out=tmp_path, resume=True,
-                     progress=False)
-    assert json.loads((tmp_path / "report.json").read_text())["metrics"]["AA_W"]["value"] == again.metrics["AA_W"].value
+    data, model = (x[:16], y[:16]), digits_cnn()  # 2 batches of 8: 2 attack units, 2 eps-ENI units
+    made = _counting_attacks(monkeypatch)
+    monkeypatch.setattr(eni, "eps_eni", _slow(eni.eps_eni))
+
+    def run(metrics, **kw):
+        made.clear()
+        return evaluate(model, data, metrics=metrics, attacks=PGD, batch_size=8, out=tmp_path, progress=False, **kw)
+
+    first = run(["AA_W", "eps-ENI"])
+    assert (made, first.run["units_reused"], first.run["units_computed"]) == (["pgd", "pgd"], 0, 4)
+    more = run(["AA_W", "ALD_2", "eps-ENI"], resume=True)  # one more metric: nothing to compute
+    assert (made, more.run["units_reused"], more.run["units_computed"]) == ([], 4, 0)
+    fresh = evaluate(model, data, metrics=["ALD_2"], attacks=PGD, batch_size=8, progress=False)
+    assert more.metrics["ALD_2"].value == fresh.metrics["ALD_2"].value
+    assert json.loads((tmp_path / "report.json").read_text())["run"]["units_reused"] == 4
+    # a resumed metric reports the seconds its units took to compute, not to be read back
+    assert more.metrics["eps-ENI"].seconds >= _stored_seconds(tmp_path, "metric/eps-ENI") >= 0.2
+    assert more.run["attack_seconds"]["attack pgd"] >= _stored_seconds(tmp_path, "attack/pgd@model") >= 0.2
+    changed = run(["AA_W", "eps-ENI"], resume=True, config={"eps-eni": {"epsilon": 0.05}})  # only eps-ENI's units
+    assert (made, changed.run["units_reused"], changed.run["units_computed"]) == ([], 2, 2)
+    fewer = run(["AA_W"], resume=True)
+    assert (made, fewer.run["units_reused"], fewer.run["units_computed"]) == ([], 2, 0)
+    assert fewer.metrics["AA_W"].value == first.metrics["AA_W"].value
+
+
+def test_another_model_or_data_is_refused_naming_what_differs(tmp_path):
+    x, y = digits("test")
+    model, profile = digits_cnn(), x[100:108]
+    one_step = {"pgd": dict(PGD["pgd"], steps=1)}
+
+    def run(net, data, profile=profile, **kw):
+        return evaluate(net, data, metrics=["AA_W", "NC"], attacks=kw.pop("attacks", one_step), profile=profile,
+                        out=tmp_path, progress=False, **kw)
+
+    run(model, (x[:8], y[:8]))
+    with pytest.raises(ValueError, match="already holds 2 finished units .*pass resume=True to reuse them"):
+        run(model, (x[:8], y[:8]))
+    cases = [((digits_cnn(pretrained=False), (x[:8], y[:8])), {}, "model weights differ"),
+             ((model, (x[:8], (y[:8] + 1) % 10)), {}, r"data \(inputs or labels\) differ"),
+             ((model, (x[:8], y[:8])), {"profile": x[200:208]}, "profile data differ")]
+    for args, kw, message in cases:
+        with pytest.raises(ValueError, match=f"holds the results of another run: {message}\\. Use another output"):
+            run(*args, resume=True, **kw)
+    other_eps = run(model, (x[:8], y[:8]), resume=True, attacks={"pgd": dict(one_step["pgd"], eps=0.2)})
+    assert (other_eps.run["units_reused"], other_eps.run["units_computed"]) == (1, 1)  # NC kept, the attack redone
+
+
+def test_a_changed_stored_byte_is_recomputed_to_the_same_report(tmp_path):
+    x, y = digits("test")
+    data, model = (x[:16], y[:16]), digits_cnn()
+    first = evaluate(model, data, metrics=["eps-ENI"], batch_size=8, out=tmp_path, progress=False)
+    conn = sqlite3.connect(tmp_path / "store.sqlite")
+    with conn:
+        unit, blob = conn.execute("SELECT unit, data FROM tensors WHERE unit LIKE 'metric/eps-ENI/batch-0001/%'"
+                                  ).fetchone()
+        values = np.frombuffer(blob, np.float64)
+        i = int(np.flatnonzero(np.isfinite(values))[0])
+        blob = bytearray(blob)
+        blob[8 * i + 7] ^= 0x40  # an exponent bit of a defined value: it changes
+        conn.execute("UPDATE tensors SET data = ? WHERE unit = ?", (bytes(blob), unit))
+    conn.close()
+    with pytest.warns(RuntimeWarning, match=f"unit '{unit}' does not match its checksum"):
+        again = evaluate(model, data, metrics=["eps-ENI"], batch_size=8, out=tmp_path, resume=True, progress=False)
+    assert (again.run["units_reused"], again.run["units_computed"]) == (1, 1)
+    # the same unit recomputed on the same inputs in the same batch: the same numbers
+    assert again.metrics["eps-ENI"].per_sample == first.metrics["eps-ENI"].per_sample
 
 
 # ------------------------------------------------------------------ command line
@@ -183,6 +267,25 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--model", "robustx.data:digits", "--out", str(tmp_path / "o"), "--no-progress"])
     assert "not a torch.nn.Module" in capsys.readouterr().err
+
+
+def test_a_damaged_store_is_one_line_on_the_command_line(tmp_path, capsys):
+    for damage in ("random bytes", "truncated"):
+        out = tmp_path / damage
+        if damage == "random bytes":
+            out.mkdir()
+            (out / "store.sqlite").write_bytes(np.random.default_rng(0).integers(0, 256, 8192, np.uint8).tobytes())
+        else:
+            evaluate(digits_cnn(), digits("test"), metrics=["AA_W"], attacks=PGD, batch_size=64, out=out,
+                     progress=False)  # 6 units of adversarial examples, then the file cut to a few pages
+            with open(out / "store.sqlite", "r+b") as f:
+                f.truncate(16384)
+        with pytest.raises(SystemExit) as err:
+            main(["evaluate", "--model", "digits", "--n", "8", "--metrics", "AA_W", "--out", str(out), "--resume",
+                  "--no-progress"])
+        text = capsys.readouterr().err
+        assert err.value.code == 2 and text.count("\n") == 1 and "Traceback" not in text
+        assert f"{out / 'store.sqlite'} is damaged or not a robustx store" in text and "delete it" in text
 
 
 def test_metrics_command_lists_every_metric(capsys):

@@ -6,7 +6,12 @@ metric of :mod:`robustx.metrics`; the model-heavy metrics (CLEVER, DIV, eps-ENI,
 corruptions, neuron sensitivity / uncertainty, coverage) run once each. Every finished
 unit of work (an attack or a heavy metric over one input batch) is a row of the run's
 SQLite store (:mod:`robustx.pipeline.store`), so a killed run resumes where it stopped and
-gives the same report. Metrics whose inputs are missing (no defended model, no
+gives the same report. A unit is keyed by what its result depends on (model weights, the
+inputs and labels of its batch, its settings and seed), so a later run in the same folder
+with more or fewer metrics or other settings reuses every unit whose key is unchanged
+(``resume=True``); the report's run section counts the units reused and computed, and a
+metric's seconds are those its units took to compute, also when they were read back.
+Metrics whose inputs are missing (no defended model, no
 surrogate, no profile data) are reported as skipped with the reason.
 
 Randomness: a batch's unit is seeded with ``seed`` plus the index of the batch's first
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import sys
 import tempfile
 import time
 import warnings
@@ -32,7 +38,7 @@ from robustx import metrics as suite
 from robustx.modelutil import chunks, frozen_eval, progress_bar
 from robustx.pipeline import distributed
 from robustx.pipeline.report import MetricResult, Report, histogram_png, image_grid_png, layer_bars_png
-from robustx.pipeline.store import ResultStore, run_id, run_unit
+from robustx.pipeline.store import ResultStore, StoreError, Stored, data_digest, json_digest, model_digest
 
 __all__ = ["evaluate", "DEFAULT_ATTACKS", "config_sections"]
 
@@ -96,53 +102,101 @@ class _Run:
     timings: Dict[str, float] = field(default_factory=dict)  # seconds of the shared attacks
     channels_last: bool = False  # these two apply to the logits passes only (not attacks, not CLEVER)
     autocast: Optional[torch.dtype] = None
+    digests: Dict[str, str] = field(default_factory=dict)  # "data", and each role's model ("model", ...) or "profile"
+    reused: set = field(default_factory=set)  # units read from an earlier run / computed (and stored) by this one
+    computed: set = field(default_factory=set)
+    _batch_digests: Dict[int, str] = field(default_factory=dict)
+    _credit: float = 0.0  # stored compute seconds of reused units, less the seconds spent reading them
 
     # ------------------------------------------------------------ shared tensors
     def batches(self) -> List[slice]:
         return list(chunks(self.x.shape[0], self.batch_size))
 
-    def per_batch(self, key: str, fn: Callable[[slice, int], Dict[str, torch.Tensor]], desc: str) -> Dict[str, torch.Tensor]:
-        """``fn(batch, seed)`` over every batch, each a stored unit; the tensors concatenated
-        in input order. With several processes each rank makes its own batches (i mod world
-        size) and the results are gathered; only rank 0 reads and writes the store."""
+    def per_batch(self, key: str, fn: Callable[[slice, int], Dict[str, torch.Tensor]], desc: str,
+                  settings: dict, roles: Sequence[str] = ("model",)) -> Dict[str, torch.Tensor]:
+        """``fn(batch, seed)`` over every batch, each a stored unit (:meth:`unit`); the tensors
+        concatenated in input order. With several processes each rank makes its own batches
+        (i mod world size) and the results are gathered; only rank 0 reads and writes the store."""
         batches = self.batches()
-        units = [f"{key}/batch-{i:04d}" for i in range(len(batches))]
-        done = self._done(units)
-        parts: Dict[int, Dict[str, torch.Tensor]] = {}
+        units = [self.unit(f"{key}/batch-{i:04d}", settings, roles, batch=i) for i in range(len(batches))]
+        parts = {i: (found.tensors, None) for i, found in enumerate(map(self._reuse, units)) if found is not None}
+        done = _from_rank0(set(parts))
         for i in progress_bar(distributed.owned(len(batches)), self.progress, desc):
             if i not in done:
                 start = time.perf_counter()
-                parts[i] = fn(batches[i], self.seed + batches[i].start)
-                self._put(units[i], parts[i], {}, time.perf_counter() - start)
-        if self.store is not None:
-            parts.update({i: self.store.get(units[i])[0] for i in done})
+                parts[i] = (fn(batches[i], self.seed + batches[i].start), time.perf_counter() - start)
+                self._put(units[i], parts[i][0], {}, parts[i][1])
         merged = distributed.gather_in_order(parts)
-        if self.store is not None:  # rank 0 keeps what the other ranks made
-            for i, tensors in merged.items():
-                if not self.store.done(units[i]):
-                    self.store.put(units[i], tensors, {"rank": i % distributed.world()[1]}, 0.0)
-        return {name: torch.cat([p[name] for p in merged.values()]) for name in merged[0]}
+        for i, (tensors, seconds) in merged.items():  # rank 0 keeps what the other ranks made
+            if seconds is not None and units[i] not in self.computed:
+                self._put(units[i], tensors, {}, seconds)
+        return {name: torch.cat([p[name] for p, _ in merged.values()]) for name in merged[0][0]}
 
-    def _done(self, units: List[str]) -> set:
-        """Indices of the finished ``units``, as rank 0's store says, on every rank."""
-        mine = {i for i, u in enumerate(units) if self.store.done(u)} if self.store is not None else set()
-        return distributed.gather_in_order({0: mine} if self.store is not None else {}).get(0, set())
+    def unit(self, label: str, settings: dict, roles: Sequence[str] = ("model",), batch: Optional[int] = None) -> str:
+        """The store's name of a unit: ``label/<sha256>`` of what its result depends on: the
+        digests of the ``roles`` ("model", "surrogate", "baseline", "profile"), of its batch's
+        inputs and labels (the whole set when ``batch`` is None), its ``settings``, its seed
+        (``seed`` plus the batch's first index) and the run's clip_values and batch_size."""
+        first = 0 if batch is None else self.batches()[batch].start
+        key = {"label": label, "roles": {r: self.digests[r] for r in roles}, "data": self._data_digest(batch),
+               "settings": settings, "seed": self.seed + first, "clip_values": self.clip_values,
+               "batch_size": self.batch_size}
+        return f"{label}/{json_digest(_jsonable(key), label)}"
+
+    def _data_digest(self, batch: Optional[int]) -> str:
+        if batch is None:
+            return self.digests["data"]
+        if batch not in self._batch_digests:
+            b = self.batches()[batch]
+            self._batch_digests[batch] = data_digest(self.x[b], self.y[b])
+        return self._batch_digests[batch]
+
+    def _reuse(self, unit: str) -> Optional[Stored]:
+        """The stored ``unit`` (rank 0; None elsewhere or when not stored). The first time a
+        unit of an earlier run is read, :meth:`clock` gains its compute seconds instead of
+        the seconds spent reading it."""
+        if self.store is None:
+            return None
+        start = time.perf_counter()
+        found = self.store.load(unit)
+        if found is not None and unit not in self.reused | self.computed:
+            self.reused.add(unit)
+            self._credit += found.seconds - (time.perf_counter() - start)
+        return found
 
     def _put(self, unit: str, tensors: Dict[str, torch.Tensor], meta: dict, seconds: float) -> None:
         if self.store is not None:
             self.store.put(unit, tensors, meta, seconds)
+            self.computed.add(unit)
 
-    def whole(self, key: str, fn: Callable[[], Tuple[Dict[str, torch.Tensor], dict]]):
+    def clock(self) -> float:
+        """Seconds to time work with: wall time in which a reused unit counts as long as it took to compute."""
+        return time.perf_counter() + self._credit
+
+    def whole(self, key: str, fn: Callable[[], Tuple[Dict[str, torch.Tensor], dict]], settings: dict,
+              roles: Sequence[str] = ("model",)):
         """A unit over the whole input set, made by rank 0 alone (other ranks get None)."""
-        return run_unit(self.store, key, fn) if self.store is not None else (None, None)
+        if self.store is None:
+            return None, None
+        unit = self.unit(key, settings, roles)
+        found = self._reuse(unit)
+        if found is None:
+            start = time.perf_counter()
+            tensors, meta = fn()
+            self._put(unit, tensors, meta, time.perf_counter() - start)
+            return self.store.get(unit)
+        return found.tensors, found.meta
 
-    def collective(self, key: str, fn: Callable[[], Tuple[Dict[str, torch.Tensor], dict]]):
+    def collective(self, key: str, fn: Callable[[], Tuple[Dict[str, torch.Tensor], dict]], settings: dict,
+                   roles: Sequence[str] = ("model",)):
         """A unit every rank takes part in (``fn`` may all-reduce); rank 0 stores it."""
-        if self._done([key]):
-            return self.store.get(key) if self.store is not None else (None, None)
+        unit = self.unit(key, settings, roles)
+        found = self._reuse(unit)
+        if _from_rank0(found is not None):
+            return (found.tensors, found.meta) if found is not None else (None, None)
         start = time.perf_counter()
         tensors, meta = fn()
-        self._put(key, tensors, meta, time.perf_counter() - start)
+        self._put(unit, tensors, meta, time.perf_counter() - start)
         return tensors, meta
 
     def adversarial(self, name: str, on: str = "model") -> torch.Tensor:
@@ -161,7 +215,12 @@ class _Run:
                 x_adv = attack(target, self.x[b].to(self.device), self.y[b].to(self.device))
             return {"x_adv": x_adv.detach().cpu()}
 
-        return self.per_batch(f"attack/{name}@{on}", make, f"{name} on the {on}")["x_adv"]
+        return self.per_batch(f"attack/{name}@{on}", make, f"{name} on the {on}", self.attack_key(name),
+                              roles=(on,))["x_adv"]
+
+    def attack_key(self, name: str) -> Dict[str, Any]:
+        """What the examples of attack ``name`` depend on besides model, inputs and seed."""
+        return {"attack": name, "settings": self._attack_settings(name)}
 
     def _attack_settings(self, name: str) -> Dict[str, Any]:
         accepted = attack_lib.attack_settings(name)
@@ -253,7 +312,7 @@ def _corruption(run: _Run, name: str):
             errs = corruption_errors(net, run.x, run.y, batch_size=run.batch_size, seed=run.seed,
                                      clip_values=run.clip_values, progress=run.progress, **settings)
             return {c: torch.tensor(v, dtype=torch.float64) for c, v in errs.items()}, {}
-        tensors, _ = run.whole(f"metric/corruption-errors/{key}", compute)
+        tensors, _ = run.whole(f"metric/corruption-errors/{key}", compute, settings, roles=(key,))
         return {c: tuple(v.tolist()) for c, v in tensors.items()}
 
     errors = errors_of(run.model, "model")
@@ -281,14 +340,14 @@ def _clever(run: _Run, name: str):
                      **settings)
         return {"scores": res.scores.double().cpu(), "reliable": res.reliable.cpu()}
 
-    out = run.per_batch("metric/CLEVER", scores, "CLEVER")
+    out = run.per_batch("metric/CLEVER", scores, "CLEVER", run.settings["clever"])
     s = out["scores"]
     run.figures["CLEVER scores"] = histogram_png(s.tolist(), f"CLEVER (L{settings['norm']}, R = {settings['radius']})", "score")
     return float(s.mean()), s.tolist(), {"images": n_images, "unreliable_images": int((~out["reliable"]).sum())}
 
 
-def _per_sample_mean(run: _Run, key: str, fn, field_name: str):
-    values = run.per_batch(f"metric/{key}", lambda b, seed: {"v": fn(b, seed).double().cpu()}, key)["v"]
+def _per_sample_mean(run: _Run, key: str, fn, settings: dict):
+    values = run.per_batch(f"metric/{key}", lambda b, seed: {"v": fn(b, seed).double().cpu()}, key, settings)["v"]
     finite = values[~values.isnan()]
     return float(finite.mean()) if finite.numel() else float("nan"), values.tolist(), {"defined": int(finite.numel())}
 
@@ -299,7 +358,7 @@ def _div(run: _Run, name: str):
     def fn(b, seed):
         return divergence_bound(run.model, run.x[b].to(run.device), clip_values=run.clip_values, seed=seed,
                                 batch_size=run.batch_size, progress=False, **run.settings["div"]).per_sample
-    return _per_sample_mean(run, "DIV", fn, "per_sample")
+    return _per_sample_mean(run, "DIV", fn, run.settings["div"])
 
 
 def _eni(run: _Run, name: str):
@@ -308,7 +367,7 @@ def _eni(run: _Run, name: str):
     def fn(b, seed):
         return eps_eni(run.model, run.x[b].to(run.device), run.y[b].to(run.device), clip_values=run.clip_values,
                        seed=seed, batch_size=run.batch_size, progress=False, **run.settings["eps-eni"]).per_sample
-    return _per_sample_mean(run, "eps-ENI", fn, "per_sample")
+    return _per_sample_mean(run, "eps-ENI", fn, run.settings["eps-eni"])
 
 
 def _ebd(run: _Run, name: str):
@@ -319,7 +378,7 @@ def _ebd(run: _Run, name: str):
                   batch_size=run.batch_size * 4, progress=run.progress, **run.settings["ebd"])
         return {"distances": res.distances.double().cpu(), "value": torch.tensor(res.value)}, {"censored": res.censored}
 
-    tensors, meta = run.whole("metric/EBD", compute)
+    tensors, meta = run.whole("metric/EBD", compute, run.settings["ebd"])
     return float(tensors["value"]), tensors["distances"].tolist(), meta
 
 
@@ -335,7 +394,8 @@ def _neurons(run: _Run, name: str):
                                         **run.settings["nu"])
         return {layer: s.double().cpu() for layer, s in scores.items()}, {}
 
-    tensors, _ = run.whole(f"metric/{name}", compute)
+    key = {"ns": run.settings["ns"], **run.attack_key(run.primary)} if name == "NS" else run.settings["nu"]
+    tensors, _ = run.whole(f"metric/{name}", compute, key)
     per_layer = {layer: float(s.mean()) for layer, s in tensors.items()}
     title = "neuron sensitivity" if name == "NS" else "neuron uncertainty"
     run.figures[f"{name}: {title} per layer"] = layer_bars_png(per_layer, f"{name} (mean per layer)")
@@ -363,7 +423,8 @@ def _coverage(run: _Run, name: str):
         layers = {layer: float(c.NC) for layer, c in result.layers.items()}
         return values, {"nc_per_layer": layers}
 
-    tensors, meta = run.collective("metric/coverage", compute)
+    roles = ("model", "profile") if run.profile is not None else ("model",)
+    tensors, meta = run.collective("metric/coverage", compute, run.settings["coverage"], roles)
     if meta is None:
         return None, None, {}
     if meta["nc_per_layer"]:
@@ -406,14 +467,14 @@ def _measure(run: _Run, name: str) -> MetricResult:
     if name in _RANK0_ONLY and distributed.world()[0] != 0:
         return MetricResult(value=None, skipped="computed by rank 0", **base)
     runner = _NAMED_RUNNERS.get(name) or _FAMILY_RUNNERS[info.family]
-    start = time.perf_counter()
+    start = run.clock()
     value, per_sample, detail = runner(run, name)
     if value is None:
         return MetricResult(value=None, skipped="stored by rank 0", **base)
     table = _TABLE_OF.get(name)
     settings = {**(run.settings.get(table, {}) if table else {}), **detail}
     return MetricResult(value=float(value), per_sample=per_sample, settings=_jsonable(settings),
-                        seconds=time.perf_counter() - start, **base)
+                        seconds=run.clock() - start, **base)
 
 
 def _jsonable(value):
@@ -542,8 +603,10 @@ def evaluate(
     SNAC. ``config``: table -> keyword arguments of the function it names
     (:func:`config_sections`), e.g. ``{"clever": {"n_batches": 20}, "pgd": {"eps": 0.1}}``.
     ``out``: the run folder (``store.sqlite``, ``report.json``, ``report.html``); with
-    ``resume=True`` a run of the same model, data, metrics and settings continues from its
-    finished units, and a different run is refused. ``channels_last`` (model and inputs in
+    ``resume=True`` a run of the same model and data reuses every finished unit whose key is
+    unchanged (a killed run continues; more or fewer metrics, or changed settings, recompute
+    only the units they change), and a different model or data is refused. Without it, a
+    folder whose store holds finished units is refused. ``channels_last`` (model and inputs in
     that memory format) and ``autocast`` ("bf16" or "fp16": :func:`torch.autocast`) apply to
     the forward passes that give the logits only, never to attacks or CLEVER's gradients;
     both are part of the run's identity.
@@ -569,12 +632,9 @@ def evaluate(
                                                                     ("baseline", baseline)) if n is not None]}
     if channels_last or autocast is not None:  # runs without them keep their ids
         identity["inference"] = {"channels_last": channels_last, "autocast": str(autocast)}
-    extra = [t for t in (defended, surrogate, baseline) if t is not None]
-    rid = run_id(nn.ModuleList([model, *extra]), x, y, names, _jsonable(identity))
-    if profile is not None:
-        profile = checks.images(profile, "profile")
-        rid = run_id(nn.ModuleList([model, *extra]), torch.cat([x.flatten(), profile.flatten()]), y, names,
-                     _jsonable(identity))
+    profile = checks.images(profile, "profile") if profile is not None else None
+    digests = _digests(x, y, profile, model=model, defended=defended, surrogate=surrogate, baseline=baseline)
+    rid = json_digest(_jsonable({"digests": digests, "metrics": sorted(names), "settings": identity}))
     rank, size = distributed.world()
     distributed.agree(rid, "the run (model, data, metrics, settings)")
     n_batches = len(list(chunks(x.shape[0], batch_size)))
@@ -586,10 +646,11 @@ def evaluate(
         folder = Path(tempfile.mkdtemp(prefix="robustx-run-"))
     dev = checks.device(device, model)
     start = time.perf_counter()
-    store = _open_store(folder, rid, identity, resume)
+    store = _open_store(folder, digests, resume)
     try:
         run = _Run(model, x, y, store, settings, attack_table, batch_size, seed, clip, progress, dev,
-                   defended, surrogate, baseline, profile, channels_last=channels_last, autocast=autocast)
+                   defended, surrogate, baseline, profile, channels_last=channels_last, autocast=autocast,
+                   digests=digests)
         _make_shared_examples(run, names)
         results = {m: _measure(run, m) for m in progress_bar(names, progress and rank == 0, "metrics")}
         if run._adversarial:
@@ -603,24 +664,56 @@ def evaluate(
         "id": rid, "model": name, "inputs": int(x.shape[0]), "input_shape": list(x.shape[1:]), "seed": seed,
         "attacks": attack_table, "seconds": time.perf_counter() - start, "torch": torch.__version__,
         "device": str(dev), "processes": size, "attack_seconds": run.timings,
-        "inference": identity.get("inference", {})}))
+        "inference": identity.get("inference", {}), "units_reused": len(run.reused),
+        "units_computed": len(run.computed)}))
+    if run.reused and progress and rank == 0:
+        print(f"robustx: reused {len(run.reused)} finished units from {folder}, computed {len(run.computed)}",
+              file=sys.stderr)
     if out is not None and rank == 0:
         report.save(folder)
     return distributed.gather_in_order({0: report} if rank == 0 else {})[0]
 
 
-def _open_store(folder: Optional[Path], rid: str, identity: dict, resume: bool) -> Optional[ResultStore]:
-    """Rank 0 opens the store; every rank raises rank 0's error if it could not."""
+_FINGERPRINT = {"model": "model weights", "data": "data (inputs or labels)", "profile": "profile data",
+                "defended": "defended model weights", "surrogate": "surrogate model weights",
+                "baseline": "baseline model weights"}
+
+
+def _digests(x: torch.Tensor, y: torch.Tensor, profile: Optional[torch.Tensor], **roles: Optional[nn.Module]):
+    """The digests of what a run is made of: "data" (x and y), "profile", and each role's
+    model that is given (each module hashed once, whatever roles it plays)."""
+    by_module: Dict[int, str] = {}
+    digests = {"data": data_digest(x, y)}
+    if profile is not None:
+        digests["profile"] = data_digest(profile)
+    for role, net in roles.items():
+        if net is not None:
+            if id(net) not in by_module:
+                by_module[id(net)] = model_digest(net)
+            digests[role] = by_module[id(net)]
+    return digests
+
+
+def _open_store(folder: Optional[Path], digests: Dict[str, str], resume: bool,
+                resume_hint: str = "resume=True") -> Optional[ResultStore]:
+    """Rank 0 opens the store (keyed by the run's model and data digests); every rank raises
+    rank 0's error if it could not."""
     store, error = None, None
     if distributed.world()[0] == 0:
         try:
-            store = ResultStore.open(folder, rid, _jsonable(identity), resume=resume)
-        except ValueError as err:
-            error = str(err)
-    error = distributed.gather_in_order({0: error} if distributed.world()[0] == 0 else {}).get(0)
+            store = ResultStore.open(folder, {_FINGERPRINT[k]: v for k, v in digests.items()}, resume=resume,
+                                     resume_hint=resume_hint)
+        except (ValueError, StoreError) as err:
+            error = err
+    error = _from_rank0(error)
     if error is not None:
-        raise ValueError(error)
+        raise error
     return store
+
+
+def _from_rank0(value):
+    """Rank 0's ``value`` on every rank."""
+    return distributed.gather_in_order({0: value} if distributed.world()[0] == 0 else {})[0]
 
 
 def _landscape_figures(run: _Run, settings: Dict[str, Any]) -> None:
@@ -648,10 +741,10 @@ def _make_shared_examples(run: _Run, names: Sequence[str]) -> None:
     if "adversarial examples" not in needs:
         return
     for attack in run.attacks:
-        start = time.perf_counter()
+        start = run.clock()
         run.adversarial(attack)
-        run.timings[f"attack {attack}"] = time.perf_counter() - start
+        run.timings[f"attack {attack}"] = run.clock() - start
     if "AA_B" in names and run.surrogate is not None and run.primary is not None:
-        start = time.perf_counter()
+        start = run.clock()
         run.adversarial(run.primary, on="surrogate")
-        run.timings[f"attack {run.primary} on the surrogate"] = time.perf_counter() - start
+        run.timings[f"attack {run.primary} on the surrogate"] = run.clock() - start

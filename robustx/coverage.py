@@ -533,13 +533,34 @@ class NeuronCoverage:
                               neurons=total, layers=per_layer)
 
     def _metrics(self, c: Dict[str, int], m: int, profiled: bool) -> Dict[str, Optional[float]]:
-        """NC = |above| / m; KMNC = |sections hit| / (sections m); NBC = (|upper| + |lower|) / (2 m);
-        SNAC = |upper| / m; TKNC = |topk_hit| / m."""
-        out = {"NC": c["above"] / m, "KMNC": None, "NBC": None, "SNAC": None, "TKNC": c["topk_hit"] / m}
-        if profiled:
-            out.update(KMNC=c["sections"] / (self.sections * m), NBC=(c["upper"] + c["lower"]) / (2 * m),
-                       SNAC=c["upper"] / m)
-        return out
+        return _fractions(c, m, profiled, self.sections)
+
+    # ------------------------------------------------------- streamed evaluation
+    def batch_state(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The coverage states of the inputs ``x`` alone, as a flat dict of tensors (the
+        counts so far are reset first): "<layer>/<state>" bitmaps, "patterns" (n, 16)
+        uint8 TKNP digests, "inputs", "sections" and "profiled". States of several input
+        sets merge by OR of the bitmaps, concatenation of the patterns and sums of the
+        counts; :func:`coverage_from_state` gives the :class:`CoverageResult`."""
+        self.reset().update(x)
+        digests = np.frombuffer(b"".join(sorted(self.patterns)), dtype=np.uint8).reshape(-1, _DIGEST_BYTES)
+        state = {f"{l.name}/{s}": t.cpu() for l in self._layers for s, t in l.states.items()}
+        state.update(patterns=torch.from_numpy(digests.copy()), inputs=torch.tensor(self.n_inputs),
+                     profiled=torch.tensor(self.profiled))
+        return state
+
+    def profile_sharded(self, data: torch.Tensor, batch_size: int) -> "NeuronCoverage":
+        """:meth:`profile` over the profile inputs ``data`` split across the ranks of a
+        multi-process run (batches i mod world size), the bounds then reduced over the
+        ranks (min, max; moments merged): the same bounds as one process profiling all."""
+        from robustx.pipeline import distributed
+
+        rank, size = distributed.world()
+        mine = [data[b] for i, b in enumerate(chunks(data.shape[0], batch_size)) if i % size == rank]
+        self.profile(mine or data[:1])
+        if size > 1:
+            distributed.all_reduce_profile(self, has_data=bool(mine))
+        return self
 
     # ------------------------------------------------------------------ merging
     def merge(self, other: "NeuronCoverage") -> "NeuronCoverage":
@@ -639,3 +660,31 @@ class NeuronCoverage:
             self.n_inputs = int(cov["inputs"])
             self.patterns = {bytes(row) for row in cov["patterns"].numpy()}
         return self
+
+
+def _fractions(c: Dict[str, int], m: int, profiled: bool, sections: int) -> Dict[str, Optional[float]]:
+    """NC = |above| / m; KMNC = |sections hit| / (sections m); NBC = (|upper| + |lower|) / (2 m);
+    SNAC = |upper| / m; TKNC = |topk_hit| / m (KMNC, NBC, SNAC None without a profile)."""
+    out = {"NC": c["above"] / m, "KMNC": None, "NBC": None, "SNAC": None, "TKNC": c["topk_hit"] / m}
+    if profiled:
+        out.update(KMNC=c["sections"] / (sections * m), NBC=(c["upper"] + c["lower"]) / (2 * m), SNAC=c["upper"] / m)
+    return out
+
+
+def coverage_from_state(state: Dict[str, torch.Tensor], settings: Dict) -> CoverageResult:
+    """The :class:`CoverageResult` of a merged :meth:`NeuronCoverage.batch_state` (layer
+    sources are reported by name)."""
+    sections = int(settings.get("sections", 10))
+    profiled = bool(state["profiled"].all())
+    layers = list(dict.fromkeys(k.rsplit("/", 1)[0] for k in state if "/" in k))
+    sums, per_layer, total = dict.fromkeys(_STATES, 0), {}, 0
+    for name in layers:
+        counts = {s: int(state[f"{name}/{s}"].sum()) for s in _STATES}
+        m = state[f"{name}/above"].numel()
+        for s in _STATES:
+            sums[s] += counts[s]
+        per_layer[name] = LayerCoverage(**_fractions(counts, m, profiled, sections), neurons=m, source=name)
+        total += m
+    patterns = {bytes(row) for row in state["patterns"].numpy()}
+    return CoverageResult(**_fractions(sums, total, profiled, sections), TKNP=len(patterns),
+                          inputs=int(state["inputs"].sum()), neurons=total, layers=per_layer)

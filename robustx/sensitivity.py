@@ -31,6 +31,9 @@ from robustx.neurons import AxisSpec, RunningMoments, neuron_axes, neuron_view
 from robustx.plotting import literal_text
 
 __all__ = [
+    "neuron_moments",
+    "merge_moments",
+    "moments_uncertainty",
     "LayerScores",
     "TopK",
     "neuron_distance",
@@ -229,9 +232,8 @@ def neuron_sensitivity(
     return _sensitivity(model, batches, layers, axis, progress, -(-x.shape[0] // size))
 
 
-def _uncertainty(model, batches: Iterable, layers: LayerSpec, axis: AxisSpec, progress: bool, total) -> LayerScores:
-    """Per-neuron variance over validated input batches: the population variance of each
-    element of a neuron over the inputs, averaged over the neuron's elements."""
+def _moments(model, batches: Iterable, layers: LayerSpec, axis: AxisSpec, progress: bool, total) -> Dict[str, RunningMoments]:
+    """Per layer, the moments of every neuron element (C, L) over validated input batches."""
     modules = resolve_layers(checks.model(model), layers)
     axes = neuron_axes(modules, axis)
     device = model_device(model)
@@ -242,10 +244,52 @@ def _uncertainty(model, batches: Iterable, layers: LayerSpec, axis: AxisSpec, pr
             for name in modules:
                 moments[name].update(neuron_view(rec.get(name), axes[name], name))
             rec.clear()
-    n = next(iter(moments.values())).n
-    if n == 0:
+    if next(iter(moments.values())).n == 0:
         raise ValueError("batches yielded no inputs")
+    return moments
+
+
+def _uncertainty(model, batches: Iterable, layers: LayerSpec, axis: AxisSpec, progress: bool, total) -> LayerScores:
+    """Per-neuron variance over validated input batches: the population variance of each
+    element of a neuron over the inputs, averaged over the neuron's elements."""
+    moments = _moments(model, batches, layers, axis, progress, total)
+    n = next(iter(moments.values())).n
     return LayerScores({name: m.variance().mean(dim=1).cpu() for name, m in moments.items()}, n, "uncertainty")
+
+
+def neuron_moments(model: nn.Module, x: torch.Tensor, layers: LayerSpec = None, *, axis: AxisSpec = None,
+                   batch_size: int = 256) -> Dict[str, torch.Tensor]:
+    """The sufficient statistics of :func:`neuron_uncertainty` over the inputs ``x``, as a
+    flat dict of tensors: "n", and per layer "mean:<layer>" and "m2:<layer>" (C, L) in
+    float64; :func:`merge_moments` folds such states of several input sets exactly (Chan
+    et al.) and :func:`moments_uncertainty` turns one into the per-neuron uncertainty."""
+    checks.images(x, "x")
+    size = checks.integer(batch_size, "batch_size")
+    moments = _moments(model, (x[s] for s in chunks(x.shape[0], size)), layers, axis, False, None)
+    state = {"n": torch.tensor(next(iter(moments.values())).n, dtype=torch.long)}
+    for name, m in moments.items():
+        state[f"mean:{name}"], state[f"m2:{name}"] = m.mean.cpu(), m.m2.cpu()
+    return state
+
+
+def merge_moments(states) -> Dict[str, torch.Tensor]:
+    """The :func:`neuron_moments` state of the union of the states' input sets (in order)."""
+    layers = [k.split(":", 1)[1] for k in states[0] if k.startswith("mean:")]
+    total = {name: RunningMoments() for name in layers}
+    for state in states:
+        for name in layers:
+            total[name].merge(RunningMoments(int(state["n"]), state[f"mean:{name}"], state[f"m2:{name}"]))
+    merged = {"n": torch.tensor(total[layers[0]].n, dtype=torch.long)}
+    for name, m in total.items():
+        merged[f"mean:{name}"], merged[f"m2:{name}"] = m.mean, m.m2
+    return merged
+
+
+def moments_uncertainty(state) -> Dict[str, torch.Tensor]:
+    """Per layer, the per-neuron uncertainty u^m (see :func:`neuron_uncertainty`) of a
+    :func:`neuron_moments` state."""
+    n = int(state["n"])
+    return {k.split(":", 1)[1]: (v / n).mean(dim=1) for k, v in state.items() if k.startswith("m2:")}
 
 
 def neuron_uncertainty_stream(

@@ -262,6 +262,7 @@ def corruption_errors(
     seed: int = 0,
     clip_values: Tuple[float, float] = (0.0, 1.0),
     progress: bool = True,
+    offset: int = 0,
 ) -> Dict[str, Tuple[float, ...]]:
     """Error rates E_{s,c}(f) of ``model`` on x corrupted by each corruption c at each
     severity s: the fraction of inputs with argmax f(corrupt(x, c, s)) != y.
@@ -270,12 +271,15 @@ def corruption_errors(
     :func:`mce` / :func:`rmce`). Inputs go through the model ``batch_size`` at a time on
     the model's device (eval mode, parameters frozen, both restored). The noise of the
     chunk starting at input i for corruption number k at severity s is drawn with the seed
-    derived from (seed, k, s, i): same seed and batch_size, same errors.
+    derived from (seed, k, s, offset + i): same seed and batch_size, same errors; ``offset``
+    is the index of x's first input in a larger set evaluated in parts (a part starting at
+    a multiple of batch_size then draws the noise of the whole set's run).
     """
     net = checks.model(model)
     x = checks.images(x, "x", checks.clip_range(clip_values))
     y = checks.labels(y, x.shape[0])
     batch_size = checks.integer(batch_size, "batch_size")
+    offset = checks.integer(offset, "offset", 0)
     for name in corruptions:
         if name not in _CORRUPTION_FUNCTIONS:
             raise ValueError(f"corruptions must hold names from {', '.join(CORRUPTIONS)}, got {name!r}")
@@ -289,7 +293,7 @@ def corruption_errors(
         for part in progress_bar(list(chunks(x.shape[0], batch_size)), progress, "corruptions"):
             xb, yb = x[part].to(device), y[part].to(device)
             for row, (k, name, s) in enumerate(work):
-                xc = corrupt(xb, name, s, _chunk_seed(seed, k, s, part.start), clip_values)
+                xc = corrupt(xb, name, s, _chunk_seed(seed, k, s, offset + part.start), clip_values)
                 wrong[row] += (net(xc).argmax(1) != yb).sum().cpu()
     rates = (wrong.double() / x.shape[0]).tolist()
     return {name: tuple(rates[k * len(severities):(k + 1) * len(severities)]) for k, name in enumerate(corruptions)}

@@ -27,7 +27,9 @@ class MetricInfo:
     """One metric: ``name``; ``family``; ``higher_is_better`` (the direction that speaks
     for the evaluated model); ``needs`` (a subset of :data:`NEEDS`); ``target`` (the
     computing function as "module:attribute"); ``options`` (keyword arguments that select
-    this metric from the function, as (key, value) pairs)."""
+    this metric from the function, as (key, value) pairs); ``definition`` (the key in
+    :data:`robustx.metrics.families.FAMILIES` of how evaluate streams it; default the
+    family)."""
 
     name: str
     family: str
@@ -35,11 +37,14 @@ class MetricInfo:
     needs: FrozenSet[str]
     target: str
     options: Tuple[Tuple[str, Any], ...] = field(default=())
+    definition: str = ""
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - NEEDS
         if unknown:
             raise ValueError(f"{self.name}: unknown needs {sorted(unknown)}; allowed: {sorted(NEEDS)}")
+        if not self.definition:
+            object.__setattr__(self, "definition", self.family)
 
     @property
     def function(self) -> Callable:
@@ -68,7 +73,8 @@ _HERE = "robustx.metrics."
 
 def _entries() -> Tuple[MetricInfo, ...]:
     m = MetricInfo
-    ald = [m(f"ALD_{p}", "imperceptibility", True, _ATTACKED, _HERE + "imperceptibility:ald", (("p", p),))
+    means = "adversarial means"
+    ald = [m(f"ALD_{p}", "imperceptibility", True, _ATTACKED, _HERE + "imperceptibility:ald", (("p", p),), means)
            for p in (0, 2, "inf")]
     defense = [m(name, "defense", better, _DEFENDED, _HERE + "defense:defense_utility")
                for name, better in (("CAV", True), ("CRR", True), ("CSR", False), ("CCV", False), ("COS", False))]
@@ -81,23 +87,23 @@ def _entries() -> Tuple[MetricInfo, ...]:
         m("AA_W", "accuracy", True, frozenset({"adversarial examples"}), _HERE + "accuracy:accuracy"),
         m("AA_B", "accuracy", True, frozenset({"adversarial examples", "surrogate"}), _HERE + "accuracy:accuracy"),
         *ald,
-        m("ASS", "imperceptibility", False, _ATTACKED, _HERE + "imperceptibility:ass"),
-        m("PSD", "imperceptibility", True, _ATTACKED, _HERE + "imperceptibility:psd"),
-        m("ACAC", "behaviour", False, _ATTACKED, _HERE + "behaviour:acac"),
-        m("ACTC", "behaviour", True, _ATTACKED, _HERE + "behaviour:actc"),
-        m("NTE", "behaviour", False, _ATTACKED, _HERE + "behaviour:nte"),
-        m("RGB", "behaviour", False, _ATTACKED, _HERE + "behaviour:rgb"),
-        m("RIC", "behaviour", False, _ATTACKED, _HERE + "behaviour:ric"),
+        m("ASS", "imperceptibility", False, _ATTACKED, _HERE + "imperceptibility:ass", definition=means),
+        m("PSD", "imperceptibility", True, _ATTACKED, _HERE + "imperceptibility:psd", definition=means),
+        m("ACAC", "behaviour", False, _ATTACKED, _HERE + "behaviour:acac", definition=means),
+        m("ACTC", "behaviour", True, _ATTACKED, _HERE + "behaviour:actc", definition=means),
+        m("NTE", "behaviour", False, _ATTACKED, _HERE + "behaviour:nte", definition=means),
+        m("RGB", "behaviour", False, _ATTACKED, _HERE + "behaviour:rgb", definition=means),
+        m("RIC", "behaviour", False, _ATTACKED, _HERE + "behaviour:ric", definition=means),
         *defense,
         m("mCE", "corruption", False, frozenset({"corruptions"}), _HERE + "corruption:mce"),
         m("rmCE", "corruption", False, frozenset({"corruptions"}), _HERE + "corruption:rmce"),
-        m("EBD", "boundary", True, _CLEAN, _HERE + "boundary:ebd"),
-        m("eps-ENI", "boundary", False, _CLEAN, _HERE + "eni:eps_eni"),
-        m("NS", "neuron", False, frozenset({"adversarial examples"}), "robustx.sensitivity:neuron_sensitivity"),
-        m("NU", "neuron", False, _CLEAN, "robustx.sensitivity:neuron_uncertainty"),
+        m("EBD", "boundary", True, _CLEAN, _HERE + "boundary:ebd", definition="EBD"),
+        m("eps-ENI", "boundary", False, _CLEAN, _HERE + "eni:eps_eni", definition="eps-ENI"),
+        m("NS", "neuron", False, frozenset({"adversarial examples"}), "robustx.sensitivity:neuron_sensitivity", definition="NS"),
+        m("NU", "neuron", False, _CLEAN, "robustx.sensitivity:neuron_uncertainty", definition="NU"),
         *coverage,
-        m("CLEVER", "bound", True, _CLEAN, "robustx.clever:clever"),
-        m("DIV", "bound", False, _CLEAN, "robustx.divergence:divergence_bound"),
+        m("CLEVER", "bound", True, _CLEAN, "robustx.clever:clever", definition="CLEVER"),
+        m("DIV", "bound", False, _CLEAN, "robustx.divergence:divergence_bound", definition="DIV"),
     )
 
 

@@ -15,6 +15,7 @@ for users who write their own loops.
 from __future__ import annotations
 
 import atexit
+import math
 import os
 from typing import Any, Dict, List, Tuple, TypeVar
 
@@ -103,6 +104,21 @@ def all_reduce_coverage(cov) -> None:
             layer.states[name].copy_(flags.bool())
     cov.patterns = set().union(*_all_gather(cov.patterns))
     cov.n_inputs = sum(_all_gather(cov.n_inputs))
+
+
+def all_reduce_profile(cov, has_data: bool) -> None:
+    """Reduce every rank's coverage profile in place, on every rank: each neuron's minimum
+    and maximum over all ranks and its moments merged in rank order; a rank that profiled
+    no data of its own (``has_data`` False) contributes nothing."""
+    from robustx.neurons import RunningMoments
+
+    for layer in cov._layers:
+        if not has_data:
+            layer.vmin.fill_(math.inf), layer.vmax.fill_(-math.inf)
+            layer.moments = RunningMoments()
+        dist.all_reduce(layer.vmin, op=dist.ReduceOp.MIN)
+        dist.all_reduce(layer.vmax, op=dist.ReduceOp.MAX)
+        all_reduce_moments(layer.moments)
 
 
 def all_reduce_moments(moments) -> None:

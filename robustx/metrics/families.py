@@ -1,0 +1,350 @@
+"""How ``robustx.evaluate`` streams each metric: one :class:`Family` per group of metrics.
+
+A family states what evaluate needs to run its metrics over a data set batch by batch:
+its config ``table``, its ``defaults`` and the function (``target``) whose keyword
+arguments the table holds, and three functions (compare torchmetrics' ``Metric``):
+
+- ``update(batch, settings, name)``: one batch -> the metric's partial state, a dict of
+  tensors (per-sample values and/or sufficient statistics); it calls the pure functions
+  of :mod:`robustx.metrics` and the method modules;
+- ``merge(states)``: the states of every batch, in input order -> one state; exact and
+  associative (concatenation, sums of counts, OR, weighted sums);
+- ``compute(state, settings, name)``: the merged state -> (value, per-sample values or
+  None, details).
+
+``batch`` (see :class:`robustx.pipeline.run.Batch`) gives the batch's inputs ``x``,
+labels ``y``, ``seed`` (the run's seed plus the batch's first input index), the shared
+``logits(role, x)`` and ``adversarial(attack, on)`` of the batch (made once per batch for
+every metric), ``memo(key, fn)`` for other shared work, and the run's ``net(role)``,
+``attacks``, ``primary``, ``clip_values``, ``batch_size`` and ``device``.
+
+The metric's registry entry (:mod:`robustx.metrics.registry`) names its family; adding a
+metric to an existing family is one registry entry and one line of the family's table.
+NU is the one metric whose per-batch state (moments of every activation element) is too
+large to store: its family is ``streamed_in_memory`` and evaluate folds it as it goes.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
+
+import torch
+
+from robustx.metrics.accuracy import success_mask
+from robustx.metrics.behaviour import acac, actc, nte, rgb, ric
+from robustx.metrics.imperceptibility import ald, ass, psd
+from robustx.metrics.transforms import gaussian_blur_8bit, jpeg_8bit
+
+__all__ = ["Family", "FAMILIES", "concatenate", "add", "union", "weighted_mean"]
+
+State = Dict[str, torch.Tensor]
+Result = Tuple[Optional[float], Optional[List[float]], Dict[str, Any]]
+
+
+# ------------------------------------------------------------------ merges (exact, associative)
+def concatenate(states: List[State]) -> State:
+    """Per-sample tensors of consecutive batches, concatenated in input order."""
+    return {k: torch.cat([s[k] for s in states]) for k in states[0]}
+
+
+def add(states: List[State]) -> State:
+    """Sums and counts: element-wise sums (float64 or integer states)."""
+    return {k: torch.stack([s[k] for s in states]).sum(0) for k in states[0]}
+
+
+def union(states: List[State]) -> State:
+    """Bitmaps OR-ed; integer counts added; "patterns" (digest rows) concatenated."""
+    out: State = {}
+    for k in states[0]:
+        parts = [s[k] for s in states]
+        if k == "patterns":
+            out[k] = torch.cat(parts)
+        elif parts[0].dtype == torch.bool:
+            out[k] = torch.stack(parts).any(0)
+        else:
+            out[k] = torch.stack(parts).sum(0)
+    return out
+
+
+@dataclass(frozen=True)
+class Family:
+    """The streaming definition of a group of metrics (see the module docstring)."""
+
+    name: str
+    update: Callable[[Any, Dict[str, Any], str], State]
+    compute: Callable[[State, Dict[str, Any], str], Result]
+    merge: Callable[[List[State]], State] = concatenate
+    table: Optional[str] = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    target: Optional[str] = None  # "module:attribute" whose keyword arguments the table holds
+    extra: FrozenSet[str] = frozenset()  # table keys the family reads itself
+    streamed_in_memory: bool = False
+
+
+def weighted_mean(value: float, count: int) -> State:
+    """The state of a mean over ``count`` inputs of a batch: merged by :func:`add`, the
+    mean over every batch is sum(value * count) / sum(count) (NaN values of empty batches
+    carry no weight)."""
+    value = 0.0 if count == 0 or math.isnan(value) else value
+    return {"sum": torch.tensor([value * count], dtype=torch.float64),
+            "count": torch.tensor([count], dtype=torch.long)}
+
+
+def _mean_of(state: State) -> Tuple[float, int]:
+    count = int(state["count"].sum())
+    return (float(state["sum"].sum() / count) if count else math.nan), count
+
+
+# ------------------------------------------------------------------ accuracy
+def _correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(1).cpu() == y.cpu()
+
+
+def _accuracy_update(batch, settings, name: str) -> State:
+    if name == "CA":
+        return {"correct": _correct(batch.logits("model"), batch.y)}
+    if name == "AA_B":
+        return {"correct": _correct(batch.logits("model", batch.adversarial(batch.primary, "surrogate")), batch.y)}
+    state = {f"correct:{a}": _correct(batch.logits("model", batch.adversarial(a)), batch.y) for a in batch.attacks}
+    state["robust"] = torch.stack(list(state.values())).all(0)
+    return state
+
+
+def _accuracy_compute(state, settings, name: str) -> Result:
+    if name != "AA_W":
+        correct = state["correct"]
+        return float(correct.double().mean()), correct.double().tolist(), {}
+    robust = state["robust"]
+    per_attack = {k.split(":", 1)[1]: float(v.double().mean()) for k, v in state.items() if k.startswith("correct:")}
+    return float(robust.double().mean()), robust.double().tolist(), {
+        "per_attack": per_attack, "value": "per input: robust only if every attack failed on it"}
+
+
+# ------------------------------------------------------------------ means over the successful examples
+def _success(batch) -> torch.Tensor:
+    adv = batch.logits("model", batch.adversarial(batch.primary))
+    return success_mask(batch.logits("model"), adv, batch.y)
+
+
+def _adversarial_value(batch, name: str) -> float:
+    x, x_adv, success, clip = batch.x, batch.adversarial(batch.primary), _success(batch), batch.clip_values
+    adv = batch.logits("model", x_adv)
+    if name.startswith("ALD_"):
+        return ald(x, x_adv, success, name[4:], clip_values=clip)
+    if name == "ASS":
+        return ass(x, x_adv, success, data_range=clip[1] - clip[0])
+    if name == "PSD":
+        return psd(x, x_adv, success)
+    if name == "ACAC":
+        return acac(adv, success)
+    if name == "ACTC":
+        return actc(adv, batch.y, success)
+    if name == "NTE":
+        return nte(adv, success)
+    transform = (lambda t: gaussian_blur_8bit(t, 0.5, clip)) if name == "RGB" else (
+        lambda t: jpeg_8bit(t, 90, clip))
+    logits = batch.logits("model", transform(x_adv))
+    return (rgb if name == "RGB" else ric)(logits, batch.y, success)
+
+
+def _adversarial_update(batch, settings, name: str) -> State:
+    success = _success(batch)
+    with warnings.catch_warnings():  # a batch without successful examples has no weight
+        warnings.simplefilter("ignore", RuntimeWarning)
+        value = _adversarial_value(batch, name) if bool(success.any()) else math.nan
+    return weighted_mean(value, int(success.sum()))
+
+
+def _mean_compute(what: str):
+    def compute(state, settings, name: str) -> Result:
+        value, count = _mean_of(state)
+        return value, None, {what: count}
+    return compute
+
+
+# ------------------------------------------------------------------ defense utility
+def _defense_update(batch, settings, name: str) -> State:
+    from robustx.metrics.defense import defense_utility
+
+    logits_o, logits_d = batch.logits("model"), batch.logits("defended")
+    both = (_correct(logits_o, batch.y) & _correct(logits_d, batch.y)).sum()
+    count = int(both) if name in ("CCV", "COS") else batch.x.shape[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        value = defense_utility(logits_o, logits_d, batch.y)[name] if count else math.nan
+    return weighted_mean(value, count)
+
+
+# ------------------------------------------------------------------ corruptions
+def _corruption_update(batch, settings, name: str) -> State:
+    from robustx.metrics.corruption import corruption_errors
+
+    def errors(role: str) -> torch.Tensor:
+        def run():
+            rates = corruption_errors(batch.net(role), batch.x, batch.y, batch_size=batch.batch_size,
+                                      seed=batch.run_seed, offset=batch.start, clip_values=batch.clip_values,
+                                      progress=False, **settings)
+            return {c: torch.tensor(v, dtype=torch.float64) * batch.x.shape[0] for c, v in rates.items()}
+        return batch.memo(f"corruption errors of the {role}", run)
+
+    state = {f"wrong:{c}": v for c, v in errors("model").items()}
+    state["n"] = torch.tensor(batch.x.shape[0], dtype=torch.float64)
+    state["clean_wrong"] = (~_correct(batch.logits("model"), batch.y)).sum().double()
+    if batch.has("baseline"):
+        state.update({f"base:{c}": v for c, v in errors("baseline").items()})
+        state["base_clean_wrong"] = (~_correct(batch.logits("baseline"), batch.y)).sum().double()
+    return state
+
+
+def _corruption_compute(state, settings, name: str) -> Result:
+    from robustx.metrics.corruption import mce, rmce
+
+    n = state["n"]
+    errors = {k.split(":", 1)[1]: tuple((v / n).tolist()) for k, v in state.items() if k.startswith("wrong:")}
+    base = {k.split(":", 1)[1]: tuple((v / n).tolist()) for k, v in state.items() if k.startswith("base:")} or None
+    detail = {"errors": {c: list(v) for c, v in errors.items()}, "baseline": base is not None}
+    if name == "mCE":
+        return mce(errors, base), None, detail
+    clean = float(state["clean_wrong"] / n)
+    base_clean = float(state["base_clean_wrong"] / n) if base is not None else None
+    return rmce(errors, clean, base, base_clean), None, detail
+
+
+# ------------------------------------------------------------------ per-input values (DIV, eps-ENI, EBD, CLEVER)
+def _per_input_compute(state, settings, name: str) -> Result:
+    values = state["values"]
+    finite = values[~values.isnan()]
+    value = float(finite.mean()) if finite.numel() else math.nan
+    return value, values.tolist(), {"defined": int(finite.numel())}
+
+
+def _div_update(batch, settings, name: str) -> State:
+    from robustx.divergence import divergence_bound
+
+    res = divergence_bound(batch.net("model"), batch.x.to(batch.device), clip_values=batch.clip_values,
+                           seed=batch.seed, batch_size=batch.batch_size, progress=False, **settings)
+    return {"values": res.per_sample.double().cpu()}
+
+
+def _eni_update(batch, settings, name: str) -> State:
+    from robustx.metrics.eni import eps_eni
+
+    res = eps_eni(batch.net("model"), batch.x.to(batch.device), batch.y.to(batch.device),
+                  clip_values=batch.clip_values, seed=batch.seed, batch_size=batch.batch_size, progress=False,
+                  **settings)
+    return {"values": res.per_sample.double().cpu()}
+
+
+def _ebd_update(batch, settings, name: str) -> State:
+    from robustx.metrics.boundary import ebd
+
+    res = ebd(batch.net("model"), batch.x.to(batch.device), batch.y.to(batch.device), clip_values=batch.clip_values,
+              seed=batch.seed, batch_size=batch.batch_size * 4, progress=False, **settings)
+    return {"distances": res.distances.double().cpu(), **weighted_mean(res.value, int(res.correct.sum())),
+            "censored": torch.tensor([res.censored], dtype=torch.long)}
+
+
+def _ebd_merge(states: List[State]) -> State:
+    per_input = concatenate([{"distances": s["distances"]} for s in states])
+    return {**per_input, **add([{k: s[k] for k in ("sum", "count", "censored")} for s in states])}
+
+
+def _ebd_compute(state, settings, name: str) -> Result:
+    value, _ = _mean_of(state)
+    return value, state["distances"].tolist(), {"censored": int(state["censored"].sum())}
+
+
+def _clever_update(batch, settings, name: str) -> State:
+    from robustx.clever import clever
+
+    settings = dict(settings)
+    rows = max(0, min(settings.pop("n_images"), batch.start + batch.x.shape[0]) - batch.start)
+    if rows == 0:
+        return {"values": torch.empty(0, dtype=torch.float64), "reliable": torch.empty(0, dtype=torch.bool)}
+    res = clever(batch.net("model"), batch.x[:rows].to(batch.device), clip_values=batch.clip_values,
+                 seed=batch.seed, progress=False, **settings)
+    return {"values": res.scores.double().cpu(), "reliable": res.reliable.cpu()}
+
+
+def _clever_compute(state, settings, name: str) -> Result:
+    scores = state["values"]
+    return float(scores.mean()), scores.tolist(), {"images": int(scores.numel()),
+                                                    "unreliable_images": int((~state["reliable"]).sum())}
+
+
+# ------------------------------------------------------------------ neurons
+def _ns_update(batch, settings, name: str) -> State:
+    from robustx.sensitivity import neuron_sensitivity
+
+    scores = neuron_sensitivity(batch.net("model"), batch.x, batch.adversarial(batch.primary),
+                                batch_size=batch.batch_size, progress=False, **settings)
+    n = batch.x.shape[0]
+    return {**{f"layer:{k}": v.double() * n for k, v in scores.items()}, "n": torch.tensor(float(n))}
+
+
+def _layer_means_compute(state, settings, name: str) -> Result:
+    n = state["n"]
+    per_neuron = {k.split(":", 1)[1]: v / n for k, v in state.items() if k.startswith("layer:")}
+    per_layer = {layer: float(s.mean()) for layer, s in per_neuron.items()}
+    return float(torch.cat([s.flatten() for s in per_neuron.values()]).mean()), None, {"per_layer": per_layer}
+
+
+def _nu_update(batch, settings, name: str) -> State:
+    """The (n, mean, M2) moments of every neuron element over this batch (folded in memory)."""
+    from robustx.sensitivity import neuron_moments
+
+    return neuron_moments(batch.net("model"), batch.x, batch_size=batch.batch_size, **settings)
+
+
+def _nu_merge(states: List[State]) -> State:
+    from robustx.sensitivity import merge_moments
+
+    return merge_moments(states)
+
+
+def _nu_compute(state, settings, name: str) -> Result:
+    from robustx.sensitivity import moments_uncertainty
+
+    per_layer_neurons = moments_uncertainty(state)
+    per_layer = {layer: float(s.mean()) for layer, s in per_layer_neurons.items()}
+    return (float(torch.cat([s.flatten() for s in per_layer_neurons.values()]).mean()), None,
+            {"per_layer": per_layer})
+
+
+# ------------------------------------------------------------------ coverage
+def _coverage_update(batch, settings, name: str) -> State:
+    return batch.memo("coverage", lambda: batch.coverage_state(settings))
+
+
+def _coverage_compute(state, settings, name: str) -> Result:
+    from robustx.coverage import coverage_from_state
+
+    result = coverage_from_state(state, settings)
+    value = result.to_dict()[name]
+    return (math.nan if value is None else float(value)), None, {
+        "nc_per_layer": {layer: float(c.NC) for layer, c in result.layers.items()}}
+
+
+FAMILIES: Dict[str, Family] = {f.name: f for f in (
+    Family("accuracy", _accuracy_update, _accuracy_compute),
+    Family("adversarial means", _adversarial_update, _mean_compute("successful"), add),
+    Family("defense", _defense_update, _mean_compute("inputs"), add),
+    Family("corruption", _corruption_update, _corruption_compute, add, table="corruption",
+           target="robustx.metrics.corruption:corruption_errors"),
+    Family("DIV", _div_update, _per_input_compute, table="div", defaults={"eps": 8 / 255, "norm": "inf", "steps": 10},
+           target="robustx.divergence:divergence_bound"),
+    Family("eps-ENI", _eni_update, _per_input_compute, table="eps-eni", defaults={"epsilon": 8 / 255},
+           target="robustx.metrics.eni:eps_eni"),
+    Family("EBD", _ebd_update, _ebd_compute, _ebd_merge, table="ebd", defaults={"m": 10, "steps": 16, "bisection": 10},
+           target="robustx.metrics.boundary:ebd"),
+    Family("CLEVER", _clever_update, _clever_compute, table="clever",
+           defaults={"norm": 2, "radius": 2.0, "n_batches": 50, "n_samples": 64, "n_images": 20},
+           target="robustx.clever:clever", extra=frozenset({"n_images"})),
+    Family("NS", _ns_update, _layer_means_compute, add, table="ns", target="robustx.sensitivity:neuron_sensitivity"),
+    Family("NU", _nu_update, _nu_compute, _nu_merge, table="nu", target="robustx.sensitivity:neuron_moments",
+           streamed_in_memory=True),
+    Family("coverage", _coverage_update, _coverage_compute, union, table="coverage",
+           defaults={"sections": 10, "top_k": 2, "threshold": 0.5}, target="robustx.coverage:NeuronCoverage"),
+)}

@@ -1,0 +1,327 @@
+"""The batch loop of ``robustx.evaluate``: every metric streamed over the batches a rank owns.
+
+For each batch: load it, then for every metric either read its stored state (a unit of
+the run's store, keyed by what it depends on) or run the metric family's ``update``
+(:mod:`robustx.metrics.families`). What the metrics of one batch share - the clean
+logits, each attack's examples, the coverage pass - is made once for the batch and
+dropped with it, so memory does not grow with the number of inputs. At the end the
+states of every batch and rank are merged in input order and each metric computed.
+
+Ranks work in lockstep, one owned batch per step (batch i belongs to rank i mod world
+size); rank 0 alone opens the store: per step it answers which units are stored and
+writes the states the ranks made. Seeds are keyed by input index (``seed`` plus the
+batch's first index), so results do not depend on the number of processes or on where a
+run resumed.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+from robustx import attacks as attack_lib
+from robustx import metrics as suite
+from robustx.metrics.families import FAMILIES, Family, State
+from robustx.modelutil import chunks, frozen_eval, progress_bar
+from robustx.pipeline import distributed
+from robustx.pipeline.config import jsonable
+from robustx.pipeline.store import ResultStore, data_digest, json_digest
+from robustx.pipeline.stream import InputStream
+
+__all__ = ["Run", "Batch", "family_of", "GRID_IMAGES"]
+
+GRID_IMAGES = 8  # inputs of the report's image grid (kept from the first batch)
+
+
+def family_of(name: str) -> Family:
+    """The streaming definition of metric ``name`` (its registry entry names it)."""
+    return FAMILIES[suite.get(name).definition]
+
+
+@dataclass
+class Run:
+    """What every batch of one evaluation shares. ``models`` maps roles ("model",
+    "defended", "surrogate", "baseline") to modules; ``digests`` their weights' digests
+    (and "profile"); ``settings`` each config table's keyword arguments; ``attacks`` each
+    attack's settings, the first one primary."""
+
+    models: Dict[str, nn.Module]
+    stream: InputStream
+    store: Optional[ResultStore]
+    settings: Dict[str, Dict[str, Any]]
+    attacks: Dict[str, Dict[str, Any]]
+    seed: int
+    clip_values: Tuple[float, float]
+    device: torch.device
+    digests: Dict[str, str]
+    profile: Optional[torch.Tensor] = None
+    progress: bool = True
+    channels_last: bool = False  # these two apply to the logits passes only (not attacks, not CLEVER)
+    autocast: Optional[torch.dtype] = None
+    reused: int = 0
+    computed: int = 0
+    seconds: Dict[str, float] = field(default_factory=dict)  # per metric and per attack, computing time
+    failed: Dict[str, str] = field(default_factory=dict)
+    grid: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+    figures: Dict[str, bytes] = field(default_factory=dict)  # landscape plots
+    _coverage: Any = None
+
+    @property
+    def primary(self) -> Optional[str]:
+        return next(iter(self.attacks), None)
+
+    @property
+    def batch_size(self) -> int:
+        return self.stream.batch_size
+
+    # ------------------------------------------------------------------ unit keys
+    def unit_key(self, name: str, batch_digest: str, start: int) -> str:
+        """``metric/<name>/<sha256>`` of what the metric's state of one batch depends on:
+        the digests of the models (and profile) it uses, the batch's inputs and labels, its
+        config table, the attacks' settings when it uses adversarial examples, its seed, the
+        run's clip_values and batch_size (and the inference options for logits)."""
+        info = suite.get(name)
+        family = FAMILIES[info.definition]
+        key = {"metric": name, "roles": {r: self.digests[r] for r in _roles(info) if r in self.digests},
+               "data": batch_digest,
+               "settings": self.settings.get(family.table, {}) if family.table else {},
+               "attacks": self.attacks if "adversarial examples" in info.needs else None,
+               "seed": self.seed + start, "clip_values": list(self.clip_values), "batch_size": self.batch_size,
+               "inference": [self.channels_last, str(self.autocast)]}
+        return f"metric/{name}/{json_digest(jsonable(key), name)}"
+
+    # ------------------------------------------------------------------ the loop
+    def execute(self, names: List[str]) -> Dict[str, State]:
+        """Every metric of ``names`` over every batch: {name: merged state} on every rank
+        (metrics that failed are left out and named in :attr:`failed`)."""
+        n_batches = self.stream.n_batches
+        owned = distributed.owned(n_batches)
+        steps = _from_all(len(owned), max)
+        states: Dict[str, Dict[int, State]] = {m: {} for m in names}
+        in_memory: Dict[str, Optional[State]] = {m: None for m in names if family_of(m).streamed_in_memory}
+        batches = iter(self.stream.batches(owned))
+        for _ in progress_bar(range(steps), self.progress, f"batches of {self.batch_size}", steps):
+            item = next(batches, None)
+            batch = Batch(self, *item) if item is not None else None
+            keys = {m: self.unit_key(m, batch.digest, batch.start) for m in names} if batch is not None else {}
+            found = self._lookup(keys)
+            made: Dict[str, Tuple[State, float]] = {}
+            for m in names:
+                if m in self.failed or batch is None:
+                    continue
+                if m in in_memory:
+                    in_memory[m] = self._fold(m, in_memory[m], batch)
+                elif m in found:
+                    states[m][batch.index] = found[m]
+                else:
+                    made_state = self._update(m, batch)
+                    if made_state is not None:
+                        made[m] = made_state
+                        states[m][batch.index] = made_state[0]
+            if batch is not None and batch.index == 0:
+                self.grid = batch.grid()
+            self._store({keys[m]: v for m, v in made.items()})
+        return self._merge(names, states, in_memory)
+
+    def _update(self, name: str, batch: "Batch") -> Optional[Tuple[State, float]]:
+        family = family_of(name)
+        start = time.perf_counter()
+        try:
+            state = family.update(batch, self._settings(family), name)
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as err:  # noqa: BLE001 - isolated: the metric is reported as failed
+            self.failed[name] = f"{type(err).__name__}: {err}"
+            return None
+        seconds = time.perf_counter() - start
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        self.computed += 1
+        return {k: v.detach().cpu() for k, v in state.items()}, seconds
+
+    def _fold(self, name: str, state: Optional[State], batch: "Batch") -> Optional[State]:
+        made = self._update(name, batch)
+        if made is None:
+            return state
+        return made[0] if state is None else family_of(name).merge([state, made[0]])
+
+    def _settings(self, family: Family) -> Dict[str, Any]:
+        return dict(self.settings.get(family.table, {})) if family.table else {}
+
+    # ------------------------------------------------------------------ the store (rank 0)
+    def _lookup(self, keys: Dict[str, str]) -> Dict[str, State]:
+        """The stored states among every rank's ``keys`` (metric -> unit), for this rank."""
+        wanted = _gather({distributed.world()[0]: keys})
+        answers: Dict[int, Dict[str, State]] = {}
+        if self.store is not None:
+            for rank, rank_keys in wanted.items():
+                answers[rank] = {}
+                for metric, unit in rank_keys.items():
+                    stored = self.store.load(unit)
+                    if stored is not None:
+                        answers[rank][metric] = stored.tensors
+                        self.seconds[metric] = self.seconds.get(metric, 0.0) + stored.seconds
+                        self.reused += 1
+        return _from_rank0(answers).get(distributed.world()[0], {})
+
+    def _store(self, made: Dict[str, Tuple[State, float]]) -> None:
+        for unit, (state, seconds) in _gather_flat(made).items():
+            if self.store is not None:
+                self.store.put(unit, state, {}, seconds)
+
+    def _merge(self, names: List[str], states: Dict[str, Dict[int, State]], in_memory) -> Dict[str, State]:
+        failed = _gather({distributed.world()[0]: self.failed})
+        self.failed = {m: reason for part in failed.values() for m, reason in part.items()}
+        merged: Dict[str, State] = {}
+        for m in names:
+            if m in self.failed:
+                continue
+            family = family_of(m)
+            if m in in_memory:
+                parts = [s for s in _gather({distributed.world()[0]: in_memory[m]}).values() if s is not None]
+            else:
+                every = {}
+                for part in _gather({distributed.world()[0]: states[m]}).values():
+                    every.update(part)
+                parts = [every[i] for i in sorted(every)]
+            merged[m] = family.merge(parts)
+        self.reused, self.computed = sum(_gather_values(self.reused)), sum(_gather_values(self.computed))
+        return merged
+
+    # ------------------------------------------------------------------ shared model passes
+    def forward(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``net(x)`` in chunks of batch_size, float32 on the CPU, under the run's inference
+        options (channels_last: the model's 4-D parameters converted for the pass; autocast)."""
+        layout = torch.channels_last if self.channels_last else torch.preserve_format
+        autocast = torch.autocast(self.device.type, self.autocast, enabled=self.autocast is not None)
+        with frozen_eval(net), torch.no_grad(), _parameter_layout(net, layout), autocast:
+            return torch.cat([net(_layout(x[b].to(self.device), layout)).float().cpu()
+                              for b in chunks(x.shape[0], self.batch_size)])
+
+    def attack(self, name: str, on: str, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
+        accepted = attack_lib.attack_settings(name)
+        base = {"clip_values": self.clip_values, "progress": False, "seed": seed}
+        attack = attack_lib.get_attack(name, **{k: v for k, v in base.items() if k in accepted}, **self.attacks[name])
+        start = time.perf_counter()
+        with frozen_eval(self.models[on]):
+            x_adv = attack(self.models[on], x.to(self.device), y.to(self.device)).detach().cpu()
+        key = f"attack {name}" + ("" if on == "model" else f" on the {on}")
+        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
+        return x_adv
+
+    def coverage(self, settings: Dict[str, Any]):
+        """The run's :class:`robustx.coverage.NeuronCoverage` (profiled once, sharded over ranks)."""
+        if self._coverage is None:
+            from robustx.coverage import NeuronCoverage
+
+            cov = NeuronCoverage(self.models["model"], batch_size=self.batch_size, progress=False, **settings)
+            if self.profile is not None:
+                cov.profile_sharded(self.profile, self.batch_size)
+            self._coverage = cov
+        return self._coverage
+
+
+def _roles(info) -> List[str]:
+    """The models (and profile) a metric's states depend on: the model, the roles its
+    needs name, the baseline of the corruption errors and the profile of every coverage
+    metric (one coverage pass makes all their states)."""
+    roles = ["model"]
+    roles += ["defended"] if "defended model" in info.needs else []
+    roles += ["surrogate"] if "surrogate" in info.needs else []
+    roles += ["baseline"] if info.family == "corruption" else []
+    roles += ["profile"] if info.family == "coverage" else []
+    return roles
+
+
+class Batch:
+    """One batch of the run and the work its metrics share, made at most once and dropped
+    with the batch (the protocol :mod:`robustx.metrics.families` relies on)."""
+
+    def __init__(self, run: Run, index: int, start: int, x: torch.Tensor, y: torch.Tensor):
+        self.run, self.index, self.start, self.x, self.y = run, index, start, x, y
+        self.seed = run.seed + start
+        self.digest = data_digest(x, y)
+        self._memo: Dict[Any, Any] = {}
+
+    attacks = property(lambda self: list(self.run.attacks))
+    primary = property(lambda self: self.run.primary)
+    clip_values = property(lambda self: self.run.clip_values)
+    batch_size = property(lambda self: self.run.batch_size)
+    device = property(lambda self: self.run.device)
+    run_seed = property(lambda self: self.run.seed)
+
+    def net(self, role: str) -> nn.Module:
+        return self.run.models[role]
+
+    def has(self, role: str) -> bool:
+        return role in self.run.models
+
+    def memo(self, key, fn: Callable[[], Any]):
+        if key not in self._memo:
+            self._memo[key] = fn()
+        return self._memo[key]
+
+    def logits(self, role: str, x: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The ``role`` model's logits on ``x`` (default the batch's inputs), made once."""
+        x = self.x if x is None else x
+        return self.memo(("logits", role, id(x)), lambda: self.run.forward(self.net(role), x))
+
+    def adversarial(self, attack: str, on: str = "model") -> torch.Tensor:
+        """The examples of ``attack`` made against the ``on`` model for this batch, made once."""
+        return self.memo(("adversarial", attack, on),
+                         lambda: self.run.attack(attack, on, self.x, self.y, self.seed))
+
+    def coverage_state(self, settings: Dict[str, Any]) -> State:
+        return self.run.coverage(settings).batch_state(self.x)
+
+    def grid(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """The first inputs and their primary attack's examples, if this batch made them."""
+        key = ("adversarial", self.run.primary, "model")
+        if key not in self._memo:
+            return None
+        return self.x[:GRID_IMAGES].clone(), self._memo[key][:GRID_IMAGES].clone()
+
+
+# ------------------------------------------------------------------ helpers
+def _layout(t: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
+    return t.to(memory_format=layout) if t.dim() == 4 else t
+
+
+@contextlib.contextmanager
+def _parameter_layout(net: nn.Module, layout: torch.memory_format):
+    """The 4-D parameters of ``net`` in ``layout`` inside the block, the originals after."""
+    saved = {p: p.data for p in net.parameters() if p.dim() == 4}
+    for p, data in saved.items():
+        p.data = _layout(data, layout)
+    try:
+        yield
+    finally:
+        for p, data in saved.items():
+            p.data = data
+
+
+def _gather(part: Dict[int, Any]) -> Dict[int, Any]:
+    return distributed.gather_in_order(part)
+
+
+def _gather_flat(made: Dict[str, Any]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for part in _gather({distributed.world()[0]: made}).values():
+        out.update(part)
+    return out
+
+
+def _gather_values(value) -> List[Any]:
+    return list(_gather({distributed.world()[0]: value}).values())
+
+
+def _from_all(value, reduce):
+    return reduce(_gather_values(value))
+
+
+def _from_rank0(value):
+    """Rank 0's ``value`` on every rank."""
+    return distributed.gather_in_order({0: value} if distributed.world()[0] == 0 else {})[0]

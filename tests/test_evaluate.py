@@ -129,30 +129,44 @@ def _stored_seconds(out: Path, label: str) -> float:
 
 
 def test_resume_reuses_every_unit_whose_content_is_unchanged(tmp_path, monkeypatch):
+    """With save_adversarial the attack's examples are units too (2 batches of 8: per run
+    2 attack units, then 2 units per metric); a unit is reused when its key is unchanged."""
     x, y = digits("test")
-    data, model = (x[:16], y[:16]), digits_cnn()  # 2 batches of 8: 2 attack units, 2 eps-ENI units
+    data, model = (x[:16], y[:16]), digits_cnn()
     made = _counting_attacks(monkeypatch)
     monkeypatch.setattr(eni, "eps_eni", _slow(eni.eps_eni))
 
     def run(metrics, **kw):
         made.clear()
-        return evaluate(model, data, metrics=metrics, attacks=PGD, batch_size=8, out=tmp_path, progress=False, **kw)
+        return evaluate(model, data, metrics=metrics, attacks=PGD, batch_size=8, out=tmp_path, progress=False,
+                        save_adversarial="float32", **kw)
 
     first = run(["AA_W", "eps-ENI"])
-    assert (made, first.run["units_reused"], first.run["units_computed"]) == (["pgd", "pgd"], 0, 4)
-    more = run(["AA_W", "ALD_2", "eps-ENI"], resume=True)  # one more metric: nothing to compute
-    assert (made, more.run["units_reused"], more.run["units_computed"]) == ([], 4, 0)
+    assert (made, first.run["units_reused"], first.run["units_computed"]) == (["pgd", "pgd"], 0, 6)
+    more = run(["AA_W", "ALD_2", "eps-ENI"], resume=True)  # one more metric: its units only, no attack
+    assert (made, more.run["units_reused"], more.run["units_computed"]) == ([], 6, 2)
     fresh = evaluate(model, data, metrics=["ALD_2"], attacks=PGD, batch_size=8, progress=False)
-    assert more.metrics["ALD_2"].value == fresh.metrics["ALD_2"].value
-    assert json.loads((tmp_path / "report.json").read_text())["run"]["units_reused"] == 4
+    assert more.metrics["ALD_2"].value == fresh.metrics["ALD_2"].value  # same batches: the same computation
+    assert json.loads((tmp_path / "report.json").read_text())["run"]["units_reused"] == 6
     # a resumed metric reports the seconds its units took to compute, not to be read back
     assert more.metrics["eps-ENI"].seconds >= _stored_seconds(tmp_path, "metric/eps-ENI") >= 0.2
     assert more.run["attack_seconds"]["attack pgd"] >= _stored_seconds(tmp_path, "attack/pgd@model") >= 0.2
     changed = run(["AA_W", "eps-ENI"], resume=True, config={"eps-eni": {"epsilon": 0.05}})  # only eps-ENI's units
-    assert (made, changed.run["units_reused"], changed.run["units_computed"]) == ([], 2, 2)
+    assert (made, changed.run["units_reused"], changed.run["units_computed"]) == ([], 4, 2)
     fewer = run(["AA_W"], resume=True)
-    assert (made, fewer.run["units_reused"], fewer.run["units_computed"]) == ([], 2, 0)
+    assert (made, fewer.run["units_reused"], fewer.run["units_computed"]) == ([], 4, 0)
     assert fewer.metrics["AA_W"].value == first.metrics["AA_W"].value
+
+
+def test_without_saved_examples_a_new_metric_attacks_again(tmp_path, monkeypatch):
+    """The default store holds metric states only: a metric added later remakes the examples."""
+    x, y = digits("test")
+    made = _counting_attacks(monkeypatch)
+    first = evaluate(digits_cnn(), (x[:8], y[:8]), metrics=["AA_W"], attacks=PGD, out=tmp_path, progress=False)
+    more = evaluate(digits_cnn(), (x[:8], y[:8]), metrics=["AA_W", "ALD_2"], attacks=PGD, out=tmp_path,
+                    progress=False, resume=True)
+    assert made == ["pgd", "pgd"] and (more.run["units_reused"], more.run["units_computed"]) == (1, 1)
+    assert more.metrics["AA_W"].value == first.metrics["AA_W"].value
 
 
 def test_another_model_or_data_is_refused_naming_what_differs(tmp_path):

@@ -77,6 +77,7 @@ def evaluate(
     channels_last: bool = False,
     autocast=None,
     workers: int = 0,
+    save_adversarial: Optional[str] = None,
 ) -> Report:
     """Evaluate ``model`` on ``data`` with every metric in ``metrics`` and return the Report.
 
@@ -100,7 +101,11 @@ def evaluate(
     folder whose store holds finished units is refused. ``channels_last`` (model and inputs in
     that memory format) and ``autocast`` ("bf16" or "fp16": :func:`torch.autocast`) apply to
     the forward passes that give the logits only, never to attacks or CLEVER's gradients;
-    both are part of the units' keys.
+    both are part of the units' keys. ``save_adversarial`` ("float32" or "float16") keeps
+    every attack's examples in the store (4 or 2 bytes per input element), so that a later
+    run adding a metric of adversarial examples reuses them instead of attacking again;
+    with "float16" every metric sees the rounded examples, stored or fresh. Without it
+    (default) the store holds only the metrics' small per-batch states.
     """
     checks.model(model)
     names = metric_names(metrics)
@@ -110,6 +115,8 @@ def evaluate(
     autocast = autocast_dtype(autocast)
     if not isinstance(channels_last, bool):
         raise TypeError(f"channels_last must be a bool, got {channels_last!r}")
+    if save_adversarial not in (None, "float32", "float16"):
+        raise ValueError(f"save_adversarial must be None, 'float32' or 'float16', got {save_adversarial!r}")
     models = {"model": model}
     for role, net in (("defended", defended), ("surrogate", surrogate), ("baseline", baseline)):
         if net is not None:
@@ -133,7 +140,8 @@ def evaluate(
     start = time.perf_counter()
     store = _open_store(folder, digests, resume)
     run = Run(models, stream, store, settings, attacks_, seed, clip, dev, digests, profile=profile,
-              progress=progress and rank == 0, channels_last=channels_last, autocast=autocast)
+              progress=progress and rank == 0, channels_last=channels_last, autocast=autocast,
+              save_adversarial=save_adversarial)
     skipped = {m: reason for m in names if (reason := _skip_reason(run, m)) is not None}
     try:
         states = run.execute([m for m in names if m not in skipped])

@@ -62,6 +62,7 @@ class Run:
     progress: bool = True
     channels_last: bool = False  # these two apply to the logits passes only (not attacks, not CLEVER)
     autocast: Optional[torch.dtype] = None
+    save_adversarial: Optional[str] = None  # None, "float32" or "float16": attack examples kept in the store
     reused: int = 0
     computed: int = 0
     seconds: Dict[str, float] = field(default_factory=dict)  # per metric and per attack, computing time
@@ -80,7 +81,7 @@ class Run:
 
     # ------------------------------------------------------------------ unit keys
     def unit_key(self, name: str, batch_digest: str, start: int) -> str:
-        """``metric/<name>/<sha256>`` of what the metric's state of one batch depends on:
+        """``metric/<name>/batch-<i>/<sha256>`` of what the metric's state of one batch depends on:
         the digests of the models (and profile) it uses, the batch's inputs and labels, its
         config table, the attacks' settings when it uses adversarial examples, its seed, the
         run's clip_values and batch_size (and the inference options for logits)."""
@@ -92,7 +93,23 @@ class Run:
                "attacks": self.attacks if "adversarial examples" in info.needs else None,
                "seed": self.seed + start, "clip_values": list(self.clip_values), "batch_size": self.batch_size,
                "inference": [self.channels_last, str(self.autocast)]}
-        return f"metric/{name}/{json_digest(jsonable(key), name)}"
+        return f"metric/{name}/batch-{start // self.batch_size:04d}/{json_digest(jsonable(key), name)}"
+
+    def attack_keys(self, batch_digest: str, start: int, with_surrogate: bool) -> Dict[str, str]:
+        """With ``save_adversarial``: "attack/<name>@<model role>" -> the unit of that attack's
+        examples for one batch (keyed by the model, the batch, the attack's settings, seed,
+        clip_values and the stored precision); else nothing."""
+        if self.save_adversarial is None:
+            return {}
+        roles = [("model", a) for a in self.attacks] + ([("surrogate", self.primary)] if with_surrogate else [])
+        keys = {}
+        for role, attack in roles:
+            key = {"attack": attack, "settings": self.attacks[attack], "model": self.digests[role],
+                   "data": batch_digest, "seed": self.seed + start, "clip_values": list(self.clip_values),
+                   "precision": self.save_adversarial}
+            keys[f"attack/{attack}@{role}"] = (f"attack/{attack}@{role}/batch-{start // self.batch_size:04d}/"
+                                               f"{json_digest(jsonable(key), attack)}")
+        return keys
 
     # ------------------------------------------------------------------ the loop
     def execute(self, names: List[str]) -> Dict[str, State]:
@@ -108,8 +125,12 @@ class Run:
             item = next(batches, None)
             batch = Batch(self, *item) if item is not None else None
             keys = {m: self.unit_key(m, batch.digest, batch.start) for m in names} if batch is not None else {}
+            if batch is not None:
+                keys.update(self.attack_keys(batch.digest, batch.start, "AA_B" in names and "surrogate" in self.models))
             found = self._lookup(keys)
             made: Dict[str, Tuple[State, float]] = {}
+            if batch is not None:
+                batch.adopt({k: v for k, v in found.items() if k.startswith("attack/")})
             for m in names:
                 if m in self.failed or batch is None:
                     continue
@@ -122,14 +143,18 @@ class Run:
                     if made_state is not None:
                         made[m] = made_state
                         states[m][batch.index] = made_state[0]
-            if batch is not None and batch.index == 0:
-                self.grid = batch.grid()
+            if batch is not None:
+                examples = batch.made_examples(set(keys) - set(found))
+                self.computed += len(examples)
+                made.update(examples)
+                if batch.index == 0:
+                    self.grid = batch.grid()
             self._store({keys[m]: v for m, v in made.items()})
         return self._merge(names, states, in_memory)
 
     def _update(self, name: str, batch: "Batch") -> Optional[Tuple[State, float]]:
         family = family_of(name)
-        start = time.perf_counter()
+        start, attacks_before = time.perf_counter(), sum(batch.attack_seconds.values())
         try:
             state = family.update(batch, self._settings(family), name)
         except (KeyboardInterrupt, MemoryError):
@@ -137,7 +162,7 @@ class Run:
         except Exception as err:  # noqa: BLE001 - isolated: the metric is reported as failed
             self.failed[name] = f"{type(err).__name__}: {err}"
             return None
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start - (sum(batch.attack_seconds.values()) - attacks_before)
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
         self.computed += 1
         return {k: v.detach().cpu() for k, v in state.items()}, seconds
@@ -163,7 +188,8 @@ class Run:
                     stored = self.store.load(unit)
                     if stored is not None:
                         answers[rank][metric] = stored.tensors
-                        self.seconds[metric] = self.seconds.get(metric, 0.0) + stored.seconds
+                        clock = _attack_clock(metric) if metric.startswith("attack/") else metric
+                        self.seconds[clock] = self.seconds.get(clock, 0.0) + stored.seconds
                         self.reused += 1
         return _from_rank0(answers).get(distributed.world()[0], {})
 
@@ -205,11 +231,10 @@ class Run:
         accepted = attack_lib.attack_settings(name)
         base = {"clip_values": self.clip_values, "progress": False, "seed": seed}
         attack = attack_lib.get_attack(name, **{k: v for k, v in base.items() if k in accepted}, **self.attacks[name])
-        start = time.perf_counter()
         with frozen_eval(self.models[on]):
             x_adv = attack(self.models[on], x.to(self.device), y.to(self.device)).detach().cpu()
-        key = f"attack {name}" + ("" if on == "model" else f" on the {on}")
-        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
+        if self.save_adversarial == "float16":  # the examples every metric sees are the ones stored
+            x_adv = x_adv.half().to(x_adv.dtype)
         return x_adv
 
     def coverage(self, settings: Dict[str, Any]):
@@ -245,6 +270,7 @@ class Batch:
         self.seed = run.seed + start
         self.digest = data_digest(x, y)
         self._memo: Dict[Any, Any] = {}
+        self.attack_seconds: Dict[Tuple[str, str, str], float] = {}
 
     attacks = property(lambda self: list(self.run.attacks))
     primary = property(lambda self: self.run.primary)
@@ -270,9 +296,34 @@ class Batch:
         return self.memo(("logits", role, id(x)), lambda: self.run.forward(self.net(role), x))
 
     def adversarial(self, attack: str, on: str = "model") -> torch.Tensor:
-        """The examples of ``attack`` made against the ``on`` model for this batch, made once."""
-        return self.memo(("adversarial", attack, on),
-                         lambda: self.run.attack(attack, on, self.x, self.y, self.seed))
+        """The examples of ``attack`` made against the ``on`` model for this batch, made once
+        (their seconds go to the run's "attack <name>" clock, not to the metric asking)."""
+        key = ("adversarial", attack, on)
+        if key not in self._memo:
+            start = time.perf_counter()
+            self._memo[key] = self.run.attack(attack, on, self.x, self.y, self.seed)
+            self.attack_seconds[key] = time.perf_counter() - start
+            clock = _attack_clock(f"attack/{attack}@{on}")
+            self.run.seconds[clock] = self.run.seconds.get(clock, 0.0) + self.attack_seconds[key]
+        return self._memo[key]
+
+    def adopt(self, stored: Dict[str, State]) -> None:
+        """Take stored attack examples ("attack/<name>@<role>" -> {"x_adv"}) as this batch's."""
+        for label, state in stored.items():
+            attack, role = label[len("attack/"):].split("@")
+            self._memo[("adversarial", attack, role)] = state["x_adv"].to(self.x.dtype)
+
+    def made_examples(self, labels) -> Dict[str, Tuple[State, float]]:
+        """The attack examples this batch made, for the store: label -> ({"x_adv"}, seconds)."""
+        made = {}
+        for label in labels:
+            if label.startswith("attack/"):
+                attack, role = label[len("attack/"):].split("@")
+                x_adv = self._memo.get(("adversarial", attack, role))
+                if x_adv is not None:
+                    precision = torch.float16 if self.run.save_adversarial == "float16" else x_adv.dtype
+                    made[label] = ({"x_adv": x_adv.to(precision)}, self.attack_seconds.get(("adversarial", attack, role), 0.0))
+        return made
 
     def coverage_state(self, settings: Dict[str, Any]) -> State:
         return self.run.coverage(settings).batch_state(self.x)
@@ -301,6 +352,13 @@ def _parameter_layout(net: nn.Module, layout: torch.memory_format):
     finally:
         for p, data in saved.items():
             p.data = data
+
+
+def _attack_clock(label: str) -> str:
+    """"attack/<name>@<role>" -> the report's clock name, "attack <name>" (on the model) or
+    "attack <name> on the <role>"."""
+    attack, role = label[len("attack/"):].split("@")
+    return f"attack {attack}" + ("" if role == "model" else f" on the {role}")
 
 
 def _gather(part: Dict[int, Any]) -> Dict[int, Any]:

@@ -45,6 +45,15 @@ def test_bad_option_exits_with_a_message(tmp_path, capsys):
     assert "n_images" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("n", ["0", "-5"])
+def test_demo_refuses_fewer_than_one_image(tmp_path, capsys, n):
+    with pytest.raises(SystemExit) as err:
+        main(["demo", "--n", n, "--out", str(tmp_path / "demo"), "--no-progress"])
+    assert err.value.code == 2
+    assert capsys.readouterr().err == f"robustx demo: error: --n must be an int >= 1, got {n}\n"
+    assert not (tmp_path / "demo").exists()
+
+
 def subcommands(parser) -> dict:
     """name -> subparser of every registered subcommand."""
     (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]

@@ -348,6 +348,19 @@ def test_a_failing_attack_fails_only_the_metrics_that_need_it():
     assert 0 < report.metrics["NC"].value <= 1 and "adversarial examples" not in report.figures
 
 
+@pytest.mark.parametrize("error", [KeyboardInterrupt, MemoryError])
+def test_interrupts_and_memory_errors_are_not_swallowed(monkeypatch, error):
+    from robustx.pipeline import evaluate as module
+
+    def runner(run, name):
+        raise error()
+
+    monkeypatch.setitem(module._NAMED_RUNNERS, "CLEVER", runner)
+    x, y = digits("test")
+    with pytest.raises(error):
+        evaluate(digits_cnn(), (x[:4], y[:4]), metrics=["CA", "CLEVER"], progress=False)
+
+
 # ------------------------------------------------------------------ command line
 CLI_METRICS = "CA,AA_W,ALD_2,ASS,ACAC,NTE,NC,KMNC,NS,DIV"
 

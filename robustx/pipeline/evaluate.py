@@ -282,7 +282,10 @@ _NOT_ISOLATED = (MemoryError, torch.OutOfMemoryError)
 
 def _attempt(fn: Callable[[], Any]) -> Tuple[Any, Optional[str]]:
     """``(fn(), None)``, or ``(None, "ExceptionType: message")`` if ``fn`` raised an Exception
-    (KeyboardInterrupt and out-of-memory errors propagate)."""
+    (KeyboardInterrupt and out-of-memory errors propagate). In a multi-process run every
+    error propagates: a rank that went on would skip collectives its peers wait in."""
+    if distributed.world()[1] > 1:
+        return fn(), None
     try:
         return fn(), None
     except _NOT_ISOLATED:
@@ -747,7 +750,8 @@ def evaluate(
     A metric that raises while it runs does not stop the run: it is reported as failed
     (``MetricResult.failed``: "ExceptionType: message"; :attr:`Report.failed` lists them),
     every other metric keeps its value, and evaluate warns (RuntimeWarning) and returns
-    the Report. KeyboardInterrupt and out-of-memory errors stop the run.
+    the Report. KeyboardInterrupt and out-of-memory errors stop the run, and so does any
+    error of a multi-process run (its ranks must stay in step).
     ``_resume_hint``: how messages name ``resume=True`` (the command line passes "--resume").
     """
     checks.model(model)

@@ -14,6 +14,11 @@ metric's seconds are those its units took to compute, also when they were read b
 Metrics whose inputs are missing (no defended model, no
 surrogate, no profile data) are reported as skipped with the reason.
 
+Mistakes stop a run before any work: every setting is checked, before the store is
+created, by the function it goes to (:func:`_check_settings`). A metric that raises
+while it runs is reported as failed with the reason and every other metric still runs;
+an attack that raises fails the metrics that need its examples only.
+
 Randomness: a batch's unit is seeded with ``seed`` plus the index of the batch's first
 input, so results do not depend on how the work is split (or on where a run resumed).
 """
@@ -35,7 +40,8 @@ from torch import nn
 from robustx import attacks as attack_lib
 from robustx import checks
 from robustx import metrics as suite
-from robustx.modelutil import chunks, frozen_eval, progress_bar
+from robustx.modelutil import chunks, frozen_eval, progress_bar, resolve_layers
+from robustx.neurons import neuron_axes
 from robustx.pipeline import distributed
 from robustx.pipeline.report import MetricResult, Report, histogram_png, image_grid_png, layer_bars_png
 from robustx.pipeline.store import ResultStore, StoreError, Stored, data_digest, json_digest, model_digest
@@ -107,6 +113,8 @@ class _Run:
     computed: set = field(default_factory=set)
     _batch_digests: Dict[int, str] = field(default_factory=dict)
     _credit: float = 0.0  # stored compute seconds of reused units, less the seconds spent reading them
+    failures: Dict[str, str] = field(default_factory=dict)  # unit -> why it raised (asked again: raised again)
+    failed_figures: Dict[str, str] = field(default_factory=dict)  # figure -> why it raised
 
     # ------------------------------------------------------------ shared tensors
     def batches(self) -> List[slice]:
@@ -182,7 +190,7 @@ class _Run:
         found = self._reuse(unit)
         if found is None:
             start = time.perf_counter()
-            tensors, meta = fn()
+            tensors, meta = self._unless_failed(key, fn)
             self._put(unit, tensors, meta, time.perf_counter() - start)
             return self.store.get(unit)
         return found.tensors, found.meta
@@ -195,14 +203,26 @@ class _Run:
         if _from_rank0(found is not None):
             return (found.tensors, found.meta) if found is not None else (None, None)
         start = time.perf_counter()
-        tensors, meta = fn()
+        tensors, meta = self._unless_failed(key, fn)
         self._put(unit, tensors, meta, time.perf_counter() - start)
         return tensors, meta
 
+    def _unless_failed(self, unit: str, fn: Callable[[], Any]) -> Any:
+        """``fn()``, unless ``unit`` (shared by several metrics) raised before: a failure is
+        remembered and raised as :class:`_SharedFailure` naming the unit and the reason."""
+        if unit not in self.failures:
+            result, reason = _attempt(fn)
+            if reason is None:
+                return result
+            self.failures[unit] = reason
+        raise _SharedFailure(f"{unit} failed: {self.failures[unit]}")
+
     def adversarial(self, name: str, on: str = "model") -> torch.Tensor:
-        """The examples of attack ``name`` made against the model (or the surrogate), made once."""
+        """The examples of attack ``name`` made against the model (or the surrogate), made once
+        (:class:`_SharedFailure` for every metric that asks if making them raised)."""
         if (name, on) not in self._adversarial:
-            self._adversarial[(name, on)] = self._make_adversarial(name, on)
+            self._adversarial[(name, on)] = self._unless_failed(f"attack {name} on the {on}",
+                                                                lambda: self._make_adversarial(name, on))
         return self._adversarial[(name, on)]
 
     def _make_adversarial(self, name: str, on: str) -> torch.Tensor:
@@ -223,9 +243,7 @@ class _Run:
         return {"attack": name, "settings": self._attack_settings(name)}
 
     def _attack_settings(self, name: str) -> Dict[str, Any]:
-        accepted = attack_lib.attack_settings(name)
-        base = {"clip_values": self.clip_values, "progress": False}
-        return {**{k: v for k, v in base.items() if k in accepted}, **self.attacks[name]}
+        return _attack_arguments(name, self.attacks[name], self.clip_values)
 
     def logits(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``net(x)`` in batches (cached per model and input set), float32, under the run's
@@ -243,6 +261,39 @@ class _Run:
     @property
     def primary(self) -> Optional[str]:
         return next(iter(self.attacks), None)
+
+
+def _attack_arguments(name: str, settings: Mapping[str, Any], clip_values) -> Dict[str, Any]:
+    """The settings attack ``name`` is made with: the run's clip_values, no progress bar, then its own."""
+    accepted = attack_lib.attack_settings(name)
+    base = {"clip_values": clip_values, "progress": False}
+    return {**{k: v for k, v in base.items() if k in accepted}, **settings}
+
+
+# ------------------------------------------------------------------ failures
+class _SharedFailure(Exception):
+    """A unit several metrics share (an attack's examples, coverage) raised; its message is
+    the whole reason."""
+
+
+# Not isolated: the user's interrupt, and running out of memory (the next metric would too).
+_NOT_ISOLATED = (MemoryError, torch.OutOfMemoryError)
+
+
+def _attempt(fn: Callable[[], Any]) -> Tuple[Any, Optional[str]]:
+    """``(fn(), None)``, or ``(None, "ExceptionType: message")`` if ``fn`` raised an Exception
+    (KeyboardInterrupt and out-of-memory errors propagate). In a multi-process run every
+    error propagates: a rank that went on would skip collectives its peers wait in."""
+    if distributed.world()[1] > 1:
+        return fn(), None
+    try:
+        return fn(), None
+    except _NOT_ISOLATED:
+        raise
+    except _SharedFailure as err:
+        return None, str(err)
+    except Exception as err:  # the point: one metric's failure is reported, not fatal
+        return None, f"{type(err).__name__}: {err}"
 
 
 def _layout(t: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
@@ -468,7 +519,10 @@ def _measure(run: _Run, name: str) -> MetricResult:
         return MetricResult(value=None, skipped="computed by rank 0", **base)
     runner = _NAMED_RUNNERS.get(name) or _FAMILY_RUNNERS[info.family]
     start = run.clock()
-    value, per_sample, detail = runner(run, name)
+    outcome, reason = _attempt(lambda: runner(run, name))
+    if reason is not None:
+        return MetricResult(value=None, failed=reason, seconds=run.clock() - start, **base)
+    value, per_sample, detail = outcome
     if value is None:
         return MetricResult(value=None, skipped="stored by rank 0", **base)
     table = _TABLE_OF.get(name)
@@ -492,16 +546,18 @@ def _data(data) -> Tuple[torch.Tensor, torch.Tensor]:
     """(x, y) from a tensor pair, a Dataset of (x, y) items or a DataLoader."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         x, y = data
-    elif isinstance(data, torch.utils.data.DataLoader):
-        xs, ys = zip(*[(bx, by) for bx, by in data])
-        x, y = torch.cat(xs), torch.cat(ys)
-    elif isinstance(data, torch.utils.data.Dataset):
-        items = [data[i] for i in range(len(data))]
-        x = torch.stack([torch.as_tensor(i[0]) for i in items])
-        y = torch.as_tensor([int(i[1]) for i in items])
+    elif isinstance(data, (torch.utils.data.DataLoader, torch.utils.data.Dataset)):
+        loader = isinstance(data, torch.utils.data.DataLoader)
+        parts = list(data) if loader else [data[i] for i in range(len(data))]
+        if not parts:
+            raise ValueError(f"data must hold at least one input, got an empty {type(data).__name__}")
+        join = torch.cat if loader else torch.stack
+        x, y = (join([torch.as_tensor(p[k]) for p in parts]) for k in (0, 1))
     else:
         raise TypeError(f"data must be a pair (x, y) of tensors, a Dataset or a DataLoader, got {type(data).__name__}")
-    return x, checks.labels(y, x.shape[0], "data y")
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise ValueError(f"data x must have shape (N, ...) with N >= 1 inputs, got {tuple(x.shape)}")
+    return x, checks.data_labels(y, x.shape[0], "data y")
 
 
 _AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
@@ -545,7 +601,10 @@ def _check_config(config: Optional[Mapping[str, Mapping[str, Any]]], attack_name
         keys = {_ALIASES.get(table, {}).get(k, k): v for k, v in keys.items()}
         accepted = (set(attack_lib.attack_settings(table)) - {"seed"} if table in attack_lib.ATTACKS
                     else _accepted(_TARGETS[table]) | _EXTRA_KEYS.get(table, set()))
-        unknown = sorted(set(keys) - accepted - {"progress"})
+        reserved = sorted((set(keys) - accepted) & _DATA_ARGUMENTS)
+        if reserved:
+            raise TypeError(f"config: [{table}] may not set {reserved}: evaluate passes them itself")
+        unknown = sorted(set(keys) - accepted)
         if unknown:
             raise TypeError(f"config: [{table}] has key(s) {unknown} that {sections[table]} does not take")
         config[table] = keys
@@ -565,6 +624,78 @@ def _attack_table(attacks, config) -> Dict[str, Dict[str, Any]]:
             raise ValueError(f"attacks: unknown attack {name!r}; built-in: {', '.join(attack_lib.ATTACKS)}")
         table[name] = {**DEFAULT_ATTACKS.get(name, {}), **dict(settings), **dict(config.get(name, {}))}
     return table
+
+
+class _Checked(Exception):
+    """Raised by :class:`_Probe` at its first forward pass: the caller has checked its arguments."""
+
+
+class _Probe(nn.Linear):
+    """A one-layer model that stops whatever calls it at its first forward pass.
+
+    The metric functions and attacks check all their arguments before their first forward
+    pass, so calling one with the probe runs exactly its own checks and no work."""
+
+    def __init__(self):
+        super().__init__(1, 1)
+
+    def forward(self, x):
+        raise _Checked
+
+
+def _probe(where: str, fn: Callable, *args, **kwargs) -> None:
+    """``fn(*args, **kwargs)`` up to the probe's forward pass; its TypeError or ValueError is
+    raised again with ``where`` (the config table, e.g. "[clever]") in front."""
+    try:
+        fn(*args, **kwargs)
+    except _Checked:
+        pass
+    except TypeError as err:
+        raise TypeError(f"{where} {err}") from None
+    except ValueError as err:
+        raise ValueError(f"{where} {err}") from None
+
+
+def _target(table: str) -> Callable:
+    module, attr = _TARGETS[table].split(":")
+    return getattr(__import__(module, fromlist=[attr]), attr)
+
+
+def _check_settings(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tables: Mapping[str, Mapping[str, Any]],
+                    attacks: Mapping[str, Mapping[str, Any]], clip, seed: int, batch_size: int) -> None:
+    """Every setting of the run checked, before any work, by the function it goes to: each
+    metric function and attack is called on the first input with :class:`_Probe` as the
+    model. ``layers`` and ``axis`` are checked against ``model`` itself; ``n_images`` here."""
+    x1, y1 = x[:1], y[:1]
+    given = {"model": _Probe(), "x": x1, "y": y1, "x_adv": x1, "clip_values": clip, "seed": seed,
+             "batch_size": batch_size, "progress": False}
+    for table, settings in tables.items():
+        keys = dict(settings)
+        if table in _EXTRA_KEYS:
+            checks.integer(keys.pop("n_images"), f"[{table}] n_images")
+        if "layers" in keys or "axis" in keys:
+            layers, axis = keys.pop("layers", None), keys.pop("axis", None)
+            _probe(f"[{table}]", lambda: neuron_axes(resolve_layers(model, layers), axis))
+        fn = _target(table)
+        data = {k: v for k, v in given.items() if k in inspect.signature(fn).parameters}
+        _probe(f"[{table}]", fn, **data, **keys)
+    for name, settings in attacks.items():
+        seeded = {"seed": seed} if "seed" in attack_lib.attack_settings(name) else {}
+        arguments = {**_attack_arguments(name, settings, clip), **seeded}
+        _probe(f"[{name}]", lambda: attack_lib.get_attack(name, **arguments)(given["model"], x1, y1))
+
+
+def _check_outputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> None:
+    """One forward pass on the first input: the model returns logits (1, K) with K >= 2,
+    and every label is a class index below K."""
+    with frozen_eval(model), torch.no_grad():
+        out = model(x[:1].to(device))
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"model must return a tensor of logits, got {type(out).__name__}")
+    if out.dim() != 2 or out.shape[0] != 1 or out.shape[1] < 2:
+        raise ValueError(f"model must return logits of shape (N, K) with K >= 2 classes; for one input it "
+                         f"returned shape {tuple(out.shape)}")
+    checks.labels(y, y.shape[0], "data y", n_classes=out.shape[1])
 
 
 def evaluate(
@@ -588,11 +719,14 @@ def evaluate(
     name: str = "model",
     channels_last: bool = False,
     autocast=None,
+    _resume_hint: str = "resume=True",
 ) -> Report:
     """Evaluate ``model`` on ``data`` with every metric in ``metrics`` and return the Report.
 
-    ``data``: a pair (x, y) of tensors, a Dataset or a DataLoader of (x, y), inputs in
-    ``clip_values``. ``metrics``: "all", or names of :func:`robustx.metrics.available`.
+    ``data``: a pair (x, y) of tensors, a Dataset or a DataLoader of (x, y), real inputs in
+    ``clip_values``; labels are integers, or floats that are whole numbers (a fractional
+    label is refused, never truncated). ``metrics``: "all", or names of
+    :func:`robustx.metrics.available`.
     ``attacks``: attack names ("pgd", "fgsm", ...), or a mapping name -> settings
     (:func:`robustx.attacks.get_attack`; default :data:`DEFAULT_ATTACKS`); the first is the
     one the metrics of adversarial examples use; AA_W is the worst case over all of them.
@@ -610,6 +744,15 @@ def evaluate(
     that memory format) and ``autocast`` ("bf16" or "fp16": :func:`torch.autocast`) apply to
     the forward passes that give the logits only, never to attacks or CLEVER's gradients;
     both are part of the run's identity.
+
+    Every argument and setting is checked before any work and before ``out`` is touched
+    (TypeError / ValueError naming it; a config table's in the form "[clever] n_images ...").
+    A metric that raises while it runs does not stop the run: it is reported as failed
+    (``MetricResult.failed``: "ExceptionType: message"; :attr:`Report.failed` lists them),
+    every other metric keeps its value, and evaluate warns (RuntimeWarning) and returns
+    the Report. KeyboardInterrupt and out-of-memory errors stop the run, and so does any
+    error of a multi-process run (its ranks must stay in step).
+    ``_resume_hint``: how messages name ``resume=True`` (the command line passes "--resume").
     """
     checks.model(model)
     x, y = _data(data)
@@ -627,6 +770,11 @@ def evaluate(
     config = _check_config(config, attack_lib.ATTACKS)
     attack_table = _attack_table(attacks, config)
     settings = {table: {**defaults, **config.get(table, {})} for table, defaults in _DEFAULTS.items()}
+    landscape = {"landscape": _landscape_settings(config["landscape"], attack_table, clip)} \
+        if "landscape" in config else {}
+    dev = checks.device(device, model)
+    _check_outputs(model, x, y, dev)
+    _check_settings(model, x, y, {**settings, **landscape}, attack_table, clip, seed, batch_size)
     identity = {"settings": settings, "attacks": attack_table, "seed": seed, "batch_size": batch_size,
                 "clip_values": list(clip), "roles": [r for r, n in (("defended", defended), ("surrogate", surrogate),
                                                                     ("baseline", baseline)) if n is not None]}
@@ -644,19 +792,20 @@ def evaluate(
     folder = Path(out) if out is not None else None
     if folder is None and rank == 0:
         folder = Path(tempfile.mkdtemp(prefix="robustx-run-"))
-    dev = checks.device(device, model)
     start = time.perf_counter()
-    store = _open_store(folder, digests, resume)
+    store = _open_store(folder, digests, resume, _resume_hint)
     try:
         run = _Run(model, x, y, store, settings, attack_table, batch_size, seed, clip, progress, dev,
                    defended, surrogate, baseline, profile, channels_last=channels_last, autocast=autocast,
                    digests=digests)
         _make_shared_examples(run, names)
         results = {m: _measure(run, m) for m in progress_bar(names, progress and rank == 0, "metrics")}
-        if run._adversarial:
+        if (run.primary, "model") in run._adversarial:
             run.figures["adversarial examples"] = image_grid_png(x[:8], run.adversarial(run.primary)[:8])
-        if "landscape" in config and rank == 0:
-            _landscape_figures(run, config["landscape"])
+        if landscape and rank == 0:
+            _, reason = _attempt(lambda: _landscape_figures(run, landscape["landscape"]))
+            if reason is not None:
+                run.failed_figures["landscape"] = reason
     finally:
         if store is not None:
             store.close()
@@ -665,12 +814,16 @@ def evaluate(
         "attacks": attack_table, "seconds": time.perf_counter() - start, "torch": torch.__version__,
         "device": str(dev), "processes": size, "attack_seconds": run.timings,
         "inference": identity.get("inference", {}), "units_reused": len(run.reused),
-        "units_computed": len(run.computed)}))
+        "units_computed": len(run.computed), "failed_figures": run.failed_figures}))
     if run.reused and progress and rank == 0:
         print(f"robustx: reused {len(run.reused)} finished units from {folder}, computed {len(run.computed)}",
               file=sys.stderr)
     if out is not None and rank == 0:
         report.save(folder)
+    if rank == 0 and (report.failed or run.failed_figures):
+        failed = [*report.failed, *(f"{title} figures" for title in run.failed_figures)]
+        warnings.warn(f"evaluate: {', '.join(failed)} failed; report.failed and report.run['failed_figures'] give "
+                      "the reasons", RuntimeWarning, stacklevel=2)
     return distributed.gather_in_order({0: report} if rank == 0 else {})[0]
 
 
@@ -716,16 +869,20 @@ def _from_rank0(value):
     return distributed.gather_in_order({0: value} if distributed.world()[0] == 0 else {})[0]
 
 
+def _landscape_settings(table: Mapping[str, Any], attacks: Mapping[str, Mapping[str, Any]], clip) -> Dict[str, Any]:
+    """A [landscape] table with its defaults: n_images 2, span 2 x the first attack's eps
+    (else 0.1 of the data range)."""
+    eps = next(iter(attacks.values()), {}).get("eps")
+    return {"n_images": 2, "span": 2 * eps if eps else 0.1 * (clip[1] - clip[0]), **table}
+
+
 def _landscape_figures(run: _Run, settings: Dict[str, Any]) -> None:
     """Loss-surface contour and 3-D plots around the first inputs (Yu et al.), when the config
-    has a [landscape] table (keys: n_images, default 2, and input_landscape's; span default
-    2 x the first attack's eps, else 0.1 of the data range)."""
+    has a [landscape] table (keys: n_images and input_landscape's; see :func:`_landscape_settings`)."""
     from robustx.landscape import input_landscape
 
     settings = dict(settings)
-    n = min(settings.pop("n_images", 2), run.x.shape[0])
-    eps = run.attacks[run.primary].get("eps") if run.primary else None
-    settings.setdefault("span", 2 * eps if eps else 0.1 * (run.clip_values[1] - run.clip_values[0]))
+    n = min(settings.pop("n_images"), run.x.shape[0])
     land = input_landscape(run.model, run.x[:n].to(run.device), run.y[:n].to(run.device), clip_values=run.clip_values,
                            seed=run.seed, progress=False, **settings)
     with tempfile.TemporaryDirectory() as folder:
@@ -742,9 +899,11 @@ def _make_shared_examples(run: _Run, names: Sequence[str]) -> None:
         return
     for attack in run.attacks:
         start = run.clock()
-        run.adversarial(attack)
+        with contextlib.suppress(_SharedFailure):  # the metrics that need it fail with the reason
+            run.adversarial(attack)
         run.timings[f"attack {attack}"] = run.clock() - start
     if "AA_B" in names and run.surrogate is not None and run.primary is not None:
         start = run.clock()
-        run.adversarial(run.primary, on="surrogate")
+        with contextlib.suppress(_SharedFailure):
+            run.adversarial(run.primary, on="surrogate")
         run.timings[f"attack {run.primary} on the surrogate"] = run.clock() - start

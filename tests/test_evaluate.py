@@ -102,14 +102,19 @@ def test_bad_arguments_name_themselves(tmp_path):
 
 
 def _counting_attacks(monkeypatch) -> list:
-    """Every attack the pipeline makes, by name (attacks.get_attack is called once per
-    batch); each attack takes at least 0.1 s more, so its unit's compute time is clearly
-    longer than reading it back."""
+    """Every attack the pipeline makes, by name, once per batch (a check of the settings,
+    which stops at the first forward pass, is not counted); each attack takes at least
+    0.1 s more, so its unit's compute time is clearly longer than reading it back."""
     made, real = [], attacks.get_attack
 
     def get_attack(name, **kw):
-        made.append(name)
-        return _slow(real(name, **kw))
+        attack = _slow(real(name, **kw))
+
+        def counted(*args):
+            x_adv = attack(*args)
+            made.append(name)
+            return x_adv
+        return counted
 
     monkeypatch.setattr(attacks, "get_attack", get_attack)
     return made
@@ -212,6 +217,166 @@ def test_a_changed_stored_byte_is_recomputed_to_the_same_report(tmp_path):
     assert again.metrics["eps-ENI"].per_sample == first.metrics["eps-ENI"].per_sample
 
 
+class _Counting(torch.nn.Module):
+    """A model that counts the inputs it is run on."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.seen = net, 0
+
+    def forward(self, x):
+        self.seen += x.shape[0]
+        return self.net(x)
+
+
+BAD_SETTINGS = [
+    ({"clever": {"n_images": 0}}, ValueError, r"^\[clever\] n_images must be an int >= 1, got 0$"),
+    ({"clever": {"n_images": -3}}, ValueError, r"^\[clever\] n_images must be an int >= 1, got -3$"),
+    ({"clever": {"n_images": "all"}}, TypeError, r"^\[clever\] n_images must be an int >= 1, got 'all'$"),
+    ({"clever": {"n_images": "8"}}, TypeError, r"^\[clever\] n_images"),
+    ({"clever": {"n_batches": "8"}}, TypeError, r"^\[clever\] n_batches must be an int >= 2, got '8'$"),
+    ({"clever": {"n_samples": 0}}, ValueError, r"^\[clever\] n_samples"),
+    ({"clever": {"radius": -1.0}}, ValueError, r"^\[clever\] radius"),
+    ({"clever": {"norm": 3}}, ValueError, r"^\[clever\] norm"),
+    ({"pgd": {"eps": -0.1}}, ValueError, r"^\[pgd\] eps must be a finite number > 0"),
+    ({"pgd": {"steps": 0}}, ValueError, r"^\[pgd\] steps"),
+    ({"coverage": {"sections": 0}}, ValueError, r"^\[coverage\] sections"),
+    ({"coverage": {"layers": "nope"}}, ValueError, r"^\[coverage\] layers: no module named 'nope'"),
+    ({"ns": {"axis": 0}}, ValueError, r"^\[ns\] axis must not be 0"),
+    ({"div": {"divergence": "l1"}}, ValueError, r"^\[div\] divergence"),
+    ({"ebd": {"bisection": -1}}, ValueError, r"^\[ebd\] bisection"),
+    ({"eps-eni": {"epsilon": 0.0}}, ValueError, r"^\[eps-eni\] epsilon"),
+    ({"corruption": {"severities": [6]}}, ValueError, r"^\[corruption\] severities"),
+    ({"landscape": {"steps": 1}}, ValueError, r"^\[landscape\] steps"),
+    ({"clever": {"progress": True}}, TypeError, r"\[clever\] may not set \['progress'\]"),
+]
+
+
+@pytest.mark.parametrize("config, error, message", BAD_SETTINGS, ids=[str(c) for c, _, _ in BAD_SETTINGS])
+def test_bad_settings_are_refused_before_any_work(tmp_path, config, error, message):
+    x, y = digits("test")
+    model = _Counting(digits_cnn())
+    out = tmp_path / "run"
+    with pytest.raises(error, match=message):
+        evaluate(model, (x[:8], y[:8]), config=config, out=out, progress=False)
+    assert not out.exists()  # no store.sqlite: the corrected run may use the same folder
+    assert model.seen <= 1  # at most the check of the model's outputs on the first input
+
+
+def test_attack_settings_given_as_attacks_are_checked_too(tmp_path):
+    x, y = digits("test")
+    with pytest.raises(ValueError, match=r"^\[fgsm\] eps must be a finite number > 0, got 0"):
+        evaluate(digits_cnn(), (x[:8], y[:8]), metrics=["CA"], attacks={"pgd": {}, "fgsm": {"eps": 0}},
+                 out=tmp_path, progress=False)
+    with pytest.raises(TypeError, match=r"^\[deepfool\] attack 'deepfool' has no setting\(s\) \['eps'\]"):
+        evaluate(digits_cnn(), (x[:8], y[:8]), metrics=["CA"], attacks={"deepfool": {"eps": 0.1}},
+                 out=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_corrected_rerun_works_in_the_same_folder(tmp_path):
+    x, y = digits("test")
+    clever = {"n_batches": 4, "n_samples": 8, "n_images": 2}
+    with pytest.raises(TypeError, match=r"\[clever\] n_batches"):
+        evaluate(digits_cnn(), (x[:4], y[:4]), metrics=["CA", "CLEVER"], config={"clever": dict(clever, n_batches="4")},
+                 out=tmp_path, progress=False)
+    report = evaluate(digits_cnn(), (x[:4], y[:4]), metrics=["CA", "CLEVER"], config={"clever": clever},
+                      out=tmp_path, progress=False)
+    assert report.failed == {} and len(report.metrics["CLEVER"].per_sample) == 2
+    assert _values(tmp_path)["CLEVER"] == pytest.approx(sum(report.metrics["CLEVER"].per_sample) / 2)
+
+
+def test_model_outputs_and_labels_are_checked_before_any_work(tmp_path):
+    x, y = digits("test")
+    with pytest.raises(ValueError, match=r"data y must hold class indices in \[0, 10\)"):
+        evaluate(digits_cnn(), (x[:8], y[:8] + 10), metrics=["CA"], out=tmp_path, progress=False)
+    one = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 1))
+    with pytest.raises(ValueError, match=r"K >= 2 classes; for one input it returned shape \(1, 1\)"):
+        evaluate(one, (x[:8], y[:8] * 0), metrics=["CA"], out=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_complex_inputs_and_fractional_labels_are_refused():
+    x, y = digits("test")
+    x, y = x[:8], y[:8]
+    with pytest.raises(TypeError, match="data x must be a floating tensor"):
+        evaluate(digits_cnn(), (x.to(torch.complex64), y), metrics=["CA"], progress=False)
+    fractional = y.double()
+    fractional[3] = 2.5
+    with pytest.raises(ValueError, match=r"data y must hold whole-number class indices, got 2.5 at position 3"):
+        evaluate(digits_cnn(), (x, fractional), metrics=["CA"], progress=False)
+    dataset = torch.utils.data.TensorDataset(x, fractional)
+    with pytest.raises(ValueError, match="data y must hold whole-number"):
+        evaluate(digits_cnn(), dataset, metrics=["CA"], progress=False)
+    # whole-number float labels are the same labels
+    as_float = evaluate(digits_cnn(), (x, y.float()), metrics=["CA"], progress=False).metrics["CA"].value
+    with torch.no_grad():
+        assert as_float == pytest.approx(metrics.accuracy(digits_cnn()(x), y))
+
+
+def test_a_failing_metric_leaves_every_other_value(tmp_path):
+    from toy_models import scripted_digits_cnn
+
+    x, y = digits("test")
+    x, y = x[:16], y[:16]
+    scripted = scripted_digits_cnn()
+    names = ["CA", "AA_W", "ALD_inf", "NC", "TKNC", "NTE"]
+    with pytest.warns(RuntimeWarning, match="NC, TKNC failed"):
+        report = evaluate(scripted, (x, y), metrics=names, attacks=PGD, batch_size=8, out=tmp_path, progress=False)
+    assert set(report.failed) == {"NC", "TKNC"}
+    for name in ("NC", "TKNC"):
+        assert report.failed[name].startswith("metric/coverage failed: ValueError: ") and "selects no module" in \
+            report.failed[name]
+    eager = evaluate(digits_cnn(), (x, y), metrics=["CA", "AA_W", "ALD_inf", "NTE"], attacks=PGD, batch_size=8,
+                     progress=False)
+    doc = json.loads((tmp_path / "report.json").read_text())["metrics"]
+    for name in ("CA", "AA_W", "ALD_inf", "NTE"):  # TorchScript runs the same float ops as the eager model
+        assert doc[name]["failed"] is None
+        assert doc[name]["value"] == pytest.approx(eager.metrics[name].value, rel=1e-5, abs=1e-7), name
+    assert doc["NC"]["value"] is None and "selects no module" in doc["NC"]["failed"]
+    assert '<tr class="failed"><td>NC</td>' in (tmp_path / "report.html").read_text()
+
+
+class _NoGradients(torch.nn.Module):
+    """The digits CNN, refusing to run where gradients are enabled (so every attack fails)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = digits_cnn()
+
+    def forward(self, x):
+        if torch.is_grad_enabled():
+            raise RuntimeError("no gradients here")
+        return self.net(x)
+
+
+def test_a_failing_attack_fails_only_the_metrics_that_need_it():
+    x, y = digits("test")
+    x, y = x[:8], y[:8]
+    with pytest.warns(RuntimeWarning, match="AA_W, ALD_inf failed"):
+        report = evaluate(_NoGradients(), (x, y), metrics=["CA", "AA_W", "ALD_inf", "NC"], attacks=PGD, progress=False)
+    for name in ("AA_W", "ALD_inf"):
+        assert report.failed[name] == "attack pgd on the model failed: RuntimeError: no gradients here"
+    with torch.no_grad():
+        assert report.metrics["CA"].value == pytest.approx(metrics.accuracy(digits_cnn()(x), y))
+    assert 0 < report.metrics["NC"].value <= 1 and "adversarial examples" not in report.figures
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, MemoryError])
+def test_interrupts_and_memory_errors_are_not_swallowed(monkeypatch, error):
+    import dataclasses
+
+    from robustx.metrics.families import FAMILIES
+
+    def update(batch, settings, name):
+        raise error()
+
+    monkeypatch.setitem(FAMILIES, "CLEVER", dataclasses.replace(FAMILIES["CLEVER"], update=update))
+    x, y = digits("test")
+    with pytest.raises(error):
+        evaluate(digits_cnn(), (x[:4], y[:4]), metrics=["CA", "CLEVER"], progress=False)
+
+
 # ------------------------------------------------------------------ command line
 CLI_METRICS = "CA,AA_W,ALD_2,ASS,ACAC,NTE,NC,KMNC,NS,DIV"
 
@@ -271,6 +436,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         (["--data", str(bad)], "outside clip_values"),
         (["--metrics", "CA,WHAT"], "unknown metric"),
         (["--config", str(config)], "n_batchez"),
+        (["-n", "0"], "--n must be an int in [1, 359], got 0"),
+        (["--n", "-5"], "--n must be an int in [1, 359], got -5"),
     ]
     for extra, message in cases:
         with pytest.raises(SystemExit) as err:
@@ -300,6 +467,40 @@ def test_a_damaged_store_is_one_line_on_the_command_line(tmp_path, capsys):
         text = capsys.readouterr().err
         assert err.value.code == 2 and text.count("\n") == 1 and "Traceback" not in text
         assert f"{out / 'store.sqlite'} is damaged or not a robustx store" in text and "delete it" in text
+
+
+def test_cli_bad_config_stops_before_work_and_the_fixed_one_runs_in_the_same_folder(tmp_path, capsys):
+    config, out = tmp_path / "run.toml", tmp_path / "out"
+    command = ["evaluate", "--model", "digits", "-n", "4", "--metrics", "CA,AA_W,CLEVER", "--config", str(config),
+               "--out", str(out), "--no-progress"]
+    config.write_text('[clever]\nn_batches = "8"\nn_samples = 8\nn_images = 2\n')
+    with pytest.raises(SystemExit) as err:
+        main(command)
+    assert err.value.code == 2 and not out.exists()
+    assert capsys.readouterr().err == "robustx evaluate: error: [clever] n_batches must be an int >= 2, got '8'\n"
+    config.write_text("[clever]\nn_batches = 8\nn_samples = 8\nn_images = 2\n")
+    assert main(command) == 0
+    assert _values(out)["CLEVER"] > 0
+    with pytest.raises(SystemExit):  # the same run again: the advice is in the command line's words
+        main(command)
+    text = capsys.readouterr().err
+    assert "pass --resume to reuse them" in text and "resume=True" not in text
+
+
+def test_cli_exits_1_naming_the_failed_metrics(tmp_path, capsys, recwarn):
+    out = tmp_path / "out"
+    status = main(["evaluate", "--model", "toy_models:scripted_digits_cnn", "-n", "8", "--metrics", "CA,NC,TKNC",
+                   "--out", str(out), "--no-progress"])
+    assert status == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[-1] == ("robustx evaluate: 2 failed: NC, TKNC (reasons above and in "
+                                             "report.json)")
+    rows = {line.split()[0]: line.split()[1:] for line in captured.out.splitlines()[1:4]}
+    assert rows["NC"][0] == "failed" and "selects no module" in " ".join(rows["NC"])
+    assert not [w for w in recwarn if "failed" in str(w.message)]  # said once, in the command's words
+    with torch.no_grad():
+        x, y = digits("test")
+        assert _values(out)["CA"] == pytest.approx(metrics.accuracy(digits_cnn()(x[:8]), y[:8]))
 
 
 def test_metrics_command_lists_every_metric(capsys):

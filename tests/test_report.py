@@ -86,7 +86,7 @@ def test_json_round_trips_through_save_and_load(tmp_path):
     assert raw["metrics"]["ASS"]["value"] is None and raw["metrics"]["ASS"]["skipped"] == "no attack given"
     assert raw["metrics"]["clever_u"]["per_sample"] == [0.02, "Infinity"]
     assert set(raw["metrics"]["ASS"]) == {"name", "value", "higher_is_better", "per_sample", "settings",
-                                          "seconds", "skipped", "family"}
+                                          "seconds", "skipped", "family", "failed"}
     for where in (tmp_path / "out", tmp_path / "out" / "report.json"):
         back = Report.load(where)
         assert back.to_dict() == rep.to_dict()
@@ -127,6 +127,43 @@ def test_metric_result_value_is_none_exactly_when_skipped():
         MetricResult("a", None, True)
     with pytest.raises(ValueError, match="skipped"):
         MetricResult("a", 0.5, True, skipped="why")
+
+
+def test_a_failed_metric_has_its_reason_and_no_value():
+    with pytest.raises(ValueError, match="skipped or failed"):
+        MetricResult("a", 0.5, True, failed="RuntimeError: boom")
+    with pytest.raises(ValueError, match="both skipped and failed"):
+        MetricResult("a", None, True, skipped="why", failed="RuntimeError: boom")
+    rep = _report()
+    rep.metrics["NC"] = MetricResult("NC", None, True, seconds=0.5, family="coverage",
+                                     failed="ValueError: layers <x> selects no module")
+    assert rep.failed == {"NC": "ValueError: layers <x> selects no module"}
+
+
+def test_failed_metrics_round_trip_and_show_in_html_and_compare(tmp_path):
+    rep = _report()
+    rep.metrics["NC"] = MetricResult("NC", None, True, seconds=0.5, family="coverage",
+                                     failed="ValueError: layers <x> selects no module")
+    rep.save(tmp_path)
+    raw = json.loads((tmp_path / "report.json").read_text())
+    assert raw["metrics"]["NC"]["failed"] == "ValueError: layers <x> selects no module"
+    assert raw["metrics"]["NC"]["value"] is None and raw["metrics"]["clean_accuracy"]["failed"] is None
+    back = Report.load(tmp_path)
+    assert back.failed == {"NC": "ValueError: layers <x> selects no module"}
+    assert back.metrics["clean_accuracy"].value == 0.92  # the others keep their values
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    parsed = _parse(page)
+    assert "x" not in parsed.tags  # the reason is escaped
+    row = page[page.index('<tr class="failed"><td>NC</td>'):].split("</tr>", 1)[0]
+    assert ">failed<" in row and "failed: ValueError: layers &lt;x&gt; selects no module" in row
+    ok = _report()
+    ok.metrics["NC"] = MetricResult("NC", 0.4, True)
+    text = compare([back, ok], ["scripted", "plain"])
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines()[2:] if line.split()}
+    assert rows["NC"] == ["↑", "failed", "0.4"] and rows["clean_accuracy"] == ["↑", "0.92", "0.92"]
+    page = compare_html([back, ok], ["scripted", "plain"])
+    _parse(page)
+    assert '<td>NC</td><td>↑</td><td class="num">failed</td><td class="num">0.4</td>' in page
 
 
 def test_html_is_one_well_formed_page_with_embedded_pngs(tmp_path):

@@ -315,7 +315,7 @@ def _nu_compute(state, settings, name: str) -> Result:
 
 # ------------------------------------------------------------------ coverage
 def _coverage_update(batch, settings, name: str) -> State:
-    return batch.memo("coverage", lambda: batch.coverage_state(settings))
+    return batch.memo("metric/coverage", lambda: batch.coverage_state(settings))
 
 
 def _coverage_compute(state, settings, name: str) -> Result:

@@ -1,25 +1,31 @@
 """The settings of an evaluation: metric names, attack tables and config tables, checked
-before any work.
+before any work and before the store is created.
 
 A config maps a table name to keyword arguments: a metric family's table (its function
 and defaults are stated by the family, :mod:`robustx.metrics.families`), an attack's
 table (:mod:`robustx.attacks`) or ``landscape``. Unknown tables or keys are refused
-naming them and the function they would go to.
+naming them and the function they would go to; every value is checked by the function it
+goes to (:func:`check_settings`), and the model's outputs by one forward pass
+(:func:`check_outputs`).
 """
 from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
+from torch import nn
 
 from robustx import attacks as attack_lib
+from robustx import checks
 from robustx import metrics as suite
 from robustx.metrics.families import FAMILIES
+from robustx.modelutil import frozen_eval, resolve_layers
+from robustx.neurons import neuron_axes
 
-__all__ = ["DEFAULT_ATTACKS", "config_sections", "check_config", "attack_table", "metric_names", "table_settings",
-           "autocast_dtype", "jsonable"]
+__all__ = ["DEFAULT_ATTACKS", "config_sections", "check_config", "attack_table", "attack_arguments", "metric_names",
+           "table_settings", "landscape_settings", "check_settings", "check_outputs", "autocast_dtype", "jsonable"]
 
 #: The white-box attack of a run when none is given: PGD L-inf, eps 8/255, 10 steps of 2/255.
 DEFAULT_ATTACKS = {"pgd": {"eps": 8 / 255, "norm": "inf", "steps": 10, "step_size": 2 / 255}}
@@ -65,7 +71,10 @@ def check_config(config: Optional[Mapping[str, Mapping[str, Any]]]) -> Dict[str,
         else:
             accepted = _accepted(sections[table]) | set(tables[table].extra if table in tables else ())
             accepted |= _EXTRA_KEYS.get(table, set())
-        unknown = sorted(set(keys) - accepted - {"progress"})
+        reserved = sorted((set(keys) - accepted) & _DATA_ARGUMENTS)
+        if reserved:
+            raise TypeError(f"config: [{table}] may not set {reserved}: evaluate passes them itself")
+        unknown = sorted(set(keys) - accepted)
         if unknown:
             raise TypeError(f"config: [{table}] has key(s) {unknown} that {sections[table]} does not take")
         config[table] = dict(keys)
@@ -92,6 +101,20 @@ def attack_table(attacks, config: Mapping[str, Mapping[str, Any]]) -> Dict[str, 
             raise ValueError(f"attacks: unknown attack {name!r}; built-in: {', '.join(attack_lib.ATTACKS)}")
         table[name] = {**DEFAULT_ATTACKS.get(name, {}), **dict(settings), **dict(config.get(name, {}))}
     return table
+
+
+def attack_arguments(name: str, settings: Mapping[str, Any], clip_values) -> Dict[str, Any]:
+    """The settings attack ``name`` is made with: the run's clip_values, no progress bar, then its own."""
+    accepted = attack_lib.attack_settings(name)
+    base = {"clip_values": clip_values, "progress": False}
+    return {**{k: v for k, v in base.items() if k in accepted}, **settings}
+
+
+def landscape_settings(table: Mapping[str, Any], attacks: Mapping[str, Mapping[str, Any]], clip) -> Dict[str, Any]:
+    """A [landscape] table with its defaults: n_images 2, span 2 x the first attack's eps
+    (else 0.1 of the data range)."""
+    eps = next(iter(attacks.values()), {}).get("eps")
+    return {"n_images": 2, "span": 2 * eps if eps else 0.1 * (clip[1] - clip[0]), **table}
 
 
 def metric_names(metrics: Union[str, Sequence[str]]) -> List[str]:
@@ -124,3 +147,76 @@ def jsonable(value):
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
     return str(value)
+
+
+# ------------------------------------------------------------------ checks before any work
+class _Checked(Exception):
+    """Raised by :class:`_Probe` at its first forward pass: the caller has checked its arguments."""
+
+
+class _Probe(nn.Linear):
+    """A one-layer model that stops whatever calls it at its first forward pass.
+
+    The metric functions and attacks check all their arguments before their first forward
+    pass, so calling one with the probe runs exactly its own checks and no work."""
+
+    def __init__(self):
+        super().__init__(1, 1)
+
+    def forward(self, x):
+        raise _Checked
+
+
+def _probe(where: str, fn: Callable, *args, **kwargs) -> None:
+    """``fn(*args, **kwargs)`` up to the probe's forward pass; its TypeError or ValueError is
+    raised again with ``where`` (the config table, e.g. "[clever]") in front."""
+    try:
+        fn(*args, **kwargs)
+    except _Checked:
+        pass
+    except TypeError as err:
+        raise TypeError(f"{where} {err}") from None
+    except ValueError as err:
+        raise ValueError(f"{where} {err}") from None
+
+
+def _target(table: str) -> Callable:
+    module, attr = config_sections()[table].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def check_settings(model: nn.Module, x1: torch.Tensor, y1: torch.Tensor, tables: Mapping[str, Mapping[str, Any]],
+                   attacks: Mapping[str, Mapping[str, Any]], clip, seed: int, batch_size: int) -> None:
+    """Every setting of the run checked, before any work, by the function it goes to: each
+    metric function and attack is called on the first input ``x1`` with :class:`_Probe` as
+    the model. ``layers`` and ``axis`` are checked against ``model`` itself; ``n_images`` here."""
+    given = {"model": _Probe(), "x": x1, "y": y1, "x_adv": x1, "clip_values": clip, "seed": seed,
+             "batch_size": batch_size, "progress": False}
+    extra = {table: f.extra for table, f in _families_with_tables().items()} | _EXTRA_KEYS
+    for table, settings in tables.items():
+        keys = dict(settings)
+        if "n_images" in extra.get(table, ()):
+            checks.integer(keys.pop("n_images"), f"[{table}] n_images")
+        if "layers" in keys or "axis" in keys:
+            layers, axis = keys.pop("layers", None), keys.pop("axis", None)
+            _probe(f"[{table}]", lambda: neuron_axes(resolve_layers(model, layers), axis))
+        fn = _target(table)
+        data = {k: v for k, v in given.items() if k in inspect.signature(fn).parameters}
+        _probe(f"[{table}]", fn, **data, **keys)
+    for name, settings in attacks.items():
+        seeded = {"seed": seed} if "seed" in attack_lib.attack_settings(name) else {}
+        arguments = {**attack_arguments(name, settings, clip), **seeded}
+        _probe(f"[{name}]", lambda: attack_lib.get_attack(name, **arguments)(given["model"], x1, y1))
+
+
+def check_outputs(model: nn.Module, x1: torch.Tensor, y: torch.Tensor, device: torch.device) -> None:
+    """One forward pass on the first input ``x1``: the model returns logits (1, K) with
+    K >= 2, and the labels ``y`` are class indices below K."""
+    with frozen_eval(model), torch.no_grad():
+        out = model(x1.to(device))
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"model must return a tensor of logits, got {type(out).__name__}")
+    if out.dim() != 2 or out.shape[0] != 1 or out.shape[1] < 2:
+        raise ValueError(f"model must return logits of shape (N, K) with K >= 2 classes; for one input it "
+                         f"returned shape {tuple(out.shape)}")
+    checks.labels(y, y.shape[0], "data y", n_classes=out.shape[1])

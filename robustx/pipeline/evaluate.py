@@ -34,8 +34,9 @@ from torch import nn
 from robustx import checks
 from robustx import metrics as suite
 from robustx.pipeline import distributed
-from robustx.pipeline.config import (DEFAULT_ATTACKS, attack_table, autocast_dtype, check_config, config_sections,
-                                     jsonable, metric_names, table_settings)
+from robustx.pipeline.config import (DEFAULT_ATTACKS, attack_table, autocast_dtype, check_config, check_outputs,
+                                     check_settings, config_sections, jsonable, landscape_settings, metric_names,
+                                     table_settings)
 from robustx.pipeline.report import MetricResult, Report, histogram_png, image_grid_png, layer_bars_png
 from robustx.pipeline.run import Run, family_of
 from robustx.pipeline.store import ResultStore, StoreError, json_digest, model_digest
@@ -78,6 +79,7 @@ def evaluate(
     autocast=None,
     workers: int = 0,
     save_adversarial: Optional[str] = None,
+    _resume_hint: str = "resume=True",
 ) -> Report:
     """Evaluate ``model`` on ``data`` with every metric in ``metrics`` and return the Report.
 
@@ -106,6 +108,15 @@ def evaluate(
     run adding a metric of adversarial examples reuses them instead of attacking again;
     with "float16" every metric sees the rounded examples, stored or fresh. Without it
     (default) the store holds only the metrics' small per-batch states.
+
+    Every argument and setting is checked before any work and before ``out`` is touched
+    (TypeError / ValueError naming it; a config table's in the form "[clever] n_images ...").
+    A metric that raises while it runs does not stop the run: it is reported as failed
+    (``MetricResult.failed``: "ExceptionType: message"; :attr:`Report.failed` lists them),
+    every other metric keeps its value, and evaluate warns (RuntimeWarning) and returns
+    the Report. KeyboardInterrupt and out-of-memory errors stop the run, and so does any
+    error of a multi-process run (its ranks must stay in step).
+    ``_resume_hint``: how messages name ``resume=True`` (the command line passes "--resume").
     """
     checks.model(model)
     names = metric_names(metrics)
@@ -124,6 +135,12 @@ def evaluate(
     config = check_config(config)
     attacks_ = attack_table(attacks, config)
     settings = table_settings(config)
+    landscape = landscape_settings(config["landscape"], attacks_, clip) if "landscape" in config else None
+    dev = checks.device(device, model)
+    x1, y1 = stream.head(stream.batch_size)
+    check_outputs(model, x1[:1], y1, dev)
+    check_settings(model, x1[:1], y1[:1], {**settings, **({"landscape": landscape} if landscape else {})}, attacks_,
+                   clip, seed, stream.batch_size)
     profile = checks.images(profile, "profile") if profile is not None else None
     digests = _digests(models, stream, profile)
     rank, size = distributed.world()
@@ -135,18 +152,17 @@ def evaluate(
     if stream.n_batches is not None and size > stream.n_batches:
         raise ValueError(f"world size {size} is larger than the data: {stream.n} inputs make only "
                          f"{stream.n_batches} batches of batch_size={stream.batch_size}")
-    dev = checks.device(device, model)
     folder = Path(out) if out is not None else (Path(tempfile.mkdtemp(prefix="robustx-run-")) if rank == 0 else None)
     start = time.perf_counter()
-    store = _open_store(folder, digests, resume)
+    store = _open_store(folder, digests, resume, _resume_hint)
     run = Run(models, stream, store, settings, attacks_, seed, clip, dev, digests, profile=profile,
               progress=progress and rank == 0, channels_last=channels_last, autocast=autocast,
               save_adversarial=save_adversarial)
     skipped = {m: reason for m in names if (reason := _skip_reason(run, m)) is not None}
     try:
         states = run.execute([m for m in names if m not in skipped])
-        if "landscape" in config and rank == 0:
-            _landscape_figures(run, config["landscape"])
+        if landscape is not None and rank == 0:
+            _landscape_figures(run, landscape)
     finally:
         if store is not None:
             store.close()
@@ -157,14 +173,15 @@ def evaluate(
         "torch": torch.__version__, "device": str(dev), "processes": size,
         "attack_seconds": {k: v for k, v in run.seconds.items() if k.startswith("attack ")},
         "inference": {"channels_last": channels_last, "autocast": str(autocast)} if channels_last or autocast else {},
-        "units_reused": run.reused, "units_computed": run.computed}))
+        "units_reused": run.reused, "units_computed": run.computed, "failed_figures": run.failed_figures}))
     if run.reused and progress and rank == 0:
         print(f"robustx: reused {run.reused} finished units from {folder}, computed {run.computed}", file=sys.stderr)
-    if run.failed and rank == 0:
-        warnings.warn(f"metrics failed: {'; '.join(f'{m} ({r})' for m, r in run.failed.items())}", RuntimeWarning,
-                      stacklevel=2)
     if out is not None and rank == 0:
         report.save(folder)
+    if rank == 0 and (report.failed or run.failed_figures):
+        failed = [*report.failed, *(f"{title} figures" for title in run.failed_figures)]
+        warnings.warn(f"evaluate: {', '.join(failed)} failed; report.failed and report.run['failed_figures'] give "
+                      "the reasons", RuntimeWarning, stacklevel=2)
     return distributed.gather_in_order({0: report} if rank == 0 else {})[0]
 
 
@@ -185,16 +202,16 @@ def _result(run: Run, name: str, state, skipped: Optional[str]) -> MetricResult:
     if skipped is not None:
         return MetricResult(value=None, skipped=skipped, **base)
     if name in run.failed:
-        return MetricResult(value=None, skipped=f"failed: {run.failed[name]}", **base)
+        return MetricResult(value=None, failed=run.failed[name], seconds=run.seconds.get(name, 0.0), **base)
     family = family_of(name)
     table = run.settings.get(family.table, {}) if family.table else {}
     try:
         value, per_sample, detail = family.compute(state, dict(table), name)
     except (KeyboardInterrupt, MemoryError):
         raise
-    except Exception as err:  # noqa: BLE001 - isolated like a failing update
+    except Exception as err:  # isolated like a failing update
         run.failed[name] = f"{type(err).__name__}: {err}"
-        return MetricResult(value=None, skipped=f"failed: {run.failed[name]}", **base)
+        return MetricResult(value=None, failed=run.failed[name], seconds=run.seconds.get(name, 0.0), **base)
     if info.needs & {"adversarial examples"}:
         detail = {"attack": run.primary, **detail}
     return MetricResult(value=float(value), per_sample=per_sample, settings=jsonable({**table, **detail}),
@@ -256,17 +273,20 @@ def _open_store(folder: Optional[Path], digests: Dict[str, str], resume: bool,
 
 def _landscape_figures(run: Run, settings: Dict[str, Any]) -> None:
     """Loss-surface contour and 3-D plots around the first inputs (Yu et al.), when the config
-    has a [landscape] table (keys: n_images, default 2, and input_landscape's; span default
-    2 x the first attack's eps, else 0.1 of the data range)."""
+    has a [landscape] table (keys: n_images and input_landscape's; see
+    :func:`robustx.pipeline.config.landscape_settings`)."""
     from robustx.landscape import input_landscape
 
     settings = dict(settings)
-    x, y = run.stream.head(settings.pop("n_images", 2))
-    eps = run.attacks[run.primary].get("eps") if run.primary else None
-    settings.setdefault("span", 2 * eps if eps else 0.1 * (run.clip_values[1] - run.clip_values[0]))
-    land = input_landscape(run.models["model"], x.to(run.device), y.to(run.device), clip_values=run.clip_values,
-                           seed=run.seed, progress=False, **settings)
-    with tempfile.TemporaryDirectory() as folder:
-        for kind in ("contour", "surface"):
-            path = land.plot(Path(folder) / f"{kind}.png", kind=kind, index=list(range(x.shape[0])))
-            run.figures[f"{land.surface} landscape ({kind})"] = path.read_bytes()
+    x, y = run.stream.head(settings.pop("n_images"))
+    try:
+        land = input_landscape(run.models["model"], x.to(run.device), y.to(run.device), clip_values=run.clip_values,
+                               seed=run.seed, progress=False, **settings)
+        with tempfile.TemporaryDirectory() as folder:
+            for kind in ("contour", "surface"):
+                path = land.plot(Path(folder) / f"{kind}.png", kind=kind, index=list(range(x.shape[0])))
+                run.figures[f"{land.surface} landscape ({kind})"] = path.read_bytes()
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as err:  # a figure's failure is reported, not fatal
+        run.failed_figures["landscape"] = f"{type(err).__name__}: {err}"

@@ -39,8 +39,10 @@ _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 @dataclass
 class MetricResult:
-    """One metric's result. ``value`` is None exactly when the metric was ``skipped``
-    (then ``skipped`` says why); ``per_sample`` holds per-input values where they exist."""
+    """One metric's result. ``value`` is None exactly when the metric was ``skipped`` (an
+    input it needs was not given; ``skipped`` says which) or ``failed`` (it raised;
+    ``failed`` is "ExceptionType: message"); ``per_sample`` holds per-input values where
+    they exist."""
 
     name: str
     value: Optional[float]
@@ -50,11 +52,14 @@ class MetricResult:
     seconds: float = 0.0
     skipped: Optional[str] = None
     family: Optional[str] = None
+    failed: Optional[str] = None
 
     def __post_init__(self):
-        if (self.value is None) != (self.skipped is not None):
-            raise ValueError(f"metric {self.name!r}: value must be None exactly when skipped gives a "
-                             f"reason, got value={self.value!r}, skipped={self.skipped!r}")
+        if self.skipped is not None and self.failed is not None:
+            raise ValueError(f"metric {self.name!r} cannot be both skipped and failed")
+        if (self.value is None) != (self.skipped is not None or self.failed is not None):
+            raise ValueError(f"metric {self.name!r}: value must be None exactly when skipped or failed gives a "
+                             f"reason, got value={self.value!r}, skipped={self.skipped!r}, failed={self.failed!r}")
         if self.value is not None:
             self.value = float(self.value)
         if self.per_sample is not None:
@@ -73,6 +78,11 @@ class Report:
     metrics: Dict[str, MetricResult]
     run: dict = field(default_factory=dict)
     figures: Dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> Dict[str, str]:
+        """{name: reason} of the metrics that failed (in report order)."""
+        return {k: m.failed for k, m in self.metrics.items() if m.failed is not None}
 
     def to_dict(self) -> dict:
         """``{"metrics": {name: MetricResult.to_dict()}, "run": run}``."""
@@ -158,6 +168,7 @@ th { background: #eef1f5; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.best { background: #e3f4e1; font-weight: bold; }
 tr.skipped td { color: #888; }
+tr.failed td { color: #9b1c1c; background: #fdecea; }
 .figs { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
 figure { margin: 0; background: #fff; border: 1px solid #ddd; padding: 0.6em; max-width: 100%; box-sizing: border-box; }
 figure img { max-width: 100%; height: auto; display: block; }
@@ -175,6 +186,11 @@ def _fmt(value: Optional[float]) -> str:
     if math.isnan(value):
         return "NaN"
     return f"{value:.4g}"
+
+
+def _cell(m: MetricResult, missing: str = "—") -> str:
+    """A metric's value as shown in a table: "failed", ``missing`` when skipped, else the number."""
+    return "failed" if m.failed is not None else missing if m.value is None else _fmt(m.value)
 
 
 def _arrow(higher_is_better: bool) -> str:
@@ -204,13 +220,14 @@ def _run_table(run: dict) -> str:
 def _summary_table(metrics: Dict[str, MetricResult]) -> str:
     rows = []
     for m in metrics.values():
-        cls = ' class="skipped"' if m.skipped else ""
+        cls = ' class="failed"' if m.failed is not None else ' class="skipped"' if m.skipped else ""
+        note = f"failed: {m.failed}" if m.failed is not None else m.skipped or ""
         rows.append(
-            f"<tr{cls}><td>{_esc(m.name)}</td><td class=\"num\">{_esc(_fmt(m.value))}</td>"
+            f"<tr{cls}><td>{_esc(m.name)}</td><td class=\"num\">{_esc(_cell(m))}</td>"
             f"<td title=\"{'higher' if m.higher_is_better else 'lower'} is better\">{_arrow(m.higher_is_better)}</td>"
             f"<td>{_esc(m.family or '')}</td><td class=\"num\">{m.seconds:.2f} s</td>"
-            f"<td>{_esc(m.skipped or '')}</td></tr>\n")
-    table = _table(["metric", "value", "better", "family", "time", "skipped because"], rows)
+            f"<td>{_esc(note)}</td></tr>\n")
+    table = _table(["metric", "value", "better", "family", "time", "skipped or failed because"], rows)
     return f'<section id="metrics">\n<h2>Metrics</h2>\n{table}</section>\n'
 
 
@@ -360,21 +377,21 @@ def _best(values: Sequence[Optional[float]], higher_is_better: bool) -> Optional
 
 
 def _rows(reports: Sequence[Report], shared: Sequence[str]):
-    """(metric, direction arrow, values, index of the best or None) for each shared metric."""
+    """(metric, direction arrow, results, index of the best or None) for each shared metric."""
     for k in shared:
         hib = reports[0].metrics[k].higher_is_better
-        values = [r.metrics[k].value for r in reports]
-        yield k, _arrow(hib), values, _best(values, hib)
+        results = [r.metrics[k] for r in reports]
+        yield k, _arrow(hib), results, _best([m.value for m in results], hib)
 
 
 def compare(reports: List[Report], names: List[str]) -> str:
     """A side-by-side text table of every metric the reports share; ``*`` marks the single
-    better value of each row (by its direction; ties and skipped values get no mark)."""
+    better value of each row (by its direction; ties, skipped and failed values get no mark)."""
     shared = _shared(reports, names)
     header = ["metric", "dir", *map(str, names)]
     table = [header]
-    for k, arrow, values, best in _rows(reports, shared):
-        cells = [("skipped" if v is None else _fmt(v)) + ("*" if i == best else "") for i, v in enumerate(values)]
+    for k, arrow, results, best in _rows(reports, shared):
+        cells = [_cell(m, "skipped") + ("*" if i == best else "") for i, m in enumerate(results)]
         table.append([k, arrow, *cells])
     widths = [max(len(row[c]) for row in table) for c in range(len(header))]
     lines = ["  ".join(cell.ljust(w) if c < 2 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths)))
@@ -392,12 +409,11 @@ def compare_html(reports: List[Report], names: List[str]) -> str:
     bar chart per shared metric."""
     shared = _shared(reports, names)
     rows, charts = [], {}
-    for k, arrow, values, best in _rows(reports, shared):
-        cells = "".join(
-            f'<td class="num{" best" if i == best else ""}">{"skipped" if v is None else _esc(_fmt(v))}</td>'
-            for i, v in enumerate(values))
+    for k, arrow, results, best in _rows(reports, shared):
+        cells = "".join(f'<td class="num{" best" if i == best else ""}">{_esc(_cell(m, "skipped"))}</td>'
+                        for i, m in enumerate(results))
         rows.append(f"<tr><td>{_esc(k)}</td><td>{arrow}</td>{cells}</tr>\n")
-        kept = [(str(n), v) for n, v in zip(names, values) if v is not None]
+        kept = [(str(n), m.value) for n, m in zip(names, results) if m.value is not None]
         if kept:
             title = f"{k} ({arrow} better)"
             charts[title] = bars_png([n for n, _ in kept], [v for _, v in kept], title)

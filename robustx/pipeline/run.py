@@ -32,9 +32,16 @@ from robustx.pipeline.config import jsonable
 from robustx.pipeline.store import ResultStore, data_digest, json_digest
 from robustx.pipeline.stream import InputStream
 
-__all__ = ["Run", "Batch", "family_of", "GRID_IMAGES"]
+__all__ = ["Run", "Batch", "SharedFailure", "family_of", "GRID_IMAGES"]
 
 GRID_IMAGES = 8  # inputs of the report's image grid (kept from the first batch)
+# Not isolated: the user's interrupt, and running out of memory (the next metric would too).
+_NOT_ISOLATED = (KeyboardInterrupt, MemoryError, torch.OutOfMemoryError)
+
+
+class SharedFailure(Exception):
+    """Work several metrics share (an attack's examples, the coverage pass) raised; the
+    message is the whole reason ("<work> failed: ExceptionType: message")."""
 
 
 def family_of(name: str) -> Family:
@@ -69,6 +76,7 @@ class Run:
     failed: Dict[str, str] = field(default_factory=dict)
     grid: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
     figures: Dict[str, bytes] = field(default_factory=dict)  # landscape plots
+    failed_figures: Dict[str, str] = field(default_factory=dict)
     _coverage: Any = None
 
     @property
@@ -157,10 +165,12 @@ class Run:
         start, attacks_before = time.perf_counter(), sum(batch.attack_seconds.values())
         try:
             state = family.update(batch, self._settings(family), name)
-        except (KeyboardInterrupt, MemoryError):
+        except _NOT_ISOLATED:
             raise
-        except Exception as err:  # noqa: BLE001 - isolated: the metric is reported as failed
-            self.failed[name] = f"{type(err).__name__}: {err}"
+        except Exception as err:  # the point: one metric's failure is reported, not fatal
+            if distributed.world()[1] > 1:  # a rank that went on would skip collectives its peers wait in
+                raise
+            self.failed[name] = str(err) if isinstance(err, SharedFailure) else f"{type(err).__name__}: {err}"
             return None
         seconds = time.perf_counter() - start - (sum(batch.attack_seconds.values()) - attacks_before)
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
@@ -270,7 +280,7 @@ class Batch:
         self.seed = run.seed + start
         self.digest = data_digest(x, y)
         self._memo: Dict[Any, Any] = {}
-        self.attack_seconds: Dict[Tuple[str, str, str], float] = {}
+        self.attack_seconds: Dict[str, float] = {}
 
     attacks = property(lambda self: list(self.run.attacks))
     primary = property(lambda self: self.run.primary)
@@ -286,8 +296,19 @@ class Batch:
         return role in self.run.models
 
     def memo(self, key, fn: Callable[[], Any]):
+        """``fn()`` made once for the batch; if it raised, every later ask raises
+        :class:`SharedFailure` naming ``key`` (a string key) and the reason."""
         if key not in self._memo:
-            self._memo[key] = fn()
+            try:
+                self._memo[key] = fn()
+            except _NOT_ISOLATED:
+                raise
+            except Exception as err:
+                if not isinstance(key, str):
+                    raise
+                self._memo[key] = SharedFailure(f"{key} failed: {type(err).__name__}: {err}")
+        if isinstance(self._memo[key], SharedFailure):
+            raise self._memo[key]
         return self._memo[key]
 
     def logits(self, role: str, x: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -298,31 +319,30 @@ class Batch:
     def adversarial(self, attack: str, on: str = "model") -> torch.Tensor:
         """The examples of ``attack`` made against the ``on`` model for this batch, made once
         (their seconds go to the run's "attack <name>" clock, not to the metric asking)."""
-        key = ("adversarial", attack, on)
-        if key not in self._memo:
+        clock = _attack_clock(f"attack/{attack}@{on}")
+
+        def make() -> torch.Tensor:
             start = time.perf_counter()
-            self._memo[key] = self.run.attack(attack, on, self.x, self.y, self.seed)
-            self.attack_seconds[key] = time.perf_counter() - start
-            clock = _attack_clock(f"attack/{attack}@{on}")
-            self.run.seconds[clock] = self.run.seconds.get(clock, 0.0) + self.attack_seconds[key]
-        return self._memo[key]
+            try:
+                return self.run.attack(attack, on, self.x, self.y, self.seed)
+            finally:
+                self.attack_seconds[clock] = time.perf_counter() - start
+                self.run.seconds[clock] = self.run.seconds.get(clock, 0.0) + self.attack_seconds[clock]
+        return self.memo(f"{clock} on the model" if on == "model" else clock, make)
 
     def adopt(self, stored: Dict[str, State]) -> None:
         """Take stored attack examples ("attack/<name>@<role>" -> {"x_adv"}) as this batch's."""
         for label, state in stored.items():
-            attack, role = label[len("attack/"):].split("@")
-            self._memo[("adversarial", attack, role)] = state["x_adv"].to(self.x.dtype)
+            self._memo[_memo_key(label)] = state["x_adv"].to(self.x.dtype)
 
     def made_examples(self, labels) -> Dict[str, Tuple[State, float]]:
         """The attack examples this batch made, for the store: label -> ({"x_adv"}, seconds)."""
         made = {}
         for label in labels:
-            if label.startswith("attack/"):
-                attack, role = label[len("attack/"):].split("@")
-                x_adv = self._memo.get(("adversarial", attack, role))
-                if x_adv is not None:
-                    precision = torch.float16 if self.run.save_adversarial == "float16" else x_adv.dtype
-                    made[label] = ({"x_adv": x_adv.to(precision)}, self.attack_seconds.get(("adversarial", attack, role), 0.0))
+            x_adv = self._memo.get(_memo_key(label)) if label.startswith("attack/") else None
+            if isinstance(x_adv, torch.Tensor):
+                precision = torch.float16 if self.run.save_adversarial == "float16" else x_adv.dtype
+                made[label] = ({"x_adv": x_adv.to(precision)}, self.attack_seconds.get(_attack_clock(label), 0.0))
         return made
 
     def coverage_state(self, settings: Dict[str, Any]) -> State:
@@ -330,8 +350,8 @@ class Batch:
 
     def grid(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         """The first inputs and their primary attack's examples, if this batch made them."""
-        key = ("adversarial", self.run.primary, "model")
-        if key not in self._memo:
+        key = _memo_key(f"attack/{self.run.primary}@model")
+        if not isinstance(self._memo.get(key), torch.Tensor):
             return None
         return self.x[:GRID_IMAGES].clone(), self._memo[key][:GRID_IMAGES].clone()
 
@@ -359,6 +379,12 @@ def _attack_clock(label: str) -> str:
     "attack <name> on the <role>"."""
     attack, role = label[len("attack/"):].split("@")
     return f"attack {attack}" + ("" if role == "model" else f" on the {role}")
+
+
+def _memo_key(label: str) -> str:
+    """"attack/<name>@<role>" -> the batch's memo key of those examples."""
+    clock = _attack_clock(label)
+    return f"{clock} on the model" if label.endswith("@model") else clock
 
 
 def _gather(part: Dict[int, Any]) -> Dict[int, Any]:

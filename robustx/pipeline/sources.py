@@ -141,7 +141,7 @@ def _array_file(path: Path, model: nn.Module) -> Tuple[torch.Tensor, torch.Tenso
         raise ValueError(f"--data {path}: the .npz file needs arrays x and y, missing {sorted(missing)}")
     x = checks.images(_numeric(arrays["x"], f"--data {path} x").float(), f"--data {path} x", (0.0, 1.0))
     if "y" in arrays:
-        return x, checks.labels(_numeric(arrays["y"], f"--data {path} y"), x.shape[0], f"--data {path} y")
+        return x, checks.data_labels(_numeric(arrays["y"], f"--data {path} y"), x.shape[0], f"--data {path} y")
     try:
         with torch.no_grad():
             return x, model.eval()(x).argmax(1)  # labels: the model's own predictions

@@ -44,7 +44,7 @@ class InputStream:
         self.clip_values = clip_values
         if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
             x, y = data
-            self.source, self.n = (x, checks.labels(y, x.shape[0], "data y")), x.shape[0]
+            self.source, self.n = (x, checks.data_labels(y, x.shape[0], "data y")), x.shape[0]
         elif isinstance(data, DataLoader):
             self.source, self.n = data, len(data.dataset) if hasattr(data.dataset, "__len__") else None
         elif isinstance(data, Dataset):
@@ -52,7 +52,7 @@ class InputStream:
         else:
             raise TypeError(f"data must be a pair (x, y) of tensors, a Dataset or a DataLoader, got {type(data).__name__}")
         if self.n == 0:
-            raise ValueError("data holds no inputs")
+            raise ValueError(f"data must hold at least one input, got an empty {type(data).__name__}")
 
     @property
     def n_batches(self) -> Optional[int]:
@@ -62,7 +62,7 @@ class InputStream:
         """(index, first input, x, y) of each batch in ``owned`` (ascending), checked."""
         for i, start, x, y in self._raw(sorted(owned)):
             x = checks.images(x, "data x", self.clip_values)
-            yield i, start, x, checks.labels(y, x.shape[0], "data y")
+            yield i, start, x, checks.data_labels(y, x.shape[0], "data y")
 
     def head(self, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """The first ``k`` inputs and labels (for the report's figures)."""

@@ -1,6 +1,7 @@
 """Landscapes and the prediction-divergence bound of standard vs adversarially trained models.
 
-    python3 bench/exp_landscape.py [--part digits|cifar|cifar-div|all] [--attack pgd] [--threads N] [--figures bench/figures]
+    python3 bench/exp_landscape.py [--part digits|cifar|cifar-div|all] [--attack pgd] [--threads N]
+                                   [--figures bench/figures]
 
 Digits (robustx.data.digits, 359 test images): the shipped standard CNN and two CNNs
 trained with robustx.defenses.train_adversarial (``--attack``, default PGD; L-inf eps 0.1
@@ -215,7 +216,8 @@ def run_cifar_div(args) -> str:
     x, y = data.aisafety_cifar10(root)
     clean = {n: accuracy(m, x, y) for n, m in zoo.items()}
     with torch.no_grad():
-        stats = {n: {"mean clean-logit std (temperature)": logit_temperature(m(x)).mean().item()} for n, m in zoo.items()}
+        stats = {n: {"mean clean-logit std (temperature)": logit_temperature(m(x)).mean().item()}
+                 for n, m in zoo.items()}
     rows = divergence_vs_pgd(zoo, x, y, (2 / 255, 8 / 255), [(5, 1), (10, 1), (20, 1), (10, 3)], plain=True)
     return tables("CIFAR-10 ResNet-20 (AISafety weights, L-inf, 100 images): scale-invariant vs plain KL bound",
                   zoo, clean, stats, rows, True)

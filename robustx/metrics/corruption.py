@@ -304,7 +304,7 @@ def _fog(u: torch.Tensor, c: Tuple[float, float], gen: torch.Generator) -> torch
     next power of two >= max(H, W), cropped to H x W and shared by the channels, m the
     image's largest value."""
     n, _, h, w = u.shape
-    side = 1 << max(h, w, 1).__sub__(1).bit_length()
+    side = 1 << (max(h, w) - 1).bit_length()
     fractal = plasma_fractal(n, side, c[1], gen, u.device)[:, None, :h, :w].to(u.dtype)
     peak = u.amax((1, 2, 3), keepdim=True)
     return (u + c[0] * fractal) * peak / (peak + c[0])

@@ -129,11 +129,13 @@ def _read_config(path: Optional[str]) -> Optional[dict]:
 
 
 def _summary(report) -> str:
+    from robustx.metrics.registry import direction
+
     rows = [f"{'metric':<10} {'value':>12}  better  {'seconds':>8}"]
     for name, m in report.metrics.items():
         value = f"{m.value:12.4g}" if m.value is not None else f"{'failed' if m.failed else 'skipped':>12}"
         note = m.failed or m.skipped
-        rows.append(f"{name:<10} {value}  {'higher' if m.higher_is_better else 'lower ':<6}  {m.seconds:8.2f}"
+        rows.append(f"{name:<10} {value}  {direction(m.higher_is_better):<6}  {m.seconds:8.2f}"
                     + (f"  ({note.splitlines()[0]})" if note else ""))
     return "\n".join(rows)
 
@@ -233,7 +235,7 @@ def _run_metrics(args: argparse.Namespace) -> int:
     for name in available():
         info = get(name)
         needs = ", ".join(sorted(info.needs)) or "-"
-        print(f"{name:<9} {info.family:<17} {'higher' if info.higher_is_better else 'lower':<7} {needs}")
+        print(f"{name:<9} {info.family:<17} {info.direction:<7} {needs}")
     return 0
 
 

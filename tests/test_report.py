@@ -272,6 +272,31 @@ def test_compare_html_highlights_and_charts():
     assert all(base64.b64decode(s.split(",", 1)[1]).startswith(b"\x89PNG") for s in parsed.images)
 
 
+def test_compare_stars_no_coverage_metric(tmp_path):
+    """Coverage (test adequacy) carries no direction in the registry: compare shows it with
+    "n/a" and never stars or highlights it, even where the values differ; CA still gets its star."""
+    from robustx import metrics
+
+    coverage = metrics.available("coverage")
+    names = ["CA", *coverage]
+
+    def report(offset):
+        return Report({k: MetricResult(k, 0.4 + offset + 0.01 * i, metrics.get(k).higher_is_better,
+                                       family=metrics.get(k).family) for i, k in enumerate(names)})
+
+    a, b = report(0.0), report(0.2)
+    b.save(tmp_path)
+    b = Report.load(tmp_path)  # None survives the JSON round trip
+    rows = {line.split()[0]: line.split()[1:] for line in compare([a, b], ["a", "b"]).splitlines()[2:]}
+    assert rows["CA"] == ["↑", "0.4", "0.6*"]
+    for k in coverage:
+        assert rows[k][0] == "n/a" and not any("*" in cell for cell in rows[k]), k
+    parsed = _parse(compare_html([a, b], ["a", "b"]))
+    assert sum("best" in c.split() for c in parsed.cells) == 1
+    page = _parse(b.to_html())
+    assert not page.errors
+
+
 def test_compare_checks_its_arguments():
     a, b = _pair()
     with pytest.raises(ValueError, match="one name per report"):

@@ -136,7 +136,7 @@ def _adversarial_value(batch, name: str) -> float:
     if name == "ASS":
         return ass(x, x_adv, success, data_range=clip[1] - clip[0])
     if name == "PSD":
-        return psd(x, x_adv, success)
+        return psd(x, x_adv, success, data_range=clip[1] - clip[0])
     if name == "ACAC":
         return acac(adv, success)
     if name == "ACTC":
@@ -191,6 +191,7 @@ def _corruption_update(batch, settings, name: str) -> State:
 
     state = {f"wrong:{c}": v for c, v in errors("model").items()}
     state["n"] = torch.tensor(batch.x.shape[0], dtype=torch.float64)
+    state["shape"] = torch.tensor(batch.x.shape[1:], dtype=torch.float64) * batch.x.shape[0]  # sums to n x shape
     state["clean_wrong"] = (~_correct(batch.logits("model"), batch.y)).sum().double()
     if batch.has("baseline"):
         state.update({f"base:{c}": v for c, v in errors("baseline").items()})
@@ -199,17 +200,17 @@ def _corruption_update(batch, settings, name: str) -> State:
 
 
 def _corruption_compute(state, settings, name: str) -> Result:
-    from robustx.metrics.corruption import mce, rmce
+    from robustx.metrics.corruption import corruption_score
 
     n = state["n"]
     errors = {k.split(":", 1)[1]: tuple((v / n).tolist()) for k, v in state.items() if k.startswith("wrong:")}
     base = {k.split(":", 1)[1]: tuple((v / n).tolist()) for k, v in state.items() if k.startswith("base:")} or None
-    detail = {"errors": {c: list(v) for c, v in errors.items()}, "baseline": base is not None}
-    if name == "mCE":
-        return mce(errors, base), None, detail
-    clean = float(state["clean_wrong"] / n)
-    base_clean = float(state["base_clean_wrong"] / n) if base is not None else None
-    return rmce(errors, clean, base, base_clean), None, detail
+    shape = tuple((state["shape"] / n).round().long().tolist())  # each batch added n_b x its input shape
+    score = corruption_score(errors, shape, relative=name == "rmCE",
+                             clean_error=float(state["clean_wrong"] / n), base_errors=base,
+                             base_clean_error=float(state["base_clean_wrong"] / n) if base is not None else None)
+    return score.value, None, {"value": score.name, "normalisation": score.normalisation,
+                               "errors": {c: list(v) for c, v in errors.items()}}
 
 
 # ------------------------------------------------------------------ per-input values (DIV, eps-ENI, EBD, CLEVER)
@@ -242,7 +243,10 @@ def _ebd_update(batch, settings, name: str) -> State:
 
     res = ebd(batch.net("model"), batch.x.to(batch.device), batch.y.to(batch.device), clip_values=batch.clip_values,
               seed=batch.seed, batch_size=batch.batch_size * 4, progress=False, **settings)
-    return {"distances": res.distances.double().cpu(), **weighted_mean(res.value, int(res.correct.sum())),
+    with warnings.catch_warnings():  # a batch whose inputs are all censored has no weight
+        warnings.simplefilter("ignore", RuntimeWarning)
+        value = res.value
+    return {"distances": res.distances.double().cpu(), **weighted_mean(value, res.averaged),
             "censored": torch.tensor([res.censored], dtype=torch.long)}
 
 
@@ -252,8 +256,12 @@ def _ebd_merge(states: List[State]) -> State:
 
 
 def _ebd_compute(state, settings, name: str) -> Result:
-    value, _ = _mean_of(state)
-    return value, state["distances"].tolist(), {"censored": int(state["censored"].sum())}
+    """Mean distance moved over the inputs that flip; with any censored (never flipped
+    within reach) input the mean is a lower bound."""
+    value, averaged = _mean_of(state)
+    censored = int(state["censored"].sum())
+    return value, state["distances"].tolist(), {"averaged": averaged, "censored": censored,
+                                                "lower_bound": censored > 0}
 
 
 def _clever_update(batch, settings, name: str) -> State:

@@ -42,11 +42,11 @@ class MetricResult:
     """One metric's result. ``value`` is None exactly when the metric was ``skipped`` (an
     input it needs was not given; ``skipped`` says which) or ``failed`` (it raised;
     ``failed`` is "ExceptionType: message"); ``per_sample`` holds per-input values where
-    they exist."""
+    they exist; ``higher_is_better`` None: not ranked (test adequacy, e.g. coverage)."""
 
     name: str
     value: Optional[float]
-    higher_is_better: bool
+    higher_is_better: Optional[bool]
     per_sample: Optional[List[float]] = None
     settings: dict = field(default_factory=dict)
     seconds: float = 0.0
@@ -193,8 +193,12 @@ def _cell(m: MetricResult, missing: str = "—") -> str:
     return "failed" if m.failed is not None else missing if m.value is None else _fmt(m.value)
 
 
-def _arrow(higher_is_better: bool) -> str:
-    return "↑" if higher_is_better else "↓"
+def _arrow(higher_is_better: Optional[bool]) -> str:
+    return {True: "↑", False: "↓", None: "n/a"}[higher_is_better]
+
+
+def _direction_title(higher_is_better: Optional[bool]) -> str:
+    return {True: "higher is better", False: "lower is better", None: "test adequacy: not ranked"}[higher_is_better]
 
 
 def _page(title: str, body: str) -> str:
@@ -224,7 +228,7 @@ def _summary_table(metrics: Dict[str, MetricResult]) -> str:
         note = f"failed: {m.failed}" if m.failed is not None else m.skipped or ""
         rows.append(
             f"<tr{cls}><td>{_esc(m.name)}</td><td class=\"num\">{_esc(_cell(m))}</td>"
-            f"<td title=\"{'higher' if m.higher_is_better else 'lower'} is better\">{_arrow(m.higher_is_better)}</td>"
+            f"<td title=\"{_direction_title(m.higher_is_better)}\">{_arrow(m.higher_is_better)}</td>"
             f"<td>{_esc(m.family or '')}</td><td class=\"num\">{m.seconds:.2f} s</td>"
             f"<td>{_esc(note)}</td></tr>\n")
     table = _table(["metric", "value", "better", "family", "time", "skipped or failed because"], rows)
@@ -365,9 +369,11 @@ def _shared(reports: Sequence[Report], names: Sequence[str]) -> List[str]:
     return shared
 
 
-def _best(values: Sequence[Optional[float]], higher_is_better: bool) -> Optional[int]:
-    """Index of the single best value (None values and NaN do not compete); None on a tie
-    or when fewer than two values compete."""
+def _best(values: Sequence[Optional[float]], higher_is_better: Optional[bool]) -> Optional[int]:
+    """Index of the single best value (None values and NaN do not compete); None on a tie,
+    when fewer than two values compete, or for a metric without a direction (not ranked)."""
+    if higher_is_better is None:
+        return None
     scored = [(v if higher_is_better else -v, i) for i, v in enumerate(values) if v is not None and not math.isnan(v)]
     if len(scored) < 2:
         return None
@@ -397,7 +403,7 @@ def compare(reports: List[Report], names: List[str]) -> str:
     lines = ["  ".join(cell.ljust(w) if c < 2 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths)))
              for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append("* better value (↑ higher is better, ↓ lower is better)")
+    lines.append("* better value (↑ higher is better, ↓ lower is better; n/a: test adequacy, not ranked)")
     only = sorted({k for r in reports for k in r.metrics} - set(shared))
     if only:
         lines.append("not in every report: " + ", ".join(only))
@@ -415,7 +421,7 @@ def compare_html(reports: List[Report], names: List[str]) -> str:
         rows.append(f"<tr><td>{_esc(k)}</td><td>{arrow}</td>{cells}</tr>\n")
         kept = [(str(n), m.value) for n, m in zip(names, results) if m.value is not None]
         if kept:
-            title = f"{k} ({arrow} better)"
+            title = f"{k} (not ranked)" if arrow == "n/a" else f"{k} ({arrow} better)"
             charts[title] = bars_png([n for n, _ in kept], [v for _, v in kept], title)
     table = _table(["metric", "better", *map(str, names)], rows)
     body = f'<section id="metrics">\n<h2>Metrics</h2>\n{table}</section>\n'

@@ -37,7 +37,11 @@ def _add_evaluate(subparsers) -> None:
                    "class, .jpg/.jpeg/.png) or a .npz (x, y) / .npy (x) file (default: the model's own test set)")
     p.add_argument("-n", "--n", type=int, default=None, help="evaluate the first N inputs (a folder: N spread "
                    "evenly over it; default: all; under torchrun write -n N: torchrun takes --n for its own options)")
-    p.add_argument("--workers", type=int, default=2, help="processes decoding a folder's images (default %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="processes decoding a folder's images ahead of the batch "
+                   "being evaluated (default %(default)s)")
+    p.add_argument("--save-adversarial", choices=("float32", "float16"), default=None, help="keep every attack's "
+                   "examples in the store (4 or 2 bytes per input element) so a later --resume adding a metric "
+                   "reuses them; default: the store keeps only the metrics' small per-batch states")
     p.add_argument("--resize", type=int, default=256, help="a folder's images: shorter side resized to this "
                    "(default %(default)s)")
     p.add_argument("--crop", type=int, default=224, help="a folder's images: center crop size (default %(default)s)")
@@ -71,7 +75,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     rank = distributed.world()[0]
     model = sources.load_model(args.model, args.weights, args.normalize)
     data = args.data or sources.default_data(args.model)
-    x, y = sources.load_data(data, model, args.n, workers=args.workers, resize=args.resize, crop=args.crop)
+    inputs = sources.load_data(data, model, args.n, resize=args.resize, crop=args.crop)
     device = args.device or _local_device()
     if device is not None:
         model.to(device)
@@ -79,13 +83,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if batch_size == "auto":  # rank 0's measure, so every rank runs the same batches
         from robustx.pipeline.batchsize import auto_batch_size
 
-        batch_size = distributed.gather_in_order({0: auto_batch_size(model, x[:1], device)} if rank == 0 else {})[0]
+        first = inputs[0][:1] if isinstance(inputs, tuple) else inputs[0][0][None]
+        batch_size = distributed.gather_in_order({0: auto_batch_size(model, first, device)} if rank == 0 else {})[0]
     with _failures_summarised():
-        report = evaluate(model, (x, y), metrics=args.metrics, attacks=args.attacks, config=_read_config(args.config),
+        report = evaluate(model, inputs, metrics=args.metrics, attacks=args.attacks, config=_read_config(args.config),
                           profile=sources.default_profile(data), out=args.out, resume=args.resume, seed=args.seed,
                           device=device, batch_size=batch_size, progress=not args.no_progress and rank == 0,
                           name=args.model, channels_last=args.channels_last, autocast=args.autocast,
-                          _resume_hint="--resume")
+                          workers=args.workers, save_adversarial=args.save_adversarial, _resume_hint="--resume")
     if rank == 0:
         print(_summary(report))
         print(f"wrote {args.out}/report.json, {args.out}/report.html and {args.out}/store.sqlite")

@@ -15,7 +15,9 @@ from torch import nn
 from robustx.cli import main
 from robustx.pipeline import sources
 from robustx.pipeline.batchsize import activation_bytes, auto_batch_size
-from robustx.pipeline.evaluate import _Run, evaluate
+from robustx.pipeline.evaluate import evaluate
+from robustx.pipeline.run import Run
+from robustx.pipeline.stream import InputStream
 from robustx.pipeline.imagefolder import (IMAGENET_MEAN, IMAGENET_STD, ImageFolder, Normalized, UnreadableImage,
                                           eval_transform, load_folder)
 
@@ -206,9 +208,9 @@ def test_factory_model_with_weights_and_normalize(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ inference options
 def _logits(net, x, **options):
-    run = _Run(net, x, torch.zeros(x.shape[0], dtype=torch.long), None, {}, {}, 4, 0, (0.0, 1.0), False,
-               torch.device("cpu"), **options)
-    return run.logits(net, x)
+    stream = InputStream((x, torch.zeros(x.shape[0], dtype=torch.long)), 4)
+    run = Run({"model": net}, stream, None, {}, {}, 0, (0.0, 1.0), torch.device("cpu"), {}, progress=False, **options)
+    return run.forward(net, x)
 
 
 def test_channels_last_logits_equal_default_and_parameters_restored():

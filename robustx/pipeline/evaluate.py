@@ -144,9 +144,10 @@ def evaluate(
     profile = checks.images(profile, "profile") if profile is not None else None
     digests = _digests(models, stream, profile)
     rank, size = distributed.world()
-    distributed.agree(json_digest(jsonable({"digests": digests, "metrics": names, "settings": settings,
-                                            "attacks": attacks_, "seed": seed})),
-                      "the run (model, data, metrics, settings)")
+    inference = {"channels_last": channels_last, "autocast": str(autocast)} if channels_last or autocast else {}
+    rid = json_digest(jsonable({"digests": digests, "metrics": names, "settings": settings, "attacks": attacks_,
+                                "seed": seed, "batch_size": stream.batch_size, "clip_values": clip, **inference}))
+    distributed.agree(rid, "the run (model, data, metrics, settings)")
     if stream.n_batches is None and size > 1:
         raise ValueError("data: a DataLoader without a sized dataset cannot be split over processes")
     if stream.n_batches is not None and size > stream.n_batches:
@@ -168,11 +169,11 @@ def evaluate(
             store.close()
     results = {m: _result(run, m, states.get(m), skipped.get(m)) for m in names}
     report = Report(metrics=results, figures=_figures(run, results), run=jsonable({
-        "model": name, "inputs": stream.n, "input_shape": list(stream.head(1)[0].shape[1:]), "seed": seed,
+        "id": rid, "model": name, "inputs": stream.n, "input_shape": list(stream.head(1)[0].shape[1:]), "seed": seed,
         "batch_size": stream.batch_size, "attacks": attacks_, "seconds": time.perf_counter() - start,
         "torch": torch.__version__, "device": str(dev), "processes": size,
         "attack_seconds": {k: v for k, v in run.seconds.items() if k.startswith("attack ")},
-        "inference": {"channels_last": channels_last, "autocast": str(autocast)} if channels_last or autocast else {},
+        "inference": inference,
         "units_reused": run.reused, "units_computed": run.computed, "failed_figures": run.failed_figures}))
     if run.reused and progress and rank == 0:
         print(f"robustx: reused {run.reused} finished units from {folder}, computed {run.computed}", file=sys.stderr)

@@ -10,25 +10,25 @@ rounds to 8 bits between its horizontal and vertical passes; torch does not).
 
 Symbolic links are followed; a directory reached again below the same class folder (same
 device and inode: a link loop, or a second link to it) is walked once. Unreadable
-subfolders and files Pillow cannot decode are skipped by :func:`load_folder` with one
-warning naming them and their count (a single bad file should not stop a run over
+subfolders and files Pillow cannot decode are skipped (by evaluate's stream and by
+:func:`load_folder`) with one warning naming them and their count (a single bad file should not stop a run over
 50,000 images); :class:`ImageFolder` itself raises :class:`UnreadableImage` naming the file.
 
 No normalisation is applied to the data: the metrics work in the data domain [0, 1].
 A model trained on normalised inputs is wrapped in :class:`Normalized` instead.
 
-Streaming: the files are read by a :class:`torch.utils.data.DataLoader` with worker
-processes, batch by batch. :func:`robustx.evaluate` itself is not streamed: its metrics
-need clean and adversarial inputs side by side, so :func:`load_folder` still collects the
-whole (capped, ``n``) set into one tensor pair. Plan memory for ``n * 3 * crop**2 * 4``
-bytes (about 600 KB per image at 224 px), or evaluate a large folder in slices of ``n``.
+Streaming: :func:`folder_dataset` is what ``robustx evaluate`` reads, batch by batch,
+through a :class:`torch.utils.data.DataLoader` whose worker processes decode the next
+batches while the current one is evaluated; memory does not grow with the folder's size.
+:func:`load_folder` collects a (capped, ``n``) folder into one tensor pair instead, for
+code that wants the tensors (``n * 3 * crop**2 * 4`` bytes, about 600 KB per 224 px image).
 """
 from __future__ import annotations
 
 import os
 import warnings
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from robustx import checks
 
-__all__ = ["ImageFolder", "Normalized", "UnreadableImage", "load_folder", "eval_transform", "IMAGENET_MEAN",
+__all__ = ["ImageFolder", "Normalized", "UnreadableImage", "folder_dataset", "load_folder", "eval_transform", "IMAGENET_MEAN",
            "IMAGENET_STD", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -151,30 +151,51 @@ def _skip_warning(root: Path, files: List[str], dirs: List[str], total: int) -> 
     return f"image folder {root}: " + "; ".join(parts)
 
 
+def folder_dataset(root, n: Optional[int] = None, resize: int = 256, crop: int = 224) -> Dataset:
+    """The :class:`ImageFolder` at ``root``, or with ``n`` a Subset of ``n`` images spread
+    evenly over the folder's order (image ``i * len // n``), so a capped run sees every
+    class in proportion rather than the first classes only."""
+    folder = ImageFolder(root, resize, crop)
+    if n is None:
+        return folder
+    n = checks.integer(n, "--n", 1, len(folder))
+    return Subset(folder, [i * len(folder) // n for i in range(n)])
+
+
+def readable_batches(dataset: Dataset, batch_sampler, workers: int) -> Iterator[Tuple[Optional[tuple], List[str]]]:
+    """(collated (x, y) of the batch's readable images or None, paths of its unreadable
+    ones) for each batch of ``batch_sampler``, decoded by ``workers`` processes ahead."""
+    loader = DataLoader(_Readable(dataset), batch_sampler=batch_sampler, num_workers=workers,
+                        collate_fn=_collate_readable, prefetch_factor=2 if workers else None)
+    yield from loader
+
+
+def skipped_warning(dataset: Dataset, files: List[str]) -> None:
+    """One warning naming the unreadable ``files`` (and subfolders) of an image-folder dataset."""
+    folder = dataset.dataset if isinstance(dataset, Subset) else dataset
+    dirs = getattr(folder, "unreadable_dirs", [])
+    if files or dirs:
+        root = getattr(folder, "root", Path("."))
+        warnings.warn(_skip_warning(root, files, dirs, len(dataset)), UserWarning, stacklevel=3)
+
+
 def load_folder(root, n: Optional[int] = None, workers: int = 2, batch_size: int = 32, resize: int = 256,
                 crop: int = 224) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(x, y) of an image folder, decoded by ``workers`` DataLoader processes.
-
-    With ``n``, ``n`` images spread evenly over the folder's order (image ``i * len // n``),
-    so a capped run sees every class in proportion rather than the first classes only.
-    Files that cannot be decoded are left out, with one warning naming them and the count."""
-    folder = ImageFolder(root, resize, crop)
-    dataset: Dataset = folder
-    if n is not None:
-        n = checks.integer(n, "--n", 1, len(folder))
-        dataset = Subset(folder, [i * len(folder) // n for i in range(n)])
-    loader = DataLoader(_Readable(dataset), batch_size=checks.integer(batch_size, "batch_size"),
-                        num_workers=checks.integer(workers, "workers", 0), collate_fn=_collate_readable)
+    """(x, y) of an image folder (:func:`folder_dataset`), decoded by ``workers`` DataLoader
+    processes, in memory. Files that cannot be decoded are left out, with one warning naming
+    them and the count. ``robustx.evaluate`` streams :func:`folder_dataset` instead."""
+    dataset = folder_dataset(root, n, resize, crop)
+    size = checks.integer(batch_size, "batch_size")
+    batches = [list(range(i, min(i + size, len(dataset)))) for i in range(0, len(dataset), size)]
     xs, ys, bad = [], [], []
-    for batch, unreadable in loader:
+    for batch, unreadable in readable_batches(dataset, batches, checks.integer(workers, "workers", 0)):
         bad += unreadable
         if batch is not None:
             xs.append(batch[0])
             ys.append(batch[1])
-    if bad or folder.unreadable_dirs:
-        warnings.warn(_skip_warning(folder.root, bad, folder.unreadable_dirs, len(dataset)), UserWarning, stacklevel=2)
+    skipped_warning(dataset, bad)
     if not xs:
-        raise ValueError(f"image folder {folder.root}: none of the {len(dataset)} image files could be decoded")
+        raise ValueError(f"image folder {root}: none of the {len(dataset)} image files could be decoded")
     return torch.cat(xs), torch.cat(ys).long()
 
 

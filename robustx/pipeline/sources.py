@@ -109,14 +109,14 @@ def default_profile(data_spec: str) -> Optional[torch.Tensor]:
     return None
 
 
-def load_data(spec: str, model: nn.Module, n: Optional[int] = None, workers: int = 2, resize: int = 256,
-              crop: int = 224) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(x, y) named by ``spec``; the first ``n`` inputs when given (from an image folder:
-    ``n`` spread over it, decoded by ``workers`` processes, see :func:`imagefolder.load_folder`)."""
+def load_data(spec: str, model: nn.Module, n: Optional[int] = None, resize: int = 256, crop: int = 224):
+    """The data named by ``spec``: (x, y) tensors, the first ``n`` inputs when given; an image
+    folder as a Dataset that evaluate streams (``n`` spread over it, see
+    :func:`imagefolder.folder_dataset`)."""
     from robustx import data
 
     if spec not in BUILT_IN_DATA and Path(spec).is_dir():
-        return imagefolder.load_folder(spec, n, workers=workers, resize=resize, crop=crop)
+        return imagefolder.folder_dataset(spec, n, resize=resize, crop=crop)
     if spec == "digits":
         x, y = data.digits("test")
     elif spec == "cifar100":

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from robustx import checks
+from robustx.pipeline.imagefolder import readable_batches, skipped_warning
 
 __all__ = ["InputStream"]
 
@@ -26,11 +27,6 @@ def _as_pair(item) -> Tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(item, (tuple, list)) or len(item) < 2:
         raise TypeError(f"data must yield (x, y) pairs, got {type(item).__name__}")
     return torch.as_tensor(item[0]), torch.as_tensor(item[1])
-
-
-def _collate(items: list) -> Tuple[torch.Tensor, torch.Tensor]:
-    pairs = [_as_pair(i) for i in items]
-    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
 class InputStream:
@@ -102,12 +98,16 @@ class InputStream:
             yield from self._dataset(owned)
 
     def _dataset(self, owned: List[int]) -> Iterator[Batch]:
+        """A Dataset's owned batches, decoded ahead by the workers; images that cannot be
+        decoded are left out of their batch and named in one warning at the end."""
+        owned = [i for i in owned if i * self.batch_size < self.n]
         ranges = [list(range(i * self.batch_size, min((i + 1) * self.batch_size, self.n))) for i in owned]
-        ranges = [r for r in ranges if r]
-        loader = DataLoader(self.source, batch_sampler=ranges, num_workers=self.workers, collate_fn=_collate,
-                            prefetch_factor=2 if self.workers else None, persistent_workers=False)
-        for i, (x, y) in zip(owned, loader):
-            yield i, i * self.batch_size, x, y
+        unreadable: List[str] = []
+        for i, (batch, bad) in zip(owned, readable_batches(self.source, ranges, self.workers)):
+            unreadable += bad
+            if batch is not None:
+                yield (i, i * self.batch_size, *_as_pair(batch))
+        skipped_warning(self.source, unreadable)
 
     def _recut(self, owned: List[int]) -> Iterator[Batch]:
         """A DataLoader's batches, re-cut to ``batch_size``; only the owned ones are kept."""

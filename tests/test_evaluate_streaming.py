@@ -1,0 +1,149 @@
+"""The streamed evaluate against the metric functions called directly on the same inputs,
+batch splits that must not matter, and the input stream's sources."""
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from robustx import attacks, metrics
+from robustx.clever import clever
+from robustx.coverage import NeuronCoverage
+from robustx.data import digits
+from robustx.divergence import divergence_bound
+from robustx.metrics.boundary import ebd
+from robustx.metrics.corruption import corruption_errors, corruption_score
+from robustx.metrics.defense import defense_utility
+from robustx.metrics.eni import eps_eni
+from robustx.models import digits_cnn
+from robustx.pipeline.evaluate import evaluate
+from robustx.pipeline.stream import InputStream
+from robustx.sensitivity import neuron_sensitivity, neuron_uncertainty
+
+N, SEED, CLIP = 24, 5, (0.0, 1.0)
+PGD = {"eps": 0.1, "norm": "inf", "steps": 3, "step_size": 0.04}
+FGSM = {"eps": 0.15}
+CONFIG = {"clever": {"n_batches": 5, "n_samples": 8, "n_images": 2}, "ebd": {"m": 2, "steps": 4, "bisection": 3},
+          "div": {"eps": 0.1, "steps": 2}, "eps-eni": {"epsilon": 0.1},
+          "corruption": {"corruptions": ["impulse_noise", "contrast"], "severities": [4, 5]}}
+
+
+def _perturbed(scale: float) -> torch.nn.Module:
+    """The digits CNN with Gaussian noise of ``scale`` x each tensor's std on its weights: a
+    different, still informative model (a defended model, a surrogate, a baseline)."""
+    net = digits_cnn()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * scale * p.std())
+    return net
+
+
+def _models():
+    torch.manual_seed(11)
+    return digits_cnn(), _perturbed(0.2), _perturbed(0.5)
+
+
+def _direct(model, defended, other, x, y, profile) -> dict:
+    """Every metric computed by its own function on the whole set (one batch, so the seeds
+    are evaluate's: seed + 0)."""
+    with torch.no_grad():
+        logits = model(x)
+    pgd = attacks.get_attack("pgd", **PGD, clip_values=CLIP, seed=SEED)(model, x, y)
+    fgsm = attacks.get_attack("fgsm", **FGSM, clip_values=CLIP)(model, x, y)
+    transferred = attacks.get_attack("pgd", **PGD, clip_values=CLIP, seed=SEED)(other, x, y)
+    with torch.no_grad():
+        adv, adv_f, adv_t = model(pgd), model(fgsm), model(transferred)
+        blurred = model(metrics.gaussian_blur_8bit(pgd, 0.5, CLIP))
+        jpeg = model(metrics.jpeg_8bit(pgd, 90, CLIP))
+        logits_d, logits_b = defended(x), other(x)
+    s = metrics.success_mask(logits, adv, y)
+    out = {"CA": metrics.accuracy(logits, y), "AA_B": metrics.accuracy(adv_t, y),
+           "AA_W": float(((adv.argmax(1) == y) & (adv_f.argmax(1) == y)).double().mean()),
+           "ALD_0": metrics.ald(x, pgd, s, 0, clip_values=CLIP), "ALD_2": metrics.ald(x, pgd, s, 2, clip_values=CLIP),
+           "ALD_inf": metrics.ald(x, pgd, s, "inf", clip_values=CLIP), "ASS": metrics.ass(x, pgd, s, data_range=1.0),
+           "PSD": metrics.psd(x, pgd, s, data_range=1.0), "ACAC": metrics.acac(adv, s),
+           "ACTC": metrics.actc(adv, y, s), "NTE": metrics.nte(adv, s), "RGB": metrics.rgb(blurred, y, s),
+           "RIC": metrics.ric(jpeg, y, s), **defense_utility(logits, logits_d, y)}
+    kw = dict(batch_size=N, seed=SEED, clip_values=CLIP, progress=False)
+    errors = corruption_errors(model, x, y, **CONFIG["corruption"], **kw)
+    base = corruption_errors(other, x, y, **CONFIG["corruption"], **kw)
+    clean, base_clean = 1 - out["CA"], 1 - metrics.accuracy(logits_b, y)
+    out["mCE"] = corruption_score(errors, x.shape[1:], base_errors=base).value
+    out["rmCE"] = corruption_score(errors, x.shape[1:], relative=True, clean_error=clean, base_errors=base,
+                                   base_clean_error=base_clean).value
+    out["EBD"] = ebd(model, x, y, clip_values=CLIP, seed=SEED, batch_size=4 * N, progress=False, **CONFIG["ebd"]).value
+    out["eps-ENI"] = _finite_mean(eps_eni(model, x, y, **CONFIG["eps-eni"], **kw).per_sample)
+    out["DIV"] = _finite_mean(divergence_bound(model, x, **CONFIG["div"], **kw).per_sample)
+    out["NS"] = _all_neurons(neuron_sensitivity(model, x, pgd, batch_size=N, progress=False))
+    out["NU"] = _all_neurons(neuron_uncertainty(model, x, batch_size=N, progress=False))
+    cov = NeuronCoverage(model, batch_size=N, progress=False)
+    cov.profile(profile)
+    out.update({k: v for k, v in cov.update(x).result().to_dict().items() if k in metrics.available("coverage")})
+    settings = dict(CONFIG["clever"])
+    n_images = settings.pop("n_images")
+    out["CLEVER"] = float(clever(model, x[:n_images], clip_values=CLIP, seed=SEED, progress=False,
+                                 **{"norm": 2, "radius": 2.0, **settings}).scores.mean())
+    return out
+
+
+def _finite_mean(values: torch.Tensor) -> float:
+    return float(values[~values.isnan()].double().mean())
+
+
+def _all_neurons(scores) -> float:
+    return float(torch.cat([s.flatten().double() for s in scores.values()]).mean())
+
+
+def test_every_metric_equals_its_function_on_the_same_inputs(tmp_path):
+    x, y = digits("test")
+    x, y = x[:N], y[:N]
+    profile = digits("train")[0][:64]
+    model, defended, other = _models()
+    report = evaluate(model, (x, y), metrics="all", attacks={"pgd": PGD, "fgsm": FGSM}, defended=defended,
+                      surrogate=other, baseline=other, profile=profile, config=CONFIG, seed=SEED, batch_size=N,
+                      out=tmp_path, progress=False)
+    direct = _direct(model, defended, other, x, y, profile)
+    assert set(report.metrics) == set(metrics.available()) == set(direct)
+    for name, result in report.metrics.items():
+        assert result.failed is None and result.skipped is None, (name, result.failed, result.skipped)
+        want = direct[name]
+        if math.isnan(want):
+            assert math.isnan(result.value), name
+        else:  # the same functions on the same inputs; evaluate sums a few float64 means
+            assert result.value == pytest.approx(want, rel=1e-9, abs=1e-12), name
+
+
+def test_batch_splits_agree_when_nothing_random_depends_on_them(tmp_path):
+    """FGSM examples and the deterministic metrics do not depend on how the inputs are
+    batched: 3 batches of 8 give the one batch's values (up to the last bits of BLAS,
+    which depend on the batch shape on some processors: rel 1e-6)."""
+    x, y = digits("test")
+    x, y = x[:N], y[:N]
+    profile = digits("train")[0][:64]
+    names = ["CA", "AA_W", "ALD_2", "ALD_inf", "ASS", "PSD", "ACAC", "ACTC", "NTE", "RGB", "RIC", "NS", "NU", "NC",
+             "KMNC", "NBC", "SNAC", "TKNC", "TKNP"]
+    runs = [evaluate(digits_cnn(), (x, y), metrics=names, attacks={"fgsm": FGSM}, profile=profile, batch_size=b,
+                     progress=False) for b in (N, 8)]
+    for name in names:
+        assert runs[1].metrics[name].value == pytest.approx(runs[0].metrics[name].value, rel=1e-6), name
+
+
+@pytest.mark.parametrize("kind", ["tensors", "dataset", "loader"])
+def test_the_stream_cuts_every_source_into_the_same_batches(kind):
+    x, y = torch.rand(10, 1, 4, 4), torch.arange(10) % 3
+    source = {"tensors": (x, y), "dataset": TensorDataset(x, y),
+              "loader": DataLoader(TensorDataset(x, y), batch_size=3)}[kind]
+    stream = InputStream(source, 4)
+    batches = list(stream.batches([0, 1, 2]))
+    assert stream.n == 10 and stream.n_batches == 3
+    assert [(i, start, b.shape[0]) for i, start, b, _ in batches] == [(0, 0, 4), (1, 4, 4), (2, 8, 2)]
+    assert torch.equal(torch.cat([b for _, _, b, _ in batches]), x)
+    assert [int(v) for _, _, _, t in batches for v in t] == y.tolist()
+    assert [i for i, *_ in stream.batches([2])] == [2]  # a rank reads only its own batches
+
+
+def test_the_stream_refuses_empty_or_foreign_data():
+    with pytest.raises(ValueError, match="at least one input"):
+        InputStream(TensorDataset(torch.zeros(0, 1, 2, 2), torch.zeros(0)), 4)
+    with pytest.raises(TypeError, match="pair .* Dataset or a DataLoader"):
+        InputStream([1, 2, 3], 4)

@@ -18,7 +18,23 @@ from robustx.coverage import NeuronCoverage
 from robustx.neurons import RunningMoments
 
 HERE = Path(__file__).resolve().parent
-METRICS = "CA,AA_W,ALD_2,ASS,NTE,NC,TKNC,TKNP,DIV"
+# every metric that needs no second model, including the profiled coverage metrics (the
+# digits data come with their training split as profile) and the ones that once ran on rank 0 alone
+METRICS = "CA,AA_W,ALD_2,ASS,NTE,NC,KMNC,NBC,SNAC,TKNC,TKNP,DIV,EBD,mCE,rmCE,NS,NU,eps-ENI,CLEVER"
+CONFIG = """[clever]
+n_images = 3
+n_batches = 4
+n_samples = 8
+[ebd]
+m = 2
+steps = 4
+bisection = 3
+[div]
+steps = 2
+[corruption]
+corruptions = ["impulse_noise", "contrast"]
+severities = [3]
+"""
 ENV = dict(os.environ, OMP_NUM_THREADS="1", ROBUSTX_NO_PROGRESS="1")
 
 
@@ -27,8 +43,11 @@ def _torchrun(nproc: int, *args: str):
 
 
 def _evaluate(out: Path, n: int = 48, resume: bool = False):
+    config = out.parent / f"{out.name}.toml"
+    config.write_text(CONFIG)
     return ["-m", "robustx", "evaluate", "--model", "digits", "-n", str(n), "--metrics", METRICS,
-            "--batch-size", "8", "--out", str(out), "--no-progress", *(["--resume"] if resume else [])]
+            "--config", str(config), "--batch-size", "8", "--out", str(out), "--no-progress",
+            *(["--resume"] if resume else [])]
 
 
 def _values(out: Path) -> dict:

@@ -408,7 +408,7 @@ def test_sigkilled_run_resumes_to_the_same_report(tmp_path):
     subprocess.run(_evaluate_cmd(whole), check=True, env=env, capture_output=True, timeout=600)
     total = _finished_units(whole)
     killed = tmp_path / "killed"
-    for stop_after in (total // 4, total // 2):  # two kills at different points, then a clean finish
+    for stop_after in (total // 4, total // 2, 3 * total // 4):  # three kills at different points, then a finish
         proc = subprocess.Popen(_evaluate_cmd(killed, "--resume"), env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         deadline = time.time() + 300

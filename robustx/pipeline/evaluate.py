@@ -37,7 +37,8 @@ from robustx.pipeline import distributed
 from robustx.pipeline.config import (DEFAULT_ATTACKS, attack_table, autocast_dtype, check_config, check_outputs,
                                      check_settings, config_sections, jsonable, landscape_settings, metric_names,
                                      table_settings)
-from robustx.pipeline.report import MetricResult, Report, histogram_png, image_grid_png, layer_bars_png
+from robustx.pipeline.plots import histogram_png, image_grid_png, layer_bars_png
+from robustx.pipeline.report import MetricResult, Report
 from robustx.pipeline.run import Run, family_of
 from robustx.pipeline.store import ResultStore, StoreError, json_digest, model_digest
 from robustx.pipeline.stream import InputStream
@@ -139,8 +140,9 @@ def evaluate(
     dev = checks.device(device, model)
     x1, y1 = stream.head(stream.batch_size)
     check_outputs(model, x1[:1], y1, dev)
-    check_settings(model, x1[:1], y1[:1], {**settings, **({"landscape": landscape} if landscape else {})}, attacks_,
-                   clip, seed, stream.batch_size)
+    used = {family_of(m).table for m in names} | ({"landscape"} if landscape else set())
+    tables = {t: v for t, v in {**settings, "landscape": landscape}.items() if t in used}
+    check_settings(model, x1[:1], y1[:1], tables, attacks_, clip, seed, stream.batch_size)
     profile = checks.images(profile, "profile") if profile is not None else None
     digests = _digests(models, stream, profile)
     rank, size = distributed.world()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -29,20 +29,11 @@ from robustx.metrics.families import FAMILIES, Family, State
 from robustx.modelutil import chunks, frozen_eval, progress_bar
 from robustx.pipeline import distributed
 from robustx.pipeline.config import jsonable
-from robustx.pipeline.store import ResultStore, data_digest, json_digest
+from robustx.pipeline.store import ResultStore, json_digest
+from robustx.pipeline.batch import _NOT_ISOLATED, Batch, SharedFailure, _attack_clock
 from robustx.pipeline.stream import InputStream
 
-__all__ = ["Run", "Batch", "SharedFailure", "family_of", "GRID_IMAGES"]
-
-GRID_IMAGES = 8  # inputs of the report's image grid (kept from the first batch)
-# Not isolated: the user's interrupt, and running out of memory (the next metric would too).
-_NOT_ISOLATED = (KeyboardInterrupt, MemoryError, torch.OutOfMemoryError)
-
-
-class SharedFailure(Exception):
-    """Work several metrics share (an attack's examples, the coverage pass) raised; the
-    message is the whole reason ("<work> failed: ExceptionType: message")."""
-
+__all__ = ["Run", "family_of"]
 
 def family_of(name: str) -> Family:
     """The streaming definition of metric ``name`` (its registry entry names it)."""
@@ -271,91 +262,6 @@ def _roles(info) -> List[str]:
     return roles
 
 
-class Batch:
-    """One batch of the run and the work its metrics share, made at most once and dropped
-    with the batch (the protocol :mod:`robustx.metrics.families` relies on)."""
-
-    def __init__(self, run: Run, index: int, start: int, x: torch.Tensor, y: torch.Tensor):
-        self.run, self.index, self.start, self.x, self.y = run, index, start, x, y
-        self.seed = run.seed + start
-        self.digest = data_digest(x, y)
-        self._memo: Dict[Any, Any] = {}
-        self.attack_seconds: Dict[str, float] = {}
-
-    attacks = property(lambda self: list(self.run.attacks))
-    primary = property(lambda self: self.run.primary)
-    clip_values = property(lambda self: self.run.clip_values)
-    batch_size = property(lambda self: self.run.batch_size)
-    device = property(lambda self: self.run.device)
-    run_seed = property(lambda self: self.run.seed)
-
-    def net(self, role: str) -> nn.Module:
-        return self.run.models[role]
-
-    def has(self, role: str) -> bool:
-        return role in self.run.models
-
-    def memo(self, key, fn: Callable[[], Any]):
-        """``fn()`` made once for the batch; if it raised, every later ask raises
-        :class:`SharedFailure` naming ``key`` (a string key) and the reason."""
-        if key not in self._memo:
-            try:
-                self._memo[key] = fn()
-            except _NOT_ISOLATED:
-                raise
-            except Exception as err:
-                if not isinstance(key, str):
-                    raise
-                self._memo[key] = SharedFailure(f"{key} failed: {type(err).__name__}: {err}")
-        if isinstance(self._memo[key], SharedFailure):
-            raise self._memo[key]
-        return self._memo[key]
-
-    def logits(self, role: str, x: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The ``role`` model's logits on ``x`` (default the batch's inputs), made once."""
-        x = self.x if x is None else x
-        return self.memo(("logits", role, id(x)), lambda: self.run.forward(self.net(role), x))
-
-    def adversarial(self, attack: str, on: str = "model") -> torch.Tensor:
-        """The examples of ``attack`` made against the ``on`` model for this batch, made once
-        (their seconds go to the run's "attack <name>" clock, not to the metric asking)."""
-        clock = _attack_clock(f"attack/{attack}@{on}")
-
-        def make() -> torch.Tensor:
-            start = time.perf_counter()
-            try:
-                return self.run.attack(attack, on, self.x, self.y, self.seed)
-            finally:
-                self.attack_seconds[clock] = time.perf_counter() - start
-                self.run.seconds[clock] = self.run.seconds.get(clock, 0.0) + self.attack_seconds[clock]
-        return self.memo(f"{clock} on the model" if on == "model" else clock, make)
-
-    def adopt(self, stored: Dict[str, State]) -> None:
-        """Take stored attack examples ("attack/<name>@<role>" -> {"x_adv"}) as this batch's."""
-        for label, state in stored.items():
-            self._memo[_memo_key(label)] = state["x_adv"].to(self.x.dtype)
-
-    def made_examples(self, labels) -> Dict[str, Tuple[State, float]]:
-        """The attack examples this batch made, for the store: label -> ({"x_adv"}, seconds)."""
-        made = {}
-        for label in labels:
-            x_adv = self._memo.get(_memo_key(label)) if label.startswith("attack/") else None
-            if isinstance(x_adv, torch.Tensor):
-                precision = torch.float16 if self.run.save_adversarial == "float16" else x_adv.dtype
-                made[label] = ({"x_adv": x_adv.to(precision)}, self.attack_seconds.get(_attack_clock(label), 0.0))
-        return made
-
-    def coverage_state(self, settings: Dict[str, Any]) -> State:
-        return self.run.coverage(settings).batch_state(self.x)
-
-    def grid(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-        """The first inputs and their primary attack's examples, if this batch made them."""
-        key = _memo_key(f"attack/{self.run.primary}@model")
-        if not isinstance(self._memo.get(key), torch.Tensor):
-            return None
-        return self.x[:GRID_IMAGES].clone(), self._memo[key][:GRID_IMAGES].clone()
-
-
 # ------------------------------------------------------------------ helpers
 def _layout(t: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
     return t.to(memory_format=layout) if t.dim() == 4 else t
@@ -372,19 +278,6 @@ def _parameter_layout(net: nn.Module, layout: torch.memory_format):
     finally:
         for p, data in saved.items():
             p.data = data
-
-
-def _attack_clock(label: str) -> str:
-    """"attack/<name>@<role>" -> the report's clock name, "attack <name>" (on the model) or
-    "attack <name> on the <role>"."""
-    attack, role = label[len("attack/"):].split("@")
-    return f"attack {attack}" + ("" if role == "model" else f" on the {role}")
-
-
-def _memo_key(label: str) -> str:
-    """"attack/<name>@<role>" -> the batch's memo key of those examples."""
-    clock = _attack_clock(label)
-    return f"{clock} on the model" if label.endswith("@model") else clock
 
 
 def _gather(part: Dict[int, Any]) -> Dict[int, Any]:

@@ -15,6 +15,7 @@ from robustx.metrics.boundary import ebd
 from robustx.metrics.corruption import corruption_errors, corruption_score
 from robustx.metrics.defense import defense_utility
 from robustx.metrics.eni import eps_eni
+from robustx.metrics.families import clever_rows
 from robustx.models import digits_cnn
 from robustx.pipeline.evaluate import evaluate
 from robustx.pipeline.stream import InputStream
@@ -80,8 +81,9 @@ def _direct(model, defended, other, x, y, profile) -> dict:
     cov.profile(profile)
     out.update({k: v for k, v in cov.update(x).result().to_dict().items() if k in metrics.available("coverage")})
     settings = dict(CONFIG["clever"])
-    n_images = settings.pop("n_images")
-    out["CLEVER"] = float(clever(model, x[:n_images], clip_values=CLIP, seed=SEED, progress=False,
+    rows = clever_rows(N, settings.pop("n_images"))
+    assert rows == [0, 12]  # spread over the set
+    out["CLEVER"] = float(clever(model, x[rows], clip_values=CLIP, seed=SEED, progress=False,
                                  **{"norm": 2, "radius": 2.0, **settings}).scores.mean())
     return out
 

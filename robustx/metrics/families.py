@@ -14,7 +14,7 @@ arguments the table holds, and three functions (compare torchmetrics' ``Metric``
 
 ``batch`` (see :class:`robustx.pipeline.run.Batch`) gives the batch's inputs ``x``,
 labels ``y``, ``seed`` (the run's seed plus the batch's first input index), the shared
-``logits(role, x)`` and ``adversarial(attack, on)`` of the batch (made once per batch for
+``logits(role, x)`` and ``adversarial(attack, on)`` of the batch, ``n_inputs`` (of the whole set) (made once per batch for
 every metric), ``memo(key, fn)`` for other shared work, and the run's ``net(role)``,
 ``attacks``, ``primary``, ``clip_values``, ``batch_size`` and ``device``.
 
@@ -37,7 +37,7 @@ from robustx.metrics.behaviour import acac, actc, nte, rgb, ric
 from robustx.metrics.imperceptibility import ald, ass, psd
 from robustx.metrics.transforms import gaussian_blur_8bit, jpeg_8bit
 
-__all__ = ["Family", "FAMILIES", "concatenate", "add", "union", "weighted_mean"]
+__all__ = ["Family", "FAMILIES", "concatenate", "add", "union", "weighted_mean", "clever_rows"]
 
 State = Dict[str, torch.Tensor]
 Result = Tuple[Optional[float], Optional[List[float]], Dict[str, Any]]
@@ -264,14 +264,25 @@ def _ebd_compute(state, settings, name: str) -> Result:
                                                 "lower_bound": censored > 0}
 
 
+def clever_rows(n_inputs: Optional[int], n_images: int) -> List[int]:
+    """The inputs CLEVER scores: ``n_images`` spread evenly over the set (input k N / n for
+    k < n), so that they fall in many batches (and on every rank) and cover the whole set;
+    the first ``n_images`` when the set's size N is unknown (an unsized DataLoader)."""
+    if n_inputs is None:
+        return list(range(n_images))
+    n = min(n_images, n_inputs)
+    return [k * n_inputs // n for k in range(n)]
+
+
 def _clever_update(batch, settings, name: str) -> State:
     from robustx.clever import clever
 
     settings = dict(settings)
-    rows = max(0, min(settings.pop("n_images"), batch.start + batch.x.shape[0]) - batch.start)
-    if rows == 0:
+    end = batch.start + batch.x.shape[0]
+    rows = [i - batch.start for i in clever_rows(batch.n_inputs, settings.pop("n_images")) if batch.start <= i < end]
+    if not rows:
         return {"values": torch.empty(0, dtype=torch.float64), "reliable": torch.empty(0, dtype=torch.bool)}
-    res = clever(batch.net("model"), batch.x[:rows].to(batch.device), clip_values=batch.clip_values,
+    res = clever(batch.net("model"), batch.x[rows].to(batch.device), clip_values=batch.clip_values,
                  seed=batch.seed, progress=False, **settings)
     return {"values": res.scores.double().cpu(), "reliable": res.reliable.cpu()}
 

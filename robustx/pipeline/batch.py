@@ -50,6 +50,7 @@ class Batch:
     batch_size = property(lambda self: self.run.batch_size)
     device = property(lambda self: self.run.device)
     run_seed = property(lambda self: self.run.seed)
+    n_inputs = property(lambda self: self.run.stream.n)
 
     def net(self, role: str) -> nn.Module:
         return self.run.models[role]

@@ -48,13 +48,15 @@ def chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, n))
 
 
-def progress_bar(iterable: Iterable, enabled: bool, desc: str, total: Optional[int] = None):
-    """A tqdm progress bar over ``iterable`` when ``enabled``, else the iterable itself.
+def progress_bar(iterable: Iterable, enabled: bool, desc: str, total: Optional[int] = None, unit: str = "it",
+                 unit_scale: float = 1):
+    """A tqdm progress bar over ``iterable`` when ``enabled``, else the iterable itself;
+    each item counts ``unit_scale`` ``unit``s (rate and ETA in them, e.g. images per second).
     The environment variable ``ROBUSTX_NO_PROGRESS`` set to anything but "" or "0" turns
     every bar off (batch jobs, logs)."""
     if not enabled or os.environ.get("ROBUSTX_NO_PROGRESS", "") not in ("", "0"):
         return iterable
-    return tqdm(iterable, desc=desc, total=total, leave=False)
+    return tqdm(iterable, desc=desc, total=total, leave=False, unit=unit, unit_scale=unit_scale)
 
 
 LayerSpec = Union[None, str, type, Sequence[Union[str, type]]]

@@ -120,7 +120,8 @@ class Run:
         states: Dict[str, Dict[int, State]] = {m: {} for m in names}
         in_memory: Dict[str, Optional[State]] = {m: None for m in names if family_of(m).streamed_in_memory}
         batches = iter(self.stream.batches(owned))
-        for _ in progress_bar(range(steps), self.progress, f"batches of {self.batch_size}", steps):
+        scale = self.batch_size * distributed.world()[1]  # inputs per step over all ranks
+        for _ in progress_bar(range(steps), self.progress, "evaluate", steps, unit="img", unit_scale=scale):
             item = next(batches, None)
             batch = Batch(self, *item) if item is not None else None
             keys = {m: self.unit_key(m, batch.digest, batch.start) for m in names} if batch is not None else {}

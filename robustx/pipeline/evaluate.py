@@ -29,7 +29,7 @@ from torch import nn
 from robustx import attacks as attack_lib
 from robustx import checks
 from robustx import metrics as suite
-from robustx.modelutil import chunks, frozen_eval, progress_bar
+from robustx.modelutil import DEFAULT_LAYER_TYPES, chunks, frozen_eval, progress_bar
 from robustx.pipeline import distributed
 from robustx.pipeline.report import MetricResult, Report, histogram_png, image_grid_png, layer_bars_png
 from robustx.pipeline.store import ResultStore, run_id, run_unit
@@ -153,10 +153,16 @@ class _Run:
 
     def _make_adversarial(self, name: str, on: str) -> torch.Tensor:
         target = self.model if on == "model" else self.surrogate
-        seeded = "seed" in attack_lib.attack_settings(name)
+        given = self.attacks[name]
+        seeded = not callable(given) and "seed" in attack_lib.attack_settings(name)
 
         def make(b: slice, seed: int) -> Dict[str, torch.Tensor]:
-            attack = attack_lib.get_attack(name, **self._attack_settings(name), **({"seed": seed} if seeded else {}))
+            if callable(given):
+                attack = given
+            else:  # a table's own seed replaces the run's as the base of the batch seeds
+                settings = dict(self._attack_settings(name))
+                seed = seed - self.seed + settings.pop("seed", self.seed)
+                attack = attack_lib.get_attack(name, **settings, **({"seed": seed} if seeded else {}))
             with frozen_eval(target):
                 x_adv = attack(target, self.x[b].to(self.device), self.y[b].to(self.device))
             return {"x_adv": x_adv.detach().cpu()}
@@ -394,6 +400,8 @@ def _skip_reason(run: _Run, info: suite.MetricInfo) -> Optional[str]:
         attribute, reason = _PROVIDERS[need]
         if getattr(run, attribute) is None:
             return reason
+    if info.family in ("coverage", "neuron") and not any(isinstance(m, DEFAULT_LAYER_TYPES) for m in run.model.modules()):
+        return "the model has no Conv/Linear module to observe (a TorchScript file or an exported program)"
     return None
 
 
@@ -423,6 +431,9 @@ def _jsonable(value):
         return [_jsonable(v) for v in value]
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
+    if callable(value):  # an attack given as a callable: its qualified name (stable across processes)
+        fn = getattr(value, "func", value)
+        return f"callable {getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
     return str(value)
 
 
@@ -482,7 +493,7 @@ def _check_config(config: Optional[Mapping[str, Mapping[str, Any]]], attack_name
         if not isinstance(keys, Mapping):
             raise TypeError(f"config: [{table}] must be a table of keyword arguments, got {keys!r}")
         keys = {_ALIASES.get(table, {}).get(k, k): v for k, v in keys.items()}
-        accepted = (set(attack_lib.attack_settings(table)) - {"seed"} if table in attack_lib.ATTACKS
+        accepted = (set(attack_lib.attack_settings(table)) if table in attack_lib.ATTACKS
                     else _accepted(_TARGETS[table]) | _EXTRA_KEYS.get(table, set()))
         unknown = sorted(set(keys) - accepted - {"progress"})
         if unknown:
@@ -491,19 +502,34 @@ def _check_config(config: Optional[Mapping[str, Mapping[str, Any]]], attack_name
     return config
 
 
-def _attack_table(attacks, config) -> Dict[str, Dict[str, Any]]:
+def _attack_table(attacks, config) -> Dict[str, Union[Dict[str, Any], Callable]]:
+    """name -> settings of a built-in attack, or the callable ``attack(model, x, y)`` itself."""
     if attacks is None:
         attacks = {name: dict(settings) for name, settings in DEFAULT_ATTACKS.items()}
     elif isinstance(attacks, str):
         attacks = {name.strip(): {} for name in attacks.split(",") if name.strip()}
+    elif callable(attacks):
+        attacks = {_callable_name(attacks): attacks}
     elif not isinstance(attacks, Mapping):
-        attacks = {name: {} for name in attacks}
+        attacks = {_callable_name(a): a if callable(a) else {} for a in attacks}
     table = {}
     for name, settings in attacks.items():
+        if callable(settings):
+            table[name] = settings
+            continue
         if name not in attack_lib.ATTACKS:
-            raise ValueError(f"attacks: unknown attack {name!r}; built-in: {', '.join(attack_lib.ATTACKS)}")
+            raise ValueError(f"attacks: unknown attack {name!r}; built-in: {', '.join(attack_lib.ATTACKS)}, or a "
+                             "callable attack(model, x, y) -> x_adv")
         table[name] = {**DEFAULT_ATTACKS.get(name, {}), **dict(settings), **dict(config.get(name, {}))}
     return table
+
+
+def _callable_name(attack) -> str:
+    """The table name of an attack given as a callable (a name string stays itself)."""
+    if not callable(attack):
+        return attack
+    fn = getattr(attack, "func", attack)  # functools.partial: its function
+    return getattr(fn, "__name__", type(fn).__name__)
 
 
 def evaluate(
@@ -532,9 +558,11 @@ def evaluate(
 
     ``data``: a pair (x, y) of tensors, a Dataset or a DataLoader of (x, y), inputs in
     ``clip_values``. ``metrics``: "all", or names of :func:`robustx.metrics.available`.
-    ``attacks``: attack names ("pgd", "fgsm", ...), or a mapping name -> settings
-    (:func:`robustx.attacks.get_attack`; default :data:`DEFAULT_ATTACKS`); the first is the
+    ``attacks``: attack names ("pgd", "fgsm", "autoattack", ...), or a mapping name -> settings
+    (:func:`robustx.attacks.get_attack`; default :data:`DEFAULT_ATTACKS`) or name -> a callable
+    ``attack(model, x, y) -> x_adv``, or a list of names and callables; the first is the
     one the metrics of adversarial examples use; AA_W is the worst case over all of them.
+    A callable is identified in the run (and on resume) by its qualified name.
     ``defended``: a defended version of the model (CAV, CRR, CSR, CCV, COS);
     ``surrogate``: a model to transfer the first attack's examples from (AA_B);
     ``baseline``: the reference model of mCE / rmCE (without one, unnormalised);
@@ -599,7 +627,8 @@ def evaluate(
     finally:
         if store is not None:
             store.close()
-    report = Report(metrics=results, figures=run.figures, run=_jsonable({
+    report = Report(metrics=results, figures=run.figures, inputs=_per_input(run) if rank == 0 else {},
+                    run=_jsonable({
         "id": rid, "model": name, "inputs": int(x.shape[0]), "input_shape": list(x.shape[1:]), "seed": seed,
         "attacks": attack_table, "seconds": time.perf_counter() - start, "torch": torch.__version__,
         "device": str(dev), "processes": size, "attack_seconds": run.timings,
@@ -607,6 +636,17 @@ def evaluate(
     if out is not None and rank == 0:
         report.save(folder)
     return distributed.gather_in_order({0: report} if rank == 0 else {})[0]
+
+
+def _per_input(run: _Run) -> Dict[str, list]:
+    """The per-input columns of the report: label, clean prediction and the attacks whose
+    example the model misclassifies ("fooled_by", names joined by ";")."""
+    made = [a for a in run.attacks if (a, "model") in run._adversarial]
+    wrong = {a: (run.logits(run.model, run.adversarial(a)).argmax(1) != run.y).tolist() for a in made}
+    columns = {"label": run.y.tolist(), "prediction": run.logits(run.model, run.x).argmax(1).tolist()}
+    if made:
+        columns["fooled_by"] = [";".join(a for a in made if wrong[a][i]) for i in range(run.x.shape[0])]
+    return columns
 
 
 def _open_store(folder: Optional[Path], rid: str, identity: dict, resume: bool) -> Optional[ResultStore]:
@@ -631,7 +671,7 @@ def _landscape_figures(run: _Run, settings: Dict[str, Any]) -> None:
 
     settings = dict(settings)
     n = min(settings.pop("n_images", 2), run.x.shape[0])
-    eps = run.attacks[run.primary].get("eps") if run.primary else None
+    eps = run.attacks[run.primary].get("eps") if run.primary and not callable(run.attacks[run.primary]) else None
     settings.setdefault("span", 2 * eps if eps else 0.1 * (run.clip_values[1] - run.clip_values[0]))
     land = input_landscape(run.model, run.x[:n].to(run.device), run.y[:n].to(run.device), clip_values=run.clip_values,
                            seed=run.seed, progress=False, **settings)

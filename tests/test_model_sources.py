@@ -318,3 +318,35 @@ def test_shipped_digits_variants():
     assert robust["pgd"] > robust["standard"] + 0.15 and robust["pgd"] > robust["seed1"] + 0.15
     with pytest.raises(ValueError, match="variant must be one of standard, seed1, pgd"):
         models.digits_cnn(variant="robust")
+
+
+def test_the_readme_timm_and_torchvision_forms_with_local_weights(tmp_path):
+    """timm:create_model and torchvision.models:resnet18 by factory name with --model-args, a
+    .safetensors / DDP checkpoint and --mean/--std: CA equals a plain forward pass of the same
+    weights on the normalised inputs (labels right on 3 of 4 inputs by construction)."""
+    import timm
+    import torchvision
+    from safetensors.torch import save_file
+
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    normalised = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.manual_seed(3)
+    nets = {"timm": timm.create_model("resnet18", pretrained=False, num_classes=10).eval(),
+            "torchvision": torchvision.models.resnet18(weights=None, num_classes=10).eval()}
+    save_file({k: v.contiguous() for k, v in nets["timm"].state_dict().items()}, tmp_path / "timm.safetensors")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in nets["torchvision"].state_dict().items()}},
+               tmp_path / "tv_ddp.pth")
+    specs = {"timm": ["timm:create_model", '{"model_name": "resnet18", "num_classes": 10}', "timm.safetensors"],
+             "torchvision": ["torchvision.models:resnet18", '{"num_classes": 10}', "tv_ddp.pth"]}
+    for name, (spec, args, weights) in specs.items():
+        with torch.no_grad():
+            pred = nets[name](normalised).argmax(1)
+        y = pred.clone()
+        y[3] = (pred[3] + 1) % 10
+        np.savez(tmp_path / f"{name}.npz", x=x.numpy(), y=y.numpy())
+        out = tmp_path / f"run-{name}"
+        assert main(["evaluate", "--model", spec, "--model-args", args, "--weights", str(tmp_path / weights),
+                     "--data", str(tmp_path / f"{name}.npz"), "--mean", ",".join(map(str, mean)),
+                     "--std", ",".join(map(str, std)), "--metrics", "CA", "--out", str(out), "--no-progress"]) == 0
+        assert json.loads((out / "report.json").read_text())["metrics"]["CA"]["value"] == 0.75, name

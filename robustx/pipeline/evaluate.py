@@ -400,7 +400,8 @@ def _skip_reason(run: _Run, info: suite.MetricInfo) -> Optional[str]:
         attribute, reason = _PROVIDERS[need]
         if getattr(run, attribute) is None:
             return reason
-    if info.family in ("coverage", "neuron") and not any(isinstance(m, DEFAULT_LAYER_TYPES) for m in run.model.modules()):
+    layers = (m for m in run.model.modules() if isinstance(m, DEFAULT_LAYER_TYPES))
+    if info.family in ("coverage", "neuron") and next(layers, None) is None:
         return "the model has no Conv/Linear module to observe (a TorchScript file or an exported program)"
     return None
 
@@ -627,12 +628,13 @@ def evaluate(
     finally:
         if store is not None:
             store.close()
-    report = Report(metrics=results, figures=run.figures, inputs=_per_input(run) if rank == 0 else {},
-                    run=_jsonable({
+    report = Report(metrics=results, figures=run.figures, run=_jsonable({
         "id": rid, "model": name, "inputs": int(x.shape[0]), "input_shape": list(x.shape[1:]), "seed": seed,
         "attacks": attack_table, "seconds": time.perf_counter() - start, "torch": torch.__version__,
         "device": str(dev), "processes": size, "attack_seconds": run.timings,
         "inference": identity.get("inference", {})}))
+    if rank == 0:
+        report.inputs = _per_input(run)
     if out is not None and rank == 0:
         report.save(folder)
     return distributed.gather_in_order({0: report} if rank == 0 else {})[0]

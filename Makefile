@@ -29,7 +29,7 @@ export MAX_JOBS ?= 2
 CSRC := $(shell find csrc -type f)
 STAMPS := build/stamps
 
-.PHONY: setup build demo test test-deps cmake bench
+.PHONY: setup build cuda-check demo test test-deps cmake bench
 
 setup: build
 
@@ -48,6 +48,11 @@ $(STAMPS)/build-cuda$(ROBUSTX_CUDA): $(ENV)/.robustx-torch $(CSRC) setup.py pypr
 	$(PIP) install -q --no-build-isolation -e .
 	$(PYTHON) -m robustx.ops.kernels --require CPU $(if $(filter 1,$(ROBUSTX_CUDA)),--require CUDA)
 	@mkdir -p $(STAMPS) && rm -f $(STAMPS)/build-cuda* && touch $@
+
+# The real CUDA build (setup.py with torch's nvcc flags, for TORCH_CUDA_ARCH_LIST) and the
+# kernels check, CUDA required; needs nvcc, not a GPU.
+cuda-check:
+	$(MAKE) build ROBUSTX_CUDA=1
 
 demo: setup
 	$(PYTHON) -m robustx demo

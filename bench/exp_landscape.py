@@ -1,6 +1,7 @@
 """Landscapes and the prediction-divergence bound of standard vs adversarially trained models.
 
-    python3 bench/exp_landscape.py [--part digits|cifar|all] [--attack pgd] [--threads N] [--figures bench/figures]
+    python3 bench/exp_landscape.py [--part digits|cifar|cifar-div|all] [--attack pgd] [--threads N]
+                                   [--figures bench/figures]
 
 Digits (robustx.data.digits, 359 test images): the shipped standard CNN and two CNNs
 trained with robustx.defenses.train_adversarial (``--attack``, default PGD; L-inf eps 0.1
@@ -11,7 +12,9 @@ RAND weights from ../shared/data/aisafety-cifar10.
 For each model: landscape pictures (PNG under --figures), landscape statistics on many
 test images, then the divergence bound (mean KL, Yu et al. 2019) and PGD accuracy at the
 same eps / steps / restarts, all with L-inf balls clipped to [0, 1] (digits: also the JS
-divergence). Prints markdown.
+divergence). The bound is the default one, invariant to the logit scale; ``cifar-div``
+runs only the CIFAR bound and PGD accuracy, with the plain-softmax bound beside it
+("KL PLAIN", ``normalize=False``). Prints markdown.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from pathlib import Path
 import torch
 
 from robustx import attacks, data, defenses, models
-from robustx.divergence import divergence_bound
+from robustx.divergence import divergence_bound, logit_temperature
 from robustx.landscape import input_landscape
 
 CLIP = (0.0, 1.0)
@@ -109,7 +112,7 @@ def pictures(name_prefix: str, zoo: dict, x, y, span: float, figures: Path) -> l
     return paths
 
 
-def divergence_vs_pgd(zoo: dict, x, y, eps_list, settings, divergences=("kl",)) -> list:
+def divergence_vs_pgd(zoo: dict, x, y, eps_list, settings, divergences=("kl",), plain=False) -> list:
     rows = []
     for eps in eps_list:
         for name, model in zoo.items():
@@ -117,8 +120,11 @@ def divergence_vs_pgd(zoo: dict, x, y, eps_list, settings, divergences=("kl",)) 
                 t0 = time.perf_counter()
                 row = {"eps": eps, "model": name, "steps": steps, "restarts": restarts}
                 for div in divergences:
-                    row[div] = divergence_bound(model, x, eps=eps, steps=steps, restarts=restarts, divergence=div,
-                                                clip_values=CLIP, seed=0, progress=False).mean
+                    for normalize in (True, False) if plain else (True,):
+                        key = div if normalize else f"{div} plain"
+                        row[key] = divergence_bound(model, x, eps=eps, steps=steps, restarts=restarts, divergence=div,
+                                                    clip_values=CLIP, seed=0, progress=False,
+                                                    normalize=normalize).mean
                 x_adv = attacks.pgd(model, x, y, eps, steps=steps, restarts=restarts, clip_values=CLIP, seed=0,
                                     progress=False)
                 row["pgd_acc"] = accuracy(model, x_adv, y)
@@ -137,7 +143,7 @@ def tables(title: str, zoo, clean: dict, stats: dict, rows: list, cifar: bool) -
     out = [f"### {title}", "", "| model | clean acc | " + " | ".join(cols) + " |", "|---" * (2 + len(cols)) + "|"]
     for name in names:
         out.append(f"| {name} | {clean[name]:.3f} | " + " | ".join(f"{v:.3g}" for v in stats[name].values()) + " |")
-    divs = [d for d in ("kl", "js") if d in rows[0]]
+    divs = [d for d in ("kl", "kl plain", "js", "js plain") if d in rows[0]]
     settings = sorted({(r["steps"], r["restarts"]) for r in rows}, key=lambda s: (s[1], s[0]))
     eps_list = sorted({r["eps"] for r in rows})
     get = {(r["eps"], r["model"], r["steps"], r["restarts"]): r for r in rows}
@@ -204,13 +210,26 @@ def run_cifar(args) -> str:
                               "models; red = decision boundary)")
 
 
+def run_cifar_div(args) -> str:
+    root = data.aisafety_dir(args.data_root)
+    zoo = cifar_models(root)
+    x, y = data.aisafety_cifar10(root)
+    clean = {n: accuracy(m, x, y) for n, m in zoo.items()}
+    with torch.no_grad():
+        stats = {n: {"mean clean-logit std (temperature)": logit_temperature(m(x)).mean().item()}
+                 for n, m in zoo.items()}
+    rows = divergence_vs_pgd(zoo, x, y, (2 / 255, 8 / 255), [(5, 1), (10, 1), (20, 1), (10, 3)], plain=True)
+    return tables("CIFAR-10 ResNet-20 (AISafety weights, L-inf, 100 images): scale-invariant vs plain KL bound",
+                  zoo, clean, stats, rows, True)
+
+
 def figure_list(paths, caption: str) -> str:
     return f"\nFigures, {caption}: " + ", ".join(f"[{p.name}](figures/{p.name})" for p in paths) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=("digits", "cifar", "all"), default="all")
+    parser.add_argument("--part", choices=("digits", "cifar", "cifar-div", "all"), default="all")
     parser.add_argument("--epochs", type=int, default=30, help="adversarial training epochs (digits)")
     parser.add_argument("--attack", choices=tuple(attacks.ATTACKS), default="pgd",
                         help="attack of the adversarial training (digits; default: pgd)")
@@ -225,6 +244,8 @@ def main() -> None:
         print(run_digits(args), flush=True)
     if args.part in ("cifar", "all"):
         print(run_cifar(args), flush=True)
+    if args.part == "cifar-div":
+        print(run_cifar_div(args), flush=True)
     log(f"total {time.perf_counter() - t0:.0f} s")
 
 

@@ -71,7 +71,7 @@ def main() -> None:
     print("| metric | better | " + " | ".join(MODELS) + " |")
     print("| --- | --- |" + " --- |" * len(MODELS))
     for row in ROWS:
-        better = "" if row == "|S|" else ("higher" if metrics.get(row).higher_is_better else "lower")
+        better = "" if row == "|S|" else metrics.get(row).direction
         print(f"| {row} | {better} | " + " | ".join(cell(results[n].get(row)) for n in MODELS) + " |")
 
     print()
@@ -82,7 +82,7 @@ def main() -> None:
     original = logits_of(models["natural"], x)
     utility = {n: metrics.defense_utility(original, logits_of(models[n], x), y) for n in ("PAT", "RAND")}
     for key in ("CAV", "CRR", "CSR", "CCV", "COS"):
-        better = "higher" if metrics.get(key).higher_is_better else "lower"
+        better = metrics.get(key).direction
         print(f"| {key} | {better} | {cell(utility['PAT'][key])} | {cell(utility['RAND'][key])} |")
     print()
     print(f"Total time: {time.perf_counter() - start:.0f} s.")

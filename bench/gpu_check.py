@@ -1,14 +1,18 @@
-"""One-command GPU check: build the CUDA kernels, run the GPU tests, time the operators
-against their memory-bandwidth floors, CLEVER and coverage on a 224x224 ResNet-50 against
-its bare forward/backward, and the ART drop-in against ART on the CIFAR ResNet-20; all
-results go to ONE markdown file.
+"""One-command GPU check, sized for one call of at most 8 minutes on one GPU: build the
+CUDA kernels for this GPU's architecture only, time the operators against their
+memory-bandwidth floors (the key numbers, first), run tests/gpu, then CLEVER and coverage
+on a 224x224 ResNet-50 against its bare forward/backward, and the ART drop-in against ART
+on the CIFAR ResNet-20 (skipped where ART is absent). Results: ONE markdown report, plus
+one log per step and the tests' junit XML beside it (at most 8 files; in $OUT when set).
 
     bench/gpu_check.sh [--dry-run] [--out FILE] [--budget SECONDS]
 
 Every step runs in its own process with its own timeout (cut to what is left of
---budget, default 450 s); a failing or hanging step is recorded and the next one runs.
---dry-run does the same on the CPU at tiny sizes and skips the CUDA-only steps (CUDA
-build, tests/gpu). ``--step NAME`` runs one step in-process and prints its markdown.
+--budget, default 450 s); a failing or hanging step is recorded and the next one runs;
+the tests get SIGINT before they are killed, so pytest still prints its summary. No pip:
+the build is setup.py against the installed torch. --dry-run does the same on the CPU at
+tiny sizes and skips the CUDA build (tests/gpu skip there). ``--step NAME`` runs one step
+in-process and prints its markdown.
 """
 from __future__ import annotations
 
@@ -220,49 +224,109 @@ IN_PROCESS = {"ops": step_ops, "resnet50": step_resnet50, "art": step_art}
 
 
 # ----------------------------------------------------------------------------- orchestration
-def plan(dry: bool) -> list[tuple[str, list[str] | None, dict, int]]:
-    """(title, argv or None when skipped, extra environment, timeout s) of every step."""
+GPU_TESTS = "tests/gpu"  # the kernel simulation (tests/test_kernel_sim.py) is CPU-only: not run here
+INTERRUPT_GRACE = 20  # seconds between a step's SIGINT and its SIGKILL (pytest prints its summary)
+MAX_FILES = 8  # result files one check writes: the report and one log per step (+ the tests' junit XML)
+
+
+def cuda_home() -> str | None:
+    """$CUDA_HOME, else the toolkit folder nvcc reports (the TOP of ``nvcc --dryrun``: the nvcc
+    on the PATH may be a wrapper outside the toolkit), else torch's guess."""
+    if os.environ.get("CUDA_HOME"):
+        return os.environ["CUDA_HOME"]
+    try:
+        dry = subprocess.run(["nvcc", "--dryrun", "x.cu"], capture_output=True, text=True, timeout=30)
+        top = [line.split("=", 1)[1] for line in (dry.stdout + dry.stderr).splitlines() if line.startswith("#$ TOP=")]
+        if top:
+            return str(Path(top[0]).resolve())
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return CUDA_HOME
+
+
+def arch_list(capability: tuple[int, int]) -> str:
+    """TORCH_CUDA_ARCH_LIST for the present GPU only (9.0 on an H100 or H200)."""
+    return f"{capability[0]}.{capability[1]}"
+
+
+def pytest_workers(dry: bool) -> list[str]:
+    """xdist arguments when pytest-xdist is installed (none in a dry run: its tests all skip)."""
+    import importlib.util
+
+    if dry or importlib.util.find_spec("xdist") is None:
+        return []
+    return ["-n", str(max(1, min(8, (os.cpu_count() or 2) // 2)))]
+
+
+def plan(dry: bool, out_dir: Path, capability: tuple[int, int] | None = None):
+    """(title, log name, argv or None when skipped, extra environment, timeout s, SIGINT grace s)
+    of every step, the key numbers first: build, op timings, GPU tests, ResNet-50, ART."""
     py, me = sys.executable, str(Path(__file__).resolve().relative_to(ROOT))
     flag = ["--dry-run"] if dry else []
-    build = None if dry else [py, "setup.py", "build_ext", "--inplace"]
-    tests = ["tests/test_kernel_sim.py"] if dry else ["tests/gpu", "tests/test_kernel_sim.py"]
-    return [
-        ("Build with CUDA kernels", build, {"ROBUSTX_CUDA": "1", "MAX_JOBS": str(os.cpu_count())}, 240),
-        ("Tests" + ("" if dry else " (tests/gpu, kernel simulation)"),
-         [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], {}, 90),
-        ("Operators against the bandwidth floor", [py, me, "--step", "ops", *flag], {}, 60),
-        ("ResNet-50: CLEVER and coverage against forward/backward", [py, me, "--step", "resnet50", *flag], {}, 120),
-        ("ART drop-in against ART on the CIFAR ResNet-20", [py, me, "--step", "art", *flag], {}, 90),
+    build, build_env = None, {}
+    if not dry:
+        build = ["bash", "-c", f"{py} setup.py -q build_ext --inplace && {py} -m robustx.ops.kernels --require CPU --require CUDA"]
+        build_env = {"ROBUSTX_CUDA": "1", "MAX_JOBS": str(os.cpu_count()), "TORCH_CUDA_ARCH_LIST": arch_list(capability)}
+        home = cuda_home()
+        if home:
+            build_env["CUDA_HOME"] = home
+    tests = [py, "-m", "pytest", "-q", "-rfE", "--durations=15", "-p", "no:cacheprovider", *pytest_workers(dry),
+             f"--junitxml={out_dir / 'tests.xml'}", GPU_TESTS]
+    slack = 2 if dry else 1  # a dry run shares a busy CPU: twice the time per step
+    steps = [
+        ("Build with CUDA kernels", "build.log", build, build_env, 150, 0),
+        ("Operators against the bandwidth floor", "ops.log", [py, me, "--step", "ops", *flag], {}, 45, 0),
+        (f"Tests ({GPU_TESTS})", "tests.log", tests, {}, 150, INTERRUPT_GRACE),
+        ("ResNet-50: CLEVER and coverage against forward/backward", "resnet50.log",
+         [py, me, "--step", "resnet50", *flag], {}, 75, 0),
+        ("ART drop-in against ART on the CIFAR ResNet-20", "art.log", [py, me, "--step", "art", *flag], {}, 30, 0),
     ]
+    return [(title, log, argv, env, slack * timeout, grace) for title, log, argv, env, timeout, grace in steps]
 
 
-def run_step(argv: list[str], env: dict, timeout: float) -> tuple[str, str, str]:
+def run_step(argv: list[str], env: dict, timeout: float, grace: float = 0) -> tuple[str, str, str]:
     """Run argv in its own process group; (status, stdout, stderr). A step over its timeout
-    is killed with its children and keeps the output it printed so far."""
+    first gets SIGINT (when ``grace`` > 0: pytest then prints its summary) ``grace`` seconds
+    before the end, then is killed with its children; it keeps the output it printed."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=err, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **env},
+        path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=err, env={**os.environ, "PYTHONPATH": path, **env},
                                 start_new_session=True)
+        timeout = max(timeout, 1)
+        grace = min(grace, timeout / 2)
         try:
-            rc = proc.wait(timeout=max(timeout, 1))
+            rc = proc.wait(timeout=timeout - grace)
             status = "ok" if rc == 0 else f"FAILED (exit {rc})"
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
             status = f"TIMED OUT after {timeout:.0f} s"
+            if grace > 0:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=grace)
+                    status += " (interrupted: SIGINT)"
+                except subprocess.TimeoutExpired:
+                    pass
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         out.seek(0), err.seek(0)
         return status, out.read(), err.read()
 
 
-def section(title: str, argv: list[str] | None, env: dict, timeout: float) -> str:
-    """One markdown section: command, status, wall time and the step's output."""
+def section(title: str, log: Path, argv: list[str] | None, env: dict, timeout: float, grace: float) -> str:
+    """One markdown section: command, status, wall time and the step's output; the step's
+    whole stdout and stderr go to ``log``."""
     if argv is None:
         return f"## {title}\n\nSkipped: CUDA only (dry run).\n"
     command = " ".join(f"{k}={v}" for k, v in env.items()) + " " + " ".join(
         Path(a).name if a == sys.executable else a for a in argv)
     start = time.perf_counter()
-    status, out, err = run_step(argv, env, timeout)
+    status, out, err = run_step(argv, env, timeout, grace)
+    log.write_text(f"$ {command.strip()}\n{status}\n\n--- stdout\n{out}\n--- stderr\n{err}")
     lines = [f"## {title}", "", f"Command: `{command.strip()}`", "",
-             f"Status: {status}, {time.perf_counter() - start:.1f} s (timeout {timeout:.0f} s).", ""]
+             f"Status: {status}, {time.perf_counter() - start:.1f} s (timeout {timeout:.0f} s). Full output: {log.name}.", ""]
     is_markdown = "--step" in argv
     lines += [out.strip()] if is_markdown else ["```", out.strip()[-TAIL:], "```"]
     if status != "ok" and err.strip():
@@ -271,26 +335,37 @@ def section(title: str, argv: list[str] | None, env: dict, timeout: float) -> st
 
 
 def check(dry: bool, out: Path, budget: float) -> None:
-    """Run every step within ``budget`` seconds and write the report to ``out``."""
+    """Run every step within ``budget`` seconds; the report ``out`` is rewritten after each
+    step (a cut-off run keeps what it measured), the logs lie beside it."""
     start = time.perf_counter()
-    parts = [f"# robustx GPU check{' (dry run)' if dry else ''}", "",
-             device_line(dry) + ".", "",
-             f"Command: `bench/gpu_check.sh {'--dry-run ' if dry else ''}--out {out}`, "
-             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, budget {budget:.0f} s.", ""]
-    for title, argv, env, timeout in plan(dry):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    capability = None if dry or not torch.cuda.is_available() else torch.cuda.get_device_capability(0)
+    head = [f"# robustx GPU check{' (dry run)' if dry else ''}", "", device_line(dry) + ".", "",
+            f"Command: `bench/gpu_check.sh {'--dry-run ' if dry else ''}--out {out}`, "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, budget {budget:.0f} s"
+            + (f", built for sm_{capability[0]}{capability[1]} only" if capability else "") + ".", ""]
+    parts = list(head)
+    if not dry and capability is None:
+        parts.append("No CUDA device: nothing to check (run with --dry-run on a CPU).\n")
+        out.write_text("\n".join(parts))
+        print("\n".join(parts))
+        raise SystemExit(1)
+    for title, log, argv, env, timeout, grace in plan(dry, out.parent, capability):
         left = budget - (time.perf_counter() - start)
-        parts.append(section(title, argv, env, min(timeout, left)))
+        parts.append(section(title, out.parent / log, argv, env, min(timeout, left), grace))
+        out.write_text("\n".join(parts))
         print(parts[-1], flush=True)
     parts.append(f"Total: {time.perf_counter() - start:.1f} s.\n")
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(parts))
-    print(f"wrote {out}")
+    print(f"wrote {out} and its logs")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, no CUDA-only steps")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "gpu_check.md")
+    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "bench" / "out"
+    parser.add_argument("--out", type=Path, default=out_dir / "gpu_check.md",
+                        help="the report; the step logs go beside it (default $OUT/gpu_check.md, else bench/out/)")
     parser.add_argument("--budget", type=float, default=450.0, help="seconds for all steps (default 450)")
     parser.add_argument("--step", choices=sorted(IN_PROCESS), help="run one step here and print its markdown")
     args = parser.parse_args(argv)

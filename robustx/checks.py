@@ -28,6 +28,7 @@ __all__ = [
     "floating_tensor",
     "images",
     "labels",
+    "data_labels",
 ]
 
 
@@ -171,3 +172,20 @@ def labels(y, n: int, name: str = "y", n_classes: Optional[int] = None) -> torch
         raise ValueError(f"{name} must hold class indices in [0, {n_classes}), got values in "
                          f"[{y.min().item()}, {y.max().item()}]")
     return y.long()
+
+
+def data_labels(y, n: int, name: str = "y") -> torch.Tensor:
+    """Class labels read from user data (a file, a Dataset) as int64 of shape (n,).
+
+    Besides integer tensors, floating ones are accepted when every label is a whole number
+    (files often store labels as floats); a fractional or non-finite label raises
+    ValueError naming the first one, complex or bool labels TypeError (see :func:`labels`).
+    """
+    if isinstance(y, torch.Tensor) and y.is_floating_point():
+        bad = (~torch.isfinite(y) | (y != y.trunc())).flatten().nonzero()
+        if bad.numel():
+            i = int(bad[0])
+            raise ValueError(f"{name} must hold whole-number class indices, got {y.flatten()[i].item()!r} "
+                             f"at position {i}")
+        y = y.long()
+    return labels(y, n, name)

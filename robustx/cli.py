@@ -8,6 +8,7 @@ status, and listing ``_add_<name>`` in ``SUBCOMMANDS``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -118,14 +119,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         from robustx.pipeline.batchsize import auto_batch_size
 
         batch_size = distributed.gather_in_order({0: auto_batch_size(model, x[:1], device)} if rank == 0 else {})[0]
-    report = evaluate(model, (x, y), metrics=args.metrics, attacks=args.attacks, config=_read_config(args.config),
-                      profile=profile, out=args.out, resume=args.resume, seed=args.seed, device=device,
-                      batch_size=batch_size, clip_values=clip, progress=not args.no_progress and rank == 0,
-                      name=args.model, channels_last=args.channels_last, autocast=args.autocast, **others)
+    with _failures_summarised():
+        report = evaluate(model, (x, y), metrics=args.metrics, attacks=args.attacks, config=_read_config(args.config),
+                          profile=profile, out=args.out, resume=args.resume, seed=args.seed, device=device,
+                          batch_size=batch_size, clip_values=clip, progress=not args.no_progress and rank == 0,
+                          name=args.model, channels_last=args.channels_last, autocast=args.autocast,
+                          _resume_hint="--resume", **others)
     if rank == 0:
         print(_summary(report))
         print(f"wrote {args.out}/report.json, report.html, report.csv and store.sqlite")
-    return 0
+    return _failures(report, "evaluate")
 
 
 def _role_models(args: argparse.Namespace, normalization: dict) -> dict:
@@ -181,12 +184,38 @@ def _read_config(path: Optional[str]) -> Optional[dict]:
 
 
 def _summary(report) -> str:
+    from robustx.metrics.registry import direction
+
     rows = [f"{'metric':<10} {'value':>12}  better  {'seconds':>8}"]
     for name, m in report.metrics.items():
-        value = f"{m.value:12.4g}" if m.value is not None else f"{'skipped':>12}"
-        rows.append(f"{name:<10} {value}  {'higher' if m.higher_is_better else 'lower ':<6}  {m.seconds:8.2f}"
-                    + (f"  ({m.skipped})" if m.skipped else ""))
+        value = f"{m.value:12.4g}" if m.value is not None else f"{'failed' if m.failed else 'skipped':>12}"
+        note = m.failed or m.skipped
+        rows.append(f"{name:<10} {value}  {direction(m.higher_is_better):<6}  {m.seconds:8.2f}"
+                    + (f"  ({note.splitlines()[0]})" if note else ""))
     return "\n".join(rows)
+
+
+@contextlib.contextmanager
+def _failures_summarised():
+    """A block where evaluate's warning about failed metrics is silenced: :func:`_failures`
+    reports them in the command's words."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"evaluate: .* failed", category=RuntimeWarning)
+        yield
+
+
+def _failures(report, command: str) -> int:
+    """1 after a one-line summary (stderr) of the metrics and figures that failed, else 0."""
+    import sys
+
+    failed = [*report.failed, *(f"{title} figures" for title in report.run.get("failed_figures", {}))]
+    if not failed:
+        return 0
+    print(f"robustx {command}: {len(failed)} failed: {', '.join(failed)} (reasons above and in report.json)",
+          file=sys.stderr)
+    return 1
 
 
 def _add_demo(subparsers) -> None:
@@ -198,7 +227,8 @@ def _add_demo(subparsers) -> None:
         "an independently trained one as the surrogate (AA_B) and the mCE baseline, coverage profiled on the "
         "training split.",
     )
-    p.add_argument("--n", type=int, default=128, help="test images (default %(default)s)")
+    p.add_argument("--n", type=int, default=128, help="test images (default %(default)s; a number larger than the "
+                   "test set: all of it)")
     _add_output(p, "out/demo", _run_demo)
 
 
@@ -211,19 +241,21 @@ DEMO_CONFIG = {
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from robustx import checks
     from robustx.data import digits
     from robustx.models import digits_cnn
     from robustx.pipeline.evaluate import evaluate
 
     x, y = digits("test")
-    n = args.n if args.n <= x.shape[0] else x.shape[0]
+    n = min(checks.integer(args.n, "--n"), x.shape[0])
     independent = digits_cnn(variant="seed1")
-    report = evaluate(digits_cnn(), (x[:n], y[:n]), config=DEMO_CONFIG, defended=digits_cnn(variant="pgd"),
-                      surrogate=independent, baseline=independent, profile=digits("train")[0], out=args.out,
-                      progress=not args.no_progress, name="digits CNN (built-in)")
+    with _failures_summarised():
+        report = evaluate(digits_cnn(), (x[:n], y[:n]), config=DEMO_CONFIG, defended=digits_cnn(variant="pgd"),
+                          surrogate=independent, baseline=independent, profile=digits("train")[0], out=args.out,
+                          progress=not args.no_progress, name="digits CNN (built-in)")
     print(_summary(report))
     print(f"report: {args.out}/report.html (and report.json, report.csv, store.sqlite)")
-    return 0
+    return _failures(report, "demo")
 
 
 def _add_compare(subparsers) -> None:
@@ -262,7 +294,7 @@ def _run_metrics(args: argparse.Namespace) -> int:
     for name in available():
         info = get(name)
         needs = ", ".join(sorted(info.needs)) or "-"
-        print(f"{name:<9} {info.family:<17} {'higher' if info.higher_is_better else 'lower':<7} {needs}")
+        print(f"{name:<9} {info.family:<17} {info.direction:<7} {needs}")
     return 0
 
 

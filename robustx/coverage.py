@@ -10,7 +10,9 @@ set N of all neurons of the chosen layers and a neuron value phi(x, n):
   floor((phi - low) k / (high - low)), a value equal to high_n hits section k - 1, a value outside
   [low_n, high_n] hits none (a neuron with high_n == low_n has one reachable section).
 * **NBC** = (|UpperCorner| + |LowerCorner|) / (2 |N|), UpperCorner = {n : some x has
-  phi(x, n) > high_n}, LowerCorner likewise with phi < low_n.  **SNAC** = |UpperCorner| / |N|.
+  phi(x, n) > high_n}, LowerCorner likewise with phi < low_n (DeepGauge's strict rule; here a
+  value within rounding noise of a bound counts as at it, see "Rounding noise" below).
+  **SNAC** = |UpperCorner| / |N|.
 * **TKNC(k)** = |union over x and layers of the top-k neurons of the layer| / |N|, k = ``top_k``.
 * **TKNP(k)** = number of distinct patterns, a pattern being the tuple over layers of
   the *sets* of top-k neurons of one input.
@@ -36,7 +38,18 @@ Choices where the reference implementations differ (this module follows the pape
   ceil(... - 1e-4) - 1 sends phi == low_n to the last section. Here both edges count
   (DeepGauge: phi in [low_n, high_n]).
 * NBC / SNAC bounds: dnn-tip widens them by ``scaler * std`` and compares with >= / <=;
-  here the bounds are the profiled min / max and the comparisons strict, as in DeepGauge.
+  here the bounds are the profiled min / max and the comparisons strict, as in DeepGauge,
+  up to rounding noise (next item).
+* Rounding noise at the bounds (not in DeepGauge): the same input gives last-bit
+  different activations in another batch (BLAS blocking and conv algorithms depend on
+  the processor and the batch shape; measured between a batch of 1 and of 6: up to 54
+  float32 ulps of a neuron's scale in ResNet-20, 490 in a ResNet-50), so a profiled input
+  assessed in another batch could land a hair outside its own range. A value within
+  tol_n = max(1024 eps(float32), 4 eps(dtype)) * max(|low_n|, |high_n|) of a bound
+  (eps(float64) instead of eps(float32) for float64 activations; dtype = the
+  activation's, so 1.2e-4 relative for float32) counts as at that bound: it is no
+  corner case (UpperCorner needs phi > high_n + tol_n, LowerCorner phi < low_n - tol_n)
+  and it hits the bound's KMNC section (k - 1 at high_n, 0 at low_n).
 * NC scaling: NeuraL-Coverage and the AISafety platform scale the already reduced
   channel means (or do not scale at all); here the scaling uses the min / max of the
   layer's raw output elements per input, then the channel mean, as DeepXplore's code.
@@ -84,7 +97,7 @@ from robustx import checks, ops
 from robustx.modelutil import LayerOutputs, LayerSpec, chunks, frozen_eval, model_device, progress_bar, resolve_layers
 from robustx.neurons import AxisSpec, RunningMoments, neuron_axes, neuron_view
 
-__all__ = ["NeuronCoverage", "CoverageResult", "LayerCoverage", "METRICS", "PROFILE_METRICS"]
+__all__ = ["NeuronCoverage", "CoverageResult", "LayerCoverage", "METRICS", "PROFILE_METRICS", "corner_tolerance"]
 
 METRICS = ("NC", "KMNC", "NBC", "SNAC", "TKNC", "TKNP")
 PROFILE_METRICS = ("KMNC", "NBC", "SNAC")
@@ -106,6 +119,7 @@ _ACTIVATIONS = (
     nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid,
 )
 _DIGEST_BYTES = 16
+_ACC_ULPS, _OWN_ULPS = 1024, 4  # corner_tolerance: float32 (or float64) ulps, ulps of the activation's dtype
 
 
 @dataclasses.dataclass
@@ -184,6 +198,33 @@ class _Layer:
                              "coverage needs finite neuron values")
         v = neuron_view(out, self.axis, self.name)
         return v.reshape(v.shape[0], -1, 1) if self.neuron == "element" else v
+
+
+def corner_tolerance(low: torch.Tensor, high: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """tol_n = max(1024 eps(acc), 4 eps(dtype)) * max(|low_n|, |high_n|), acc = float64 for
+    float64 activations, else float32 (their accumulation precision): how far outside
+    [low_n, high_n] rounding noise can move a neuron value (see the module docstring)."""
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    rtol = max(_ACC_ULPS * torch.finfo(acc).eps, _OWN_ULPS * torch.finfo(dtype).eps)
+    return rtol * torch.maximum(low.abs(), high.abs())
+
+
+def _settle_corners(layer: "_Layer", act: torch.Tensor, outside: torch.Tensor, k: int) -> None:
+    """Corner flags of the neurons the op found outside their range (``outside``, (M,) bool)
+    by the tolerant rule: phi > high + tol -> upper, phi < low - tol -> lower; within tol of
+    a bound -> that bound's section (k - 1 at high, 0 at low or when high == low)."""
+    idx = outside.nonzero().squeeze(1)
+    if idx.numel() == 0:
+        return
+    v = act[:, idx].to(torch.float64).mean(-1)
+    low, high = layer.vmin[idx], layer.vmax[idx]
+    tol = corner_tolerance(low, high, act.dtype)
+    states = layer.states
+    states["upper"][idx] |= (v > high + tol).any(0)
+    states["lower"][idx] |= (v < low - tol).any(0)
+    top = torch.where(high > low, k - 1, 0)
+    states["sections"][idx, top] |= ((v > high) & (v <= high + tol)).any(0)
+    states["sections"][idx, 0] |= ((v < low) & (v >= low - tol)).any(0)
 
 
 def _label(name: str, call: int, n_calls: int) -> str:
@@ -431,11 +472,21 @@ class NeuronCoverage:
         return self.result()
 
     def _count_layer(self, layer: _Layer, out: torch.Tensor) -> None:
-        states, low, high = (layer.states, layer.vmin, layer.vmax) if layer.moments.n else self._unprofiled(layer)
+        if not layer.moments.n:
+            states, low, high = self._unprofiled(layer)
+            self._topk[layer.name] = ops.coverage_update(
+                layer.activations(out), low, high, k=self.sections, threshold=self.threshold,
+                top_k=min(self.top_k, layer.m), **states,
+            )
+            return
+        act = layer.activations(out)
+        # the op's strict corners go to fresh flags: only those neurons can be corners within tolerance
+        outside = {s: torch.zeros_like(layer.states[s]) for s in ("upper", "lower")}
         self._topk[layer.name] = ops.coverage_update(
-            layer.activations(out), low, high, k=self.sections, threshold=self.threshold,
-            top_k=min(self.top_k, layer.m), **states,
+            act, layer.vmin, layer.vmax, k=self.sections, threshold=self.threshold,
+            top_k=min(self.top_k, layer.m), **{**layer.states, **outside},
         )
+        _settle_corners(layer, act, outside["upper"] | outside["lower"], self.sections)
 
     def _unprofiled(self, layer: _Layer) -> tuple:
         """Without a profile: the real NC / top-k bitmaps, throw-away section and corner ones."""

@@ -35,6 +35,7 @@ from torch import nn
 from robustx import checks
 from robustx.geometry import logit_margin, norm_name, project_box, steepest_ascent
 from robustx.modelutil import chunks, frozen_eval, model_device, progress_bar
+from robustx.plotting import literal_text
 
 __all__ = ["Landscape", "input_landscape", "adversarial_direction", "random_direction", "run_landscape"]
 
@@ -79,6 +80,7 @@ class Landscape:
             "norm": norm_name(self.norm),
         }
 
+    @literal_text()
     def plot(self, path, kind: str = "contour", index: Union[int, Sequence[int]] = 0, titles=None) -> Path:
         """Write a PNG of the surface of image(s) ``index`` (one panel each), decision boundary in red."""
         if kind not in PLOT_KINDS:
@@ -93,6 +95,7 @@ class Landscape:
             ax.set_title(titles[k] if titles else f"image {n}")
         return _save(fig, path)
 
+    @literal_text()
     def plot_slices(self, path, index: Union[int, Sequence[int]] = 0, titles=None) -> Path:
         """Write a PNG of the 1-D slices along d1 and d2; dotted lines mark the decision boundary."""
         indices = self._indices(index)

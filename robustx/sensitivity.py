@@ -28,6 +28,7 @@ from torch import nn
 from robustx import checks
 from robustx.modelutil import LayerOutputs, LayerSpec, chunks, frozen_eval, model_device, progress_bar, resolve_layers
 from robustx.neurons import AxisSpec, RunningMoments, neuron_axes, neuron_view
+from robustx.plotting import literal_text
 
 __all__ = [
     "LayerScores",
@@ -119,6 +120,7 @@ class LayerScores(Mapping):
             out[name] = TopK(s[idx], idx)
         return out
 
+    @literal_text()
     def plot(self, path: Union[str, Path], *, title: Optional[str] = None) -> Path:
         """Save a figure of the per-neuron distribution (box) and the mean (dot) of each
         layer to ``path`` (format from its suffix); returns the path."""

@@ -31,7 +31,7 @@ def compute(folder: Path, i: int, delay: float):
 
 def main(folder, n: int, delay: float) -> torch.Tensor:
     folder = Path(folder)
-    with ResultStore.open(folder, RUN_ID, {"n": n}, resume=True) as store:
+    with ResultStore.open(folder, {"run": RUN_ID, "units": str(n)}, resume=True) as store:
         parts = [run_unit(store, f"unit-{i:02d}", lambda i=i: compute(folder, i, delay))[0]["x"]
                  for i in range(n)]
     combined = torch.cat(parts)

@@ -92,7 +92,7 @@ def test_pgd_seeds_restarts_and_chunking(cnn, batch):
         fooled_one = cnn(one).argmax(1) != y
         many = pgd(cnn, x, y, 0.08, steps=5, restarts=4)
         fooled_many = cnn(many).argmax(1) != y
-    # restart 0 is the single run: restarts keep every success and may add more
+    # restart 0 is the single run (the same batches, so the same bits): restarts keep every success and may add more
     assert torch.equal(many[fooled_one], one[fooled_one])
     assert (fooled_many | ~fooled_one).all() and fooled_many.sum() >= fooled_one.sum()
 

@@ -45,6 +45,15 @@ def test_bad_option_exits_with_a_message(tmp_path, capsys):
     assert "n_images" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("n", ["0", "-5"])
+def test_demo_refuses_fewer_than_one_image(tmp_path, capsys, n):
+    with pytest.raises(SystemExit) as err:
+        main(["demo", "--n", n, "--out", str(tmp_path / "demo"), "--no-progress"])
+    assert err.value.code == 2
+    assert capsys.readouterr().err == f"robustx demo: error: --n must be an int >= 1, got {n}\n"
+    assert not (tmp_path / "demo").exists()
+
+
 def subcommands(parser) -> dict:
     """name -> subparser of every registered subcommand."""
     (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
@@ -180,13 +189,15 @@ def test_unreadable_data_files_are_named(tmp_path, capsys):
         "no_y.npz": "no_y.npz: the .npz file needs arrays x and y, missing ['y']",
         "objects.npz": "objects.npz: not a readable .npz / .npy file (ValueError: Object arrays cannot be loaded",
         "complex.npz": "complex.npz x must hold real numbers, got dtype complex64",
-        "fractional.npz": "fractional.npz y must hold integer class indices",
+        "fractional.npz": "fractional.npz y must hold whole-number class indices, got 0.5 at position 0",
     }
     for name, message in cases.items():
         line = _one_line_error(capsys, _evaluate_argv(tmp_path, "--data", str(tmp_path / name)))
         assert f"--data {tmp_path}" in line and message in line, line
     assert not (tmp_path / "out").exists()
     assert main(_evaluate_argv(tmp_path, "--data", str(tmp_path / "good.npz"))) == 0  # the control
+    np.savez(tmp_path / "float_labels.npz", x=x, y=y.astype(np.float64))  # whole numbers stored as floats: accepted
+    assert main(_evaluate_argv(tmp_path / "floats", "--data", str(tmp_path / "float_labels.npz"))) == 0
 
 
 def test_an_unavailable_device_is_refused_before_any_work(tmp_path, capsys, monkeypatch):

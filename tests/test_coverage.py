@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustx.coverage import NeuronCoverage
+from robustx.coverage import NeuronCoverage, corner_tolerance
 from robustx.modelutil import LayerOutputs, resolve_layers
 
 
@@ -52,26 +52,35 @@ def neuron_values(model, layers, x, neuron):
     return out
 
 
+FLOAT32_TOL = 1024 * 2.0 ** -23  # documented corner tolerance of float32 activations, relative to max(|low|, |high|)
+
+
 def reference_metrics(model, layers, x_profile, x_test, neuron, k, top_k, threshold):
-    """Straightforward definitions (DeepGauge / DeepXplore), computed from scratch."""
+    """Straightforward definitions (DeepGauge / DeepXplore), computed from scratch, with the
+    documented rounding tolerance at the profiled bounds (float32 models)."""
     prof = neuron_values(model, layers, x_profile, neuron)
     test = neuron_values(model, layers, x_test, neuron)
     sec = up = lo = nc = tk = total = 0
     patterns = [[] for _ in range(x_test.shape[0])]
     for name, (v, raw) in test.items():
         low, high = prof[name][0].amin(0), prof[name][0].amax(0)
+        tol = FLOAT32_TOL * torch.maximum(low.abs(), high.abs())
         m = v.shape[1]
         total += m
         for n in range(m):
             edges = [low[n] + (high[n] - low[n]) * i / k for i in range(k + 1)]
             hit = set()
             for val in v[:, n]:
+                if high[n] < val <= high[n] + tol[n]:
+                    val = high[n]  # within rounding noise of a bound: at the bound
+                if low[n] - tol[n] <= val < low[n]:
+                    val = low[n]
                 for i in range(k):
                     if edges[i] <= val < edges[i + 1] or (i == k - 1 and val == high[n]):
                         hit.add(i)
             sec += len(hit)
-        up += int((v > high).any(0).sum())
-        lo += int((v < low).any(0).sum())
+        up += int((v > high + tol).any(0).sum())
+        lo += int((v < low - tol).any(0).sum())
         rmin, rmax = raw.amin(1, keepdim=True), raw.amax(1, keepdim=True)
         scaled_mean = (v - rmin) / (rmax - rmin)
         nc += int((scaled_mean > threshold).any(0).sum())
@@ -137,6 +146,54 @@ def test_kmnc_section_edges_are_inclusive():
     assert cov.assess(torch.tensor([[0.5], [1.5], [-0.5]])).KMNC == pytest.approx(3 / 4)
     r = cov.result()
     assert r.NBC == pytest.approx(1.0) and r.SNAC == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------- rounding noise at the bounds
+@pytest.mark.parametrize("neuron", ["channel", "element"])
+def test_profiled_inputs_in_other_batch_splits_are_no_corner_cases(neuron):
+    """The profile's own inputs assessed in other batches (a conv / Linear output's last bits
+    depend on the batch shape): no corner case, and every neuron's lowest and highest KMNC
+    section is hit, by the inputs that gave its profiled min and max."""
+    torch.manual_seed(7)
+    model = Nested()
+    x = torch.randn(24, 2, 7, 7)
+    state = NeuronCoverage(model, neuron=neuron, position="pre", sections=4, batch_size=24).profile(x).state_dict()
+    for batch_size in (1, 5, 7, 24):
+        cov = NeuronCoverage(model, neuron=neuron, position="pre", sections=4, batch_size=batch_size)
+        r = cov.load_state_dict(state, coverage=False).assess(x)
+        assert r.NBC == 0 and r.SNAC == 0, batch_size
+        for name, states in cov.state_dict()["coverage"]["states"].items():
+            assert states["sections"][:, 0].all() and states["sections"][:, -1].all(), (batch_size, name)
+
+
+def test_values_within_rounding_noise_of_a_bound_are_at_the_bound():
+    # identity Linear: the neuron values are the inputs, exactly; low = (0.5, -2), high = (3, 1)
+    model = linear_model(torch.eye(2), torch.zeros(2))
+    cov = NeuronCoverage(model, sections=4, top_k=1).profile(torch.tensor([[0.5, 1.0], [3.0, -2.0]]))
+    low, high = torch.tensor([0.5, -2.0]), torch.tensor([3.0, 1.0])
+    inf = torch.tensor(math.inf)
+    above = torch.nextafter(torch.nextafter(high, inf), inf)  # 2 float32 ulps above the max
+    below = torch.nextafter(low, -inf)  # 1 ulp below the min
+    r = cov.assess(torch.stack([above, below]))
+    # no corner case; each neuron hits its top section (at high) and its bottom one (at low)
+    assert (r.NBC, r.SNAC, r.KMNC) == (0.0, 0.0, 4 / 8)
+
+    tol = 1024 * 2.0 ** -23 * torch.tensor([3.0, 2.0])  # the documented float32 tolerance, max(|low|, |high|)
+    r = cov.reset().assess(torch.stack([high + 0.9 * tol, low - 0.9 * tol]))
+    assert (r.NBC, r.SNAC, r.KMNC) == (0.0, 0.0, 4 / 8)
+    r = cov.reset().assess(torch.stack([high + 1.1 * tol, low - 1.1 * tol]))
+    assert (r.NBC, r.SNAC, r.KMNC) == (1.0, 1.0, 0.0)
+    # clearly outside (1e-3 relative): counted, as in DeepGauge
+    r = cov.reset().assess(torch.stack([high * (1 + 1e-3), torch.tensor([3.0, -2.0 * (1 + 1e-3)])]))
+    assert (r.NBC, r.SNAC) == (3 / 4, 1.0)
+
+
+def test_corner_tolerance_by_dtype():
+    low, high = torch.tensor([-1.0, 0.0, 2.0], dtype=torch.float64), torch.tensor([0.5, 0.0, 4.0], dtype=torch.float64)
+    scale = torch.tensor([1.0, 0.0, 4.0], dtype=torch.float64)
+    for dtype, rtol in ((torch.float32, 1024 * 2.0 ** -23), (torch.float64, 1024 * 2.0 ** -52),
+                        (torch.float16, 4 * 2.0 ** -10), (torch.bfloat16, 4 * 2.0 ** -7)):
+        torch.testing.assert_close(corner_tolerance(low, high, dtype), rtol * scale, rtol=1e-15, atol=0)
 
 
 @pytest.mark.filterwarnings("ignore:KMNC, NBC and SNAC need")
@@ -289,7 +346,9 @@ def test_merge_equals_one_pass_over_the_union():
     state = whole.state_dict()
     whole.update(x_test)
     shards = []
-    for part in (x_test[:18], x_test[18:]):
+    # shards cut at a batch boundary: the same batches of 7 as the one pass, so the neuron values
+    # are the same computation and the merged bitmaps must equal its bitmaps exactly
+    for part in (x_test[:21], x_test[21:]):
         shard = NeuronCoverage(model, sections=4, top_k=2, batch_size=7).load_state_dict(state)
         shards.append(shard.update(part))
     merged = NeuronCoverage(model, sections=4, top_k=2).merge(shards[0]).merge(shards[1])
@@ -326,9 +385,11 @@ def test_loader_and_tensor_give_the_same_result():
     torch.manual_seed(6)
     model = Nested()
     x, y = torch.randn(33, 2, 7, 7), torch.zeros(33, dtype=torch.long)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    # loader batches of 10 chunked by batch_size 5 make the tensor's batches (5, ..., 5, 3): the same
+    # computations, so the results are equal exactly (other batches could move values by rounding)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=10)
     a = NeuronCoverage(model, batch_size=5).profile(loader).assess(loader)
-    b = NeuronCoverage(model, batch_size=64).profile(x).assess(x)
+    b = NeuronCoverage(model, batch_size=5).profile(x).assess(x)
     assert a == b
 
 

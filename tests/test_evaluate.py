@@ -1,6 +1,7 @@
 """robustx.evaluate and the `robustx evaluate / compare / metrics` commands: values equal to
 the metric functions called by hand, skipped metrics with their reason, a SIGKILLed run
 that resumes to the same report, refusal to resume another run, and one-line CLI errors."""
+import functools
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from robustx import attacks, metrics
 from robustx.cli import main
 from robustx.data import digits
 from robustx.models import digits_cnn
+from robustx.metrics import eni
 from robustx.pipeline.evaluate import evaluate
 from robustx.pipeline.report import Report
 
@@ -50,6 +52,8 @@ def test_values_equal_the_metric_functions(digits_run):
         "ASS": metrics.ass(x, x_adv, success), "ACAC": metrics.acac(adv, success),
         "ACTC": metrics.actc(adv, y, success), "NTE": metrics.nte(adv, success),
     }
+    # logits here in one batch of 40, in the run in batches of 16: float32 rounding differs in the
+    # last bits (rel 1e-6); a changed prediction would need a logit tie within that
     for name, value in want.items():
         assert report.metrics[name].value == pytest.approx(value, rel=1e-6, abs=1e-9), name
     assert 0 < success.sum() < 40  # the attack succeeds on some inputs only
@@ -97,19 +101,264 @@ def test_bad_arguments_name_themselves(tmp_path):
         evaluate(model, x[:4], metrics=["CA"], progress=False)
 
 
-def test_resume_of_another_run_is_refused(tmp_path):
+def _counting_attacks(monkeypatch) -> list:
+    """Every attack the pipeline makes, by name, once per batch (a check of the settings,
+    which stops at the first forward pass, is not counted); each attack takes at least
+    0.1 s more, so its unit's compute time is clearly longer than reading it back."""
+    made, real = [], attacks.get_attack
+
+    def get_attack(name, **kw):
+        attack = _slow(real(name, **kw))
+
+        def counted(*args):
+            x_adv = attack(*args)
+            made.append(name)
+            return x_adv
+        return counted
+
+    monkeypatch.setattr(attacks, "get_attack", get_attack)
+    return made
+
+
+def _slow(fn):
+    @functools.wraps(fn)  # keeps the signature that config checks read
+    def slow(*args, **kw):
+        time.sleep(0.1)
+        return fn(*args, **kw)
+    return slow
+
+
+def _stored_seconds(out: Path, label: str) -> float:
+    with sqlite3.connect(out / "store.sqlite") as conn:
+        return sum(s for (s,) in conn.execute("SELECT seconds FROM units WHERE unit LIKE ?", (label + "/%",)))
+
+
+def test_resume_reuses_every_unit_whose_content_is_unchanged(tmp_path, monkeypatch):
     x, y = digits("test")
-    model = digits_cnn()
-    evaluate(model, (x[:8], y[:8]), metrics=["CA", "AA_W"], attacks=PGD, out=tmp_path, progress=False)
-    with pytest.raises(ValueError, match="resume=True"):
-        evaluate(model, (x[:8], y[:8]), metrics=["CA", "AA_W"], attacks=PGD, out=tmp_path, progress=False)
-    other = {"pgd": dict(PGD["pgd"], eps=0.2)}
-    with pytest.raises(ValueError, match="another run|differ"):
-        evaluate(model, (x[:8], y[:8]), metrics=["CA", "AA_W"], attacks=other, out=tmp_path, resume=True,
-                 progress=False)
-    again = evaluate(model, (x[:8], y[:8]), metrics=["CA", "AA_W"], attacks=PGD, out=tmp_path, resume=True,
+    data, model = (x[:16], y[:16]), digits_cnn()  # 2 batches of 8: 2 attack units, 2 eps-ENI units
+    made = _counting_attacks(monkeypatch)
+    monkeypatch.setattr(eni, "eps_eni", _slow(eni.eps_eni))
+
+    def run(metrics, **kw):
+        made.clear()
+        return evaluate(model, data, metrics=metrics, attacks=PGD, batch_size=8, out=tmp_path, progress=False, **kw)
+
+    first = run(["AA_W", "eps-ENI"])
+    assert (made, first.run["units_reused"], first.run["units_computed"]) == (["pgd", "pgd"], 0, 4)
+    more = run(["AA_W", "ALD_2", "eps-ENI"], resume=True)  # one more metric: nothing to compute
+    assert (made, more.run["units_reused"], more.run["units_computed"]) == ([], 4, 0)
+    fresh = evaluate(model, data, metrics=["ALD_2"], attacks=PGD, batch_size=8, progress=False)
+    assert more.metrics["ALD_2"].value == fresh.metrics["ALD_2"].value
+    assert json.loads((tmp_path / "report.json").read_text())["run"]["units_reused"] == 4
+    # a resumed metric reports the seconds its units took to compute, not to be read back
+    assert more.metrics["eps-ENI"].seconds >= _stored_seconds(tmp_path, "metric/eps-ENI") >= 0.2
+    assert more.run["attack_seconds"]["attack pgd"] >= _stored_seconds(tmp_path, "attack/pgd@model") >= 0.2
+    changed = run(["AA_W", "eps-ENI"], resume=True, config={"eps-eni": {"epsilon": 0.05}})  # only eps-ENI's units
+    assert (made, changed.run["units_reused"], changed.run["units_computed"]) == ([], 2, 2)
+    fewer = run(["AA_W"], resume=True)
+    assert (made, fewer.run["units_reused"], fewer.run["units_computed"]) == ([], 2, 0)
+    assert fewer.metrics["AA_W"].value == first.metrics["AA_W"].value
+
+
+def test_another_model_or_data_is_refused_naming_what_differs(tmp_path):
+    x, y = digits("test")
+    model, profile = digits_cnn(), x[100:108]
+    one_step = {"pgd": dict(PGD["pgd"], steps=1)}
+
+    def run(net, data, profile=profile, **kw):
+        return evaluate(net, data, metrics=["AA_W", "NC"], attacks=kw.pop("attacks", one_step), profile=profile,
+                        out=tmp_path, progress=False, **kw)
+
+    run(model, (x[:8], y[:8]))
+    with pytest.raises(ValueError, match="already holds 2 finished units .*pass resume=True to reuse them"):
+        run(model, (x[:8], y[:8]))
+    cases = [((digits_cnn(pretrained=False), (x[:8], y[:8])), {}, "model weights differ"),
+             ((model, (x[:8], (y[:8] + 1) % 10)), {}, r"data \(inputs or labels\) differ"),
+             ((model, (x[:8], y[:8])), {"profile": x[200:208]}, "profile data differ")]
+    for args, kw, message in cases:
+        with pytest.raises(ValueError, match=f"holds the results of another run: {message}\\. Use another output"):
+            run(*args, resume=True, **kw)
+    other_eps = run(model, (x[:8], y[:8]), resume=True, attacks={"pgd": dict(one_step["pgd"], eps=0.2)})
+    assert (other_eps.run["units_reused"], other_eps.run["units_computed"]) == (1, 1)  # NC kept, the attack redone
+
+
+def test_a_changed_stored_byte_is_recomputed_to_the_same_report(tmp_path):
+    x, y = digits("test")
+    data, model = (x[:16], y[:16]), digits_cnn()
+    first = evaluate(model, data, metrics=["eps-ENI"], batch_size=8, out=tmp_path, progress=False)
+    conn = sqlite3.connect(tmp_path / "store.sqlite")
+    with conn:
+        unit, blob = conn.execute("SELECT unit, data FROM tensors WHERE unit LIKE 'metric/eps-ENI/batch-0001/%'"
+                                  ).fetchone()
+        values = np.frombuffer(blob, np.float64)
+        i = int(np.flatnonzero(np.isfinite(values))[0])
+        blob = bytearray(blob)
+        blob[8 * i + 7] ^= 0x40  # an exponent bit of a defined value: it changes
+        conn.execute("UPDATE tensors SET data = ? WHERE unit = ?", (bytes(blob), unit))
+    conn.close()
+    with pytest.warns(RuntimeWarning, match=f"unit '{unit}' does not match its checksum"):
+        again = evaluate(model, data, metrics=["eps-ENI"], batch_size=8, out=tmp_path, resume=True, progress=False)
+    assert (again.run["units_reused"], again.run["units_computed"]) == (1, 1)
+    # the same unit recomputed on the same inputs in the same batch: the same numbers
+    assert again.metrics["eps-ENI"].per_sample == first.metrics["eps-ENI"].per_sample
+
+
+class _Counting(torch.nn.Module):
+    """A model that counts the inputs it is run on."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.seen = net, 0
+
+    def forward(self, x):
+        self.seen += x.shape[0]
+        return self.net(x)
+
+
+BAD_SETTINGS = [
+    ({"clever": {"n_images": 0}}, ValueError, r"^\[clever\] n_images must be an int >= 1, got 0$"),
+    ({"clever": {"n_images": -3}}, ValueError, r"^\[clever\] n_images must be an int >= 1, got -3$"),
+    ({"clever": {"n_images": "all"}}, TypeError, r"^\[clever\] n_images must be an int >= 1, got 'all'$"),
+    ({"clever": {"n_images": "8"}}, TypeError, r"^\[clever\] n_images"),
+    ({"clever": {"n_batches": "8"}}, TypeError, r"^\[clever\] n_batches must be an int >= 2, got '8'$"),
+    ({"clever": {"n_samples": 0}}, ValueError, r"^\[clever\] n_samples"),
+    ({"clever": {"radius": -1.0}}, ValueError, r"^\[clever\] radius"),
+    ({"clever": {"norm": 3}}, ValueError, r"^\[clever\] norm"),
+    ({"pgd": {"eps": -0.1}}, ValueError, r"^\[pgd\] eps must be a finite number > 0"),
+    ({"pgd": {"steps": 0}}, ValueError, r"^\[pgd\] steps"),
+    ({"coverage": {"sections": 0}}, ValueError, r"^\[coverage\] sections"),
+    ({"coverage": {"layers": "nope"}}, ValueError, r"^\[coverage\] layers: no module named 'nope'"),
+    ({"ns": {"axis": 0}}, ValueError, r"^\[ns\] axis must not be 0"),
+    ({"div": {"divergence": "l1"}}, ValueError, r"^\[div\] divergence"),
+    ({"ebd": {"bisection": -1}}, ValueError, r"^\[ebd\] bisection"),
+    ({"eps-eni": {"epsilon": 0.0}}, ValueError, r"^\[eps-eni\] epsilon"),
+    ({"corruption": {"severities": [6]}}, ValueError, r"^\[corruption\] severities"),
+    ({"landscape": {"steps": 1}}, ValueError, r"^\[landscape\] steps"),
+    ({"clever": {"progress": True}}, TypeError, r"\[clever\] may not set \['progress'\]"),
+]
+
+
+@pytest.mark.parametrize("config, error, message", BAD_SETTINGS, ids=[str(c) for c, _, _ in BAD_SETTINGS])
+def test_bad_settings_are_refused_before_any_work(tmp_path, config, error, message):
+    x, y = digits("test")
+    model = _Counting(digits_cnn())
+    out = tmp_path / "run"
+    with pytest.raises(error, match=message):
+        evaluate(model, (x[:8], y[:8]), config=config, out=out, progress=False)
+    assert not out.exists()  # no store.sqlite: the corrected run may use the same folder
+    assert model.seen <= 1  # at most the check of the model's outputs on the first input
+
+
+def test_attack_settings_given_as_attacks_are_checked_too(tmp_path):
+    x, y = digits("test")
+    with pytest.raises(ValueError, match=r"^\[fgsm\] eps must be a finite number > 0, got 0"):
+        evaluate(digits_cnn(), (x[:8], y[:8]), metrics=["CA"], attacks={"pgd": {}, "fgsm": {"eps": 0}},
+                 out=tmp_path, progress=False)
+    with pytest.raises(TypeError, match=r"^\[deepfool\] attack 'deepfool' has no setting\(s\) \['eps'\]"):
+        evaluate(digits_cnn(), (x[:8], y[:8]), metrics=["CA"], attacks={"deepfool": {"eps": 0.1}},
+                 out=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_corrected_rerun_works_in_the_same_folder(tmp_path):
+    x, y = digits("test")
+    clever = {"n_batches": 4, "n_samples": 8, "n_images": 2}
+    with pytest.raises(TypeError, match=r"\[clever\] n_batches"):
+        evaluate(digits_cnn(), (x[:4], y[:4]), metrics=["CA", "CLEVER"], config={"clever": dict(clever, n_batches="4")},
+                 out=tmp_path, progress=False)
+    report = evaluate(digits_cnn(), (x[:4], y[:4]), metrics=["CA", "CLEVER"], config={"clever": clever},
+                      out=tmp_path, progress=False)
+    assert report.failed == {} and len(report.metrics["CLEVER"].per_sample) == 2
+    assert _values(tmp_path)["CLEVER"] == pytest.approx(sum(report.metrics["CLEVER"].per_sample) / 2)
+
+
+def test_model_outputs_and_labels_are_checked_before_any_work(tmp_path):
+    x, y = digits("test")
+    with pytest.raises(ValueError, match=r"data y must hold class indices in \[0, 10\)"):
+        evaluate(digits_cnn(), (x[:8], y[:8] + 10), metrics=["CA"], out=tmp_path, progress=False)
+    one = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 1))
+    with pytest.raises(ValueError, match=r"K >= 2 classes; for one input it returned shape \(1, 1\)"):
+        evaluate(one, (x[:8], y[:8] * 0), metrics=["CA"], out=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_complex_inputs_and_fractional_labels_are_refused():
+    x, y = digits("test")
+    x, y = x[:8], y[:8]
+    with pytest.raises(TypeError, match="data x must be a floating tensor"):
+        evaluate(digits_cnn(), (x.to(torch.complex64), y), metrics=["CA"], progress=False)
+    fractional = y.double()
+    fractional[3] = 2.5
+    with pytest.raises(ValueError, match=r"data y must hold whole-number class indices, got 2.5 at position 3"):
+        evaluate(digits_cnn(), (x, fractional), metrics=["CA"], progress=False)
+    dataset = torch.utils.data.TensorDataset(x, fractional)
+    with pytest.raises(ValueError, match="data y must hold whole-number"):
+        evaluate(digits_cnn(), dataset, metrics=["CA"], progress=False)
+    # whole-number float labels are the same labels
+    as_float = evaluate(digits_cnn(), (x, y.float()), metrics=["CA"], progress=False).metrics["CA"].value
+    with torch.no_grad():
+        assert as_float == pytest.approx(metrics.accuracy(digits_cnn()(x), y))
+
+
+def test_a_failing_metric_leaves_every_other_value(tmp_path):
+    from toy_models import scripted_digits_cnn
+
+    x, y = digits("test")
+    x, y = x[:16], y[:16]
+    scripted = scripted_digits_cnn()
+    names = ["CA", "AA_W", "ALD_inf", "NC", "TKNC", "NTE"]
+    with pytest.warns(RuntimeWarning, match="NC, TKNC failed"):
+        report = evaluate(scripted, (x, y), metrics=names, attacks=PGD, batch_size=8, out=tmp_path, progress=False)
+    assert set(report.failed) == {"NC", "TKNC"}
+    for name in ("NC", "TKNC"):
+        assert report.failed[name].startswith("metric/coverage failed: ValueError: ") and "selects no module" in \
+            report.failed[name]
+    eager = evaluate(digits_cnn(), (x, y), metrics=["CA", "AA_W", "ALD_inf", "NTE"], attacks=PGD, batch_size=8,
                      progress=False)
-    assert json.loads((tmp_path / "report.json").read_text())["metrics"]["AA_W"]["value"] == again.metrics["AA_W"].value
+    doc = json.loads((tmp_path / "report.json").read_text())["metrics"]
+    for name in ("CA", "AA_W", "ALD_inf", "NTE"):  # TorchScript runs the same float ops as the eager model
+        assert doc[name]["failed"] is None
+        assert doc[name]["value"] == pytest.approx(eager.metrics[name].value, rel=1e-5, abs=1e-7), name
+    assert doc["NC"]["value"] is None and "selects no module" in doc["NC"]["failed"]
+    assert '<tr class="failed"><td>NC</td>' in (tmp_path / "report.html").read_text()
+
+
+class _NoGradients(torch.nn.Module):
+    """The digits CNN, refusing to run where gradients are enabled (so every attack fails)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = digits_cnn()
+
+    def forward(self, x):
+        if torch.is_grad_enabled():
+            raise RuntimeError("no gradients here")
+        return self.net(x)
+
+
+def test_a_failing_attack_fails_only_the_metrics_that_need_it():
+    x, y = digits("test")
+    x, y = x[:8], y[:8]
+    with pytest.warns(RuntimeWarning, match="AA_W, ALD_inf failed"):
+        report = evaluate(_NoGradients(), (x, y), metrics=["CA", "AA_W", "ALD_inf", "NC"], attacks=PGD, progress=False)
+    for name in ("AA_W", "ALD_inf"):
+        assert report.failed[name] == "attack pgd on the model failed: RuntimeError: no gradients here"
+    with torch.no_grad():
+        assert report.metrics["CA"].value == pytest.approx(metrics.accuracy(digits_cnn()(x), y))
+    assert 0 < report.metrics["NC"].value <= 1 and "adversarial examples" not in report.figures
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, MemoryError])
+def test_interrupts_and_memory_errors_are_not_swallowed(monkeypatch, error):
+    from robustx.pipeline import evaluate as module
+
+    def runner(run, name):
+        raise error()
+
+    monkeypatch.setitem(module._NAMED_RUNNERS, "CLEVER", runner)
+    x, y = digits("test")
+    with pytest.raises(error):
+        evaluate(digits_cnn(), (x[:4], y[:4]), metrics=["CA", "CLEVER"], progress=False)
 
 
 # ------------------------------------------------------------------ command line
@@ -154,6 +403,7 @@ def test_sigkilled_run_resumes_to_the_same_report(tmp_path):
         assert 0 < _finished_units(killed) < total
     subprocess.run(_evaluate_cmd(killed, "--resume"), check=True, env=env, capture_output=True, timeout=600)
     assert _finished_units(killed) == total
+    # exact: one process, and every unit (stored or redone) is the same batch of 8 as in the whole run
     assert _values(killed) == _values(whole)
     compare = subprocess.run([sys.executable, "-m", "robustx", "compare", str(whole), str(killed)], env=env,
                              capture_output=True, text=True, timeout=120)
@@ -170,6 +420,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         (["--data", str(bad)], "outside clip_values"),
         (["--metrics", "CA,WHAT"], "unknown metric"),
         (["--config", str(config)], "n_batchez"),
+        (["-n", "0"], "--n must be an int in [1, 359], got 0"),
+        (["--n", "-5"], "--n must be an int in [1, 359], got -5"),
     ]
     for extra, message in cases:
         with pytest.raises(SystemExit) as err:
@@ -180,6 +432,59 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--model", "robustx.data:digits", "--out", str(tmp_path / "o"), "--no-progress"])
     assert "not a torch.nn.Module" in capsys.readouterr().err
+
+
+def test_a_damaged_store_is_one_line_on_the_command_line(tmp_path, capsys):
+    for damage in ("random bytes", "truncated"):
+        out = tmp_path / damage
+        if damage == "random bytes":
+            out.mkdir()
+            (out / "store.sqlite").write_bytes(np.random.default_rng(0).integers(0, 256, 8192, np.uint8).tobytes())
+        else:
+            evaluate(digits_cnn(), digits("test"), metrics=["AA_W"], attacks=PGD, batch_size=64, out=out,
+                     progress=False)  # 6 units of adversarial examples, then the file cut to a few pages
+            with open(out / "store.sqlite", "r+b") as f:
+                f.truncate(16384)
+        with pytest.raises(SystemExit) as err:
+            main(["evaluate", "--model", "digits", "--n", "8", "--metrics", "AA_W", "--out", str(out), "--resume",
+                  "--no-progress"])
+        text = capsys.readouterr().err
+        assert err.value.code == 2 and text.count("\n") == 1 and "Traceback" not in text
+        assert f"{out / 'store.sqlite'} is damaged or not a robustx store" in text and "delete it" in text
+
+
+def test_cli_bad_config_stops_before_work_and_the_fixed_one_runs_in_the_same_folder(tmp_path, capsys):
+    config, out = tmp_path / "run.toml", tmp_path / "out"
+    command = ["evaluate", "--model", "digits", "-n", "4", "--metrics", "CA,AA_W,CLEVER", "--config", str(config),
+               "--out", str(out), "--no-progress"]
+    config.write_text('[clever]\nn_batches = "8"\nn_samples = 8\nn_images = 2\n')
+    with pytest.raises(SystemExit) as err:
+        main(command)
+    assert err.value.code == 2 and not out.exists()
+    assert capsys.readouterr().err == "robustx evaluate: error: [clever] n_batches must be an int >= 2, got '8'\n"
+    config.write_text("[clever]\nn_batches = 8\nn_samples = 8\nn_images = 2\n")
+    assert main(command) == 0
+    assert _values(out)["CLEVER"] > 0
+    with pytest.raises(SystemExit):  # the same run again: the advice is in the command line's words
+        main(command)
+    text = capsys.readouterr().err
+    assert "pass --resume to reuse them" in text and "resume=True" not in text
+
+
+def test_cli_exits_1_naming_the_failed_metrics(tmp_path, capsys, recwarn):
+    out = tmp_path / "out"
+    status = main(["evaluate", "--model", "toy_models:scripted_digits_cnn", "-n", "8", "--metrics", "CA,NC,TKNC",
+                   "--out", str(out), "--no-progress"])
+    assert status == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[-1] == ("robustx evaluate: 2 failed: NC, TKNC (reasons above and in "
+                                             "report.json)")
+    rows = {line.split()[0]: line.split()[1:] for line in captured.out.splitlines()[1:4]}
+    assert rows["NC"][0] == "failed" and "selects no module" in " ".join(rows["NC"])
+    assert not [w for w in recwarn if "failed" in str(w.message)]  # said once, in the command's words
+    with torch.no_grad():
+        x, y = digits("test")
+        assert _values(out)["CA"] == pytest.approx(metrics.accuracy(digits_cnn()(x[:8]), y[:8]))
 
 
 def test_metrics_command_lists_every_metric(capsys):

@@ -1,6 +1,9 @@
 """ImageNet-style folders (--data DIR), Normalized, --model module:factory with --weights,
 the logits-only inference options (channels_last, autocast) and --batch-size auto."""
+import contextlib
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +16,8 @@ from robustx.cli import main
 from robustx.pipeline import sources
 from robustx.pipeline.batchsize import activation_bytes, auto_batch_size
 from robustx.pipeline.evaluate import _Run, evaluate
-from robustx.pipeline.imagefolder import IMAGENET_MEAN, IMAGENET_STD, ImageFolder, Normalized, eval_transform, load_folder
+from robustx.pipeline.imagefolder import (IMAGENET_MEAN, IMAGENET_STD, ImageFolder, Normalized, UnreadableImage,
+                                          eval_transform, load_folder)
 
 # Pillow's bilinear resize rounds to 8 bits between its two passes; torch's does not.
 PILLOW_TOLERANCE = 1.5 / 255
@@ -108,6 +112,67 @@ def test_bad_folders(tmp_path, folder):
         ImageFolder(folder, resize=32, crop=36)
     with pytest.raises(ValueError, match="--n"):
         load_folder(folder, n=7, workers=0)
+
+
+@contextlib.contextmanager
+def _deadline(seconds: int):
+    """Fail (instead of hanging) when the block runs longer than ``seconds``."""
+    def stop(*_):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_symlink_loops_are_walked_once(folder):
+    # two links back to their own class folder and one to the parent: 3^40 paths when followed blindly
+    os.symlink(".", folder / "a_red" / "self")
+    os.symlink(".", folder / "a_red" / "again")
+    os.symlink("..", folder / "b_green" / "sub" / "up")
+    with _deadline(60):
+        data = ImageFolder(folder, resize=36, crop=32)
+    assert [(p.relative_to(folder).as_posix(), label) for p, label in data.samples] == [
+        ("a_red/x1.png", 0), ("a_red/x2.PNG", 0), ("b_green/y1.jpg", 1), ("b_green/sub/y2.Png", 1),
+        ("c_blue/z1.JPEG", 2), ("c_blue/z2.png", 2)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_undecodable_files_are_skipped_with_one_warning_naming_them(folder, workers):
+    (folder / "a_red" / "broken.png").write_bytes(b"\x89PNG not really an image")
+    whole = (folder / "c_blue" / "z1.JPEG").read_bytes()
+    (folder / "c_blue" / "z0.jpg").write_bytes(whole[: len(whole) // 2])  # truncated JPEG
+    with pytest.warns(UserWarning) as record:
+        x, y = load_folder(folder, workers=workers, batch_size=3, resize=36, crop=32)
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "skipped 2 of 8 image files" in message
+    assert os.path.join("a_red", "broken.png") in message and os.path.join("c_blue", "z0.jpg") in message
+    data = ImageFolder(folder, resize=36, crop=32)
+    names = [p.name for p, _ in data.samples]
+    good = [i for i, name in enumerate(names) if name not in ("broken.png", "z0.jpg")]
+    assert y.tolist() == [0, 0, 1, 1, 2, 2]
+    assert torch.equal(x, torch.stack([data[i][0] for i in good]))  # each image decoded on its own: exact
+    with pytest.raises(UnreadableImage, match="broken.png"):
+        data[names.index("broken.png")]
+
+
+def test_unlistable_subfolders_are_named(folder, monkeypatch):
+    scandir = os.scandir
+
+    def refuse(path="."):
+        if Path(path).name == "sub":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable subfolders: b_green.sub"):
+        _, y = load_folder(folder, workers=0, resize=36, crop=32)
+    assert y.tolist() == [0, 0, 1, 2, 2]
 
 
 # ------------------------------------------------------------------ models

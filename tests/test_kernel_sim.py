@@ -1,10 +1,11 @@
-"""The CUDA kernels' per-thread code, run on the host (tests/kernel_sim/kernel_sim.cpp)
-with every block size the kernels launch, against the CPU operators and float64 sums.
+"""The CUDA kernels' bodies, run on the host (tests/kernel_sim/kernel_sim.cpp) with every
+block size the kernels launch, against the CPU operators and float64 sums.
 
 The CUDA kernels split each point / row / input over the threads of a block and combine
-the threads' shares with CUB; kernel_sim runs the same per-thread functions of
-csrc/include/robustx/ one thread after the other, so an error in the work split, the index
-arithmetic or a combine step shows here without a GPU."""
+the threads' shares with CUB; kernel_sim instantiates the same kernel bodies of
+csrc/include/robustx/ with a host group that runs the threads one after the other, so an
+error in the work split, the index arithmetic or a combine step shows here without a GPU.
+A smaller grid than the kernel's own (BLOCKS) runs the grid-stride loops."""
 import ctypes
 import math
 import shutil
@@ -19,6 +20,7 @@ from robustx import ops
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "tests" / "kernel_sim" / "kernel_sim.cpp"
 THREADS = [0, 32, 64, 128, 256]  # 0: the block size the kernel itself picks
+BLOCKS = 3  # a grid smaller than the tasks: each block strides over several
 NORM_CODE = {1.0: 1, 2.0: 2, math.inf: 0}
 
 pytestmark = pytest.mark.skipif(not ops.compiled(), reason="compares with the compiled CPU operators")
@@ -47,13 +49,14 @@ def _suffix(dtype):
 
 
 # ------------------------------------------------------------------- ball sampling
-def _sim_ball(sim, centers, n, radius, p, clip, seed, offset, threads):
+def _sim_ball(sim, centers, n, radius, p, clip, seed, offset, threads, blocks=0):
     out = torch.empty(centers.shape[0], n, centers.shape[1], dtype=centers.dtype)
     lo, hi = clip if clip is not None else (0.0, 0.0)
     getattr(sim, f"sim_ball_sample_{_suffix(centers.dtype)}")(
         _ptr(centers), _ptr(out), *_i64(centers.shape[0], n, centers.shape[1]), ctypes.c_int(NORM_CODE[p]),
         ctypes.c_double(radius), ctypes.c_int(clip is not None), ctypes.c_double(lo), ctypes.c_int(clip is not None),
-        ctypes.c_double(hi), ctypes.c_uint64(seed), ctypes.c_int64(offset), ctypes.c_int(threads))
+        ctypes.c_double(hi), ctypes.c_uint64(seed), ctypes.c_int64(offset), ctypes.c_int(threads),
+        ctypes.c_int64(blocks))
     return out
 
 
@@ -68,8 +71,8 @@ def _with_threads(dims, big):
 def test_ball_sample_blocks_match_cpu_kernel(sim, threads, d, p, dtype):
     n = 2 if d > 10000 else 9
     centers = torch.rand(2, d, dtype=dtype)
-    for clip, seed, offset in ((None, 3, 0), ((0.0, 1.0), 2**40 + 1, 2**33)):
-        got = _sim_ball(sim, centers, n, 0.7, p, clip, seed, offset, threads)
+    for clip, seed, offset, blocks in ((None, 3, 0, 0), ((0.0, 1.0), 2**40 + 1, 2**33, BLOCKS)):
+        got = _sim_ball(sim, centers, n, 0.7, p, clip, seed, offset, threads, blocks)
         want = torch.ops.robustx.ball_sample(centers, n, 0.7, p, *(clip or (None, None)), seed, offset)
         if p == math.inf:  # no sum: the same rounding step by step
             assert torch.equal(got, want)
@@ -82,14 +85,17 @@ def test_ball_sample_blocks_match_cpu_kernel(sim, threads, d, p, dtype):
 
 
 # ----------------------------------------------------------- gradient norm reduction
-def _sim_grad(sim, jac, source, targets, batch_size, q, threads):
+def _sim_grad(sim, jac, source, targets, batch_size, q, threads, blocks=0, skipped=0):
+    """(maxima, norms) of the simulated kernel, which must skip `skipped` tasks for bad rows."""
     m, s, k, d = jac.shape
     t = targets.shape[1]
     maxima = torch.empty(m, t, s // batch_size, dtype=jac.dtype)
-    norms = torch.empty(m, t, s, dtype=jac.dtype)
-    getattr(sim, f"sim_grad_norm_batch_max_{_suffix(jac.dtype)}")(
-        _ptr(jac), _ptr(source), _ptr(targets), _ptr(maxima), _ptr(norms), *_i64(m, s, k, d, t, batch_size),
-        ctypes.c_int(NORM_CODE[q]), ctypes.c_int(threads))
+    norms = torch.full((m, t, s), -1.0, dtype=jac.dtype)
+    run = getattr(sim, f"sim_grad_norm_batch_max_{_suffix(jac.dtype)}")
+    run.restype = ctypes.c_int64
+    failed = run(_ptr(jac), _ptr(source), _ptr(targets), _ptr(maxima), _ptr(norms), *_i64(m, s, k, d, t, batch_size),
+                 ctypes.c_int(NORM_CODE[q]), ctypes.c_int(threads), ctypes.c_int64(blocks))
+    assert failed == skipped
     return maxima, norms
 
 
@@ -102,7 +108,7 @@ def test_grad_norm_blocks_match_float64_and_cpu_kernel(sim, threads, d, q, with_
     jac = torch.randn(m, s, k, d, generator=gen)
     targets = torch.randint(0, k, (m, t), generator=gen)
     source = torch.randint(0, k, (m,), generator=gen) if with_source else None
-    maxima, norms = _sim_grad(sim, jac, source, targets, batch_size, q, threads)
+    maxima, norms = _sim_grad(sim, jac, source, targets, batch_size, q, threads, BLOCKS if d == 33 else 0)
     rows = jac.double()[torch.arange(m)[:, None], :, targets].permute(0, 1, 2, 3)  # (M, T, S, D)
     if with_source:
         rows = jac.double()[torch.arange(m), :, source][:, None] - rows
@@ -131,18 +137,31 @@ def test_grad_norm_blocks_propagate_nan(sim):
         assert torch.isnan(norms).sum() == 1
 
 
+@pytest.mark.parametrize("row", [4, -1], ids=["too large", "negative"])
+def test_grad_norm_blocks_check_the_rows_they_read(sim, row):
+    """Rows on the device are checked by the kernel body where it reads them (the CUDA
+    group's check is a device-side assert): every task with the bad row fails its check and
+    reads nothing; the other tasks are unaffected."""
+    jac = torch.randn(2, 2, 4, 5, dtype=torch.float64)
+    targets = torch.tensor([[0, row], [1, 2]])
+    maxima, norms = _sim_grad(sim, jac, None, targets, 1, 2.0, 0, skipped=2)  # image 0, target 1: 2 samples
+    assert (norms[0, 1] == -1).all()  # never written
+    torch.testing.assert_close(norms[1], torch.linalg.vector_norm(jac[1][:, [1, 2]], dim=-1).T)
+    _sim_grad(sim, jac, torch.tensor([0, row]), torch.tensor([[1, 2], [1, 2]]), 2, 1.0, 0, skipped=4)
+
+
 # -------------------------------------------------------------------- coverage
 def _states(m, k):
     return [torch.zeros(m, k, dtype=torch.bool)] + [torch.zeros(m, dtype=torch.bool) for _ in range(4)]
 
 
-def _sim_coverage(sim, act, low, high, k, threshold, top_k, threads):
+def _sim_coverage(sim, act, low, high, k, threshold, top_k, threads, blocks=0):
     n, m, l_count = act.shape
     states = _states(m, k)
     topk = torch.empty(n, top_k, dtype=torch.long)
-    sim.sim_coverage_update_f32(_ptr(act), *_i64(n, m, l_count), _ptr(low), _ptr(high), ctypes.c_int64(k),
-                                ctypes.c_double(threshold), ctypes.c_int64(top_k), *[_ptr(s) for s in states],
-                                _ptr(topk), ctypes.c_int(threads))
+    getattr(sim, f"sim_coverage_update_{_suffix(act.dtype)}")(
+        _ptr(act), *_i64(n, m, l_count), _ptr(low), _ptr(high), ctypes.c_int64(k), ctypes.c_double(threshold),
+        ctypes.c_int64(top_k), *[_ptr(s) for s in states], _ptr(topk), ctypes.c_int(threads), ctypes.c_int64(blocks))
     return states, topk
 
 
@@ -173,13 +192,26 @@ def test_coverage_blocks_match_cpu_kernel(sim, threads, case):
     m = act.shape[1]
     low = torch.linspace(-1.0, 0.0, m, dtype=torch.float64)
     high = low + 1.0
-    for threshold in (-0.5, 0.25):
+    for threshold, blocks in ((-0.5, 0), (0.25, BLOCKS)):
         top_k = min(3, m)
-        got_states, got_topk = _sim_coverage(sim, act, low, high, 4, threshold, top_k, threads)
+        got_states, got_topk = _sim_coverage(sim, act, low, high, 4, threshold, top_k, threads, blocks)
         want_states, want_topk = _cpu_coverage(act, low, high, 4, threshold, top_k)
         assert torch.equal(got_topk, want_topk)
         for got, want in zip(got_states, want_states):
             assert torch.equal(got, want)
+
+
+def test_coverage_blocks_clamp_an_overflowing_section(sim):
+    """The cast trigger (low = 0, high = v = 1e308, k = 10: (v - low) k = inf): section k - 1
+    in the simulated CUDA kernels, the CPU kernel and the reference alike."""
+    act = torch.tensor([[[1e308]]], dtype=torch.float64)
+    low, high = torch.zeros(1, dtype=torch.float64), torch.full((1,), 1e308, dtype=torch.float64)
+    (sections, *_), _ = _sim_coverage(sim, act, low, high, 10, 0.5, 1, 0)
+    (cpu_sections, *_), _ = _cpu_coverage(act, low, high, 10, 0.5, 1)
+    reference = _states(1, 10)
+    ops.coverage_update_ref(act, low, high, 10, 0.5, 1, *reference)
+    assert sections.nonzero().tolist() == [[0, 9]]
+    assert torch.equal(cpu_sections, sections) and torch.equal(reference[0], sections)
 
 
 def test_coverage_blocks_all_inf_input_keeps_its_range(sim):

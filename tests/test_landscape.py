@@ -1,5 +1,6 @@
 """Input-space landscapes: analytic planes on linear models, the loss at the origin, chunking,
 directions, plots, JSON form, command line and bad input."""
+import dataclasses
 import json
 
 import pytest
@@ -166,6 +167,16 @@ def test_plots_write_pngs(tmp_path):
         land.plot(tmp_path / "x.png", "heatmap")
     with pytest.raises(ValueError, match="index"):
         land.plot(tmp_path / "x.png", "contour", 2)
+
+
+def test_plot_text_is_drawn_literally(tmp_path):
+    land = input_landscape(small_cnn().double(), images(2), torch.tensor([0, 1]), span=1.0, steps=3, progress=False)
+    land = dataclasses.replace(land, direction_names=("conv$^$", "$_$"))
+    titles = ["a$\\foo$", "$x^$"]
+    paths = [land.plot(tmp_path / f"{kind}.png", kind, [0, 1], titles=titles) for kind in ("contour", "surface")]
+    paths.append(land.plot_slices(tmp_path / "slices.png", [0, 1], titles=titles))
+    for path in paths:  # mathtext would fail on every one of these strings
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_boundary_helpers_locate_sign_changes():

@@ -110,6 +110,20 @@ def test_psd_matches_loop():
     assert psd(x, x_adv, SUCCESS) == pytest.approx(reference_psd(x, x_adv, SUCCESS), rel=1e-10)
 
 
+def test_psd_is_the_same_in_8bit_units():
+    """The floor follows the data range: 255 x in [0, 255] gives the PSD of x in [0, 1] (the
+    images include flat patches, where the floor decides Sen), and both match the loop with
+    its floor of one 8-bit level; a fixed floor of 1/255 in [0, 255] units would not."""
+    x, x_adv = pair((6, 3, 6, 5), seed=3)
+    x[:, :, :3, :3] = 1.0
+    x[:, :, 3:, 3:] = 0.0
+    unit = psd(x, x_adv, SUCCESS)
+    assert unit == pytest.approx(reference_psd(x, x_adv, SUCCESS, floor=1 / 255), rel=1e-10)
+    scaled = psd(255 * x, 255 * x_adv, SUCCESS, data_range=255.0)
+    assert scaled == pytest.approx(unit, rel=1e-12)
+    assert reference_psd(255 * x, 255 * x_adv, SUCCESS, floor=1 / 255) > 1.5 * unit
+
+
 METRICS = [lambda x, a, s: ald(x, a, s, 2), ass, psd]
 IMAGES = pair((6, 3, 8, 8))
 
@@ -144,3 +158,5 @@ def test_bad_norm_and_sizes():
         ssim(*pair((2, 1, 8, 8)), data_range=0.0)
     with pytest.raises(ValueError, match="std_floor"):
         psd(x, x_adv, SUCCESS, std_floor=-1.0)
+    with pytest.raises(ValueError, match="data_range"):
+        psd(x, x_adv, SUCCESS, data_range=0.0)

@@ -11,6 +11,7 @@ SUITE = ["CA", "AA_W", "AA_B", "ALD_0", "ALD_2", "ALD_inf", "ASS", "PSD", "ACAC"
          "SNAC", "TKNC", "TKNP", "CLEVER", "DIV"]
 LOWER_IS_BETTER = {"ASS", "ACAC", "NTE", "RGB", "RIC", "CSR", "CCV", "COS", "mCE", "rmCE", "eps-ENI", "NS", "NU",
                    "DIV"}
+TEST_ADEQUACY = {"NC", "KMNC", "NBC", "SNAC", "TKNC", "TKNP"}  # coverage: never ranked
 
 
 def test_every_metric_is_listed_once_in_order():
@@ -25,7 +26,10 @@ def test_metadata():
     for name in SUITE:
         info = metrics.get(name)
         assert info.name == name
-        assert info.higher_is_better == (name not in LOWER_IS_BETTER), name
+        expected = None if name in TEST_ADEQUACY else name not in LOWER_IS_BETTER
+        assert info.higher_is_better is expected, name
+        assert info.ranked == (name not in TEST_ADEQUACY)
+        assert info.direction == {True: "higher", False: "lower", None: "n/a"}[expected]
         assert info.needs and info.needs <= NEEDS
         d = info.to_dict()
         assert json.loads(json.dumps(d)) == d

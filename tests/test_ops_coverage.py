@@ -82,6 +82,16 @@ def test_sections_corners_threshold_and_topk_by_hand(backend):
     assert s["topk_hit"].tolist() == [F, T, T, T]
 
 
+def test_value_at_the_top_of_a_huge_range_hits_the_last_section(backend):
+    """low = 0, high = v = 1e308, k = 10: (v - low) k overflows to inf, and v == high hits
+    section k - 1 by the inclusive-edge rule (the compiled kernel cast inf to int64 before
+    clamping, undefined behaviour that gave section 0 on the CPU)."""
+    act = torch.tensor([[[1e308]], [[1.5e307]]], dtype=torch.float64)  # 1.5e307: no overflow, section 1
+    _, s = _update(act, _f64([0.0]), _f64([1e308]), k=10, threshold=0.5, top_k=1)
+    assert s["sections"][0].nonzero().flatten().tolist() == [1, 9]
+    assert not s["upper"].any() and not s["lower"].any()
+
+
 def test_threshold_scales_by_the_raw_elements_of_the_input(backend):
     """DeepXplore scales by the min/max of all of the layer's elements, not of neuron means."""
     act = torch.tensor([[[0.0, 2.0], [1.0, 1.0], [0.5, 0.5]]])  # means 1, 1, 0.5; elements in [0, 2]

@@ -1,10 +1,14 @@
 """The report: JSON round trip, the self-contained HTML page, plots and comparison
 (robustx.pipeline.report)."""
 import base64
+import errno
+import io
 import json
 import math
+import os
 import struct
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,7 +86,7 @@ def test_json_round_trips_through_save_and_load(tmp_path):
     assert raw["metrics"]["ASS"]["value"] is None and raw["metrics"]["ASS"]["skipped"] == "no attack given"
     assert raw["metrics"]["clever_u"]["per_sample"] == [0.02, "Infinity"]
     assert set(raw["metrics"]["ASS"]) == {"name", "value", "higher_is_better", "per_sample", "settings",
-                                          "seconds", "skipped", "family"}
+                                          "seconds", "skipped", "family", "failed"}
     for where in (tmp_path / "out", tmp_path / "out" / "report.json"):
         back = Report.load(where)
         assert back.to_dict() == rep.to_dict()
@@ -93,6 +97,23 @@ def test_nan_value_round_trips(tmp_path):
     rep = _report(clean_accuracy=float("nan"))
     back = Report.load(rep.save(tmp_path))
     assert math.isnan(back.metrics["clean_accuracy"].value)
+
+
+def test_a_full_disk_leaves_no_temporary_file_and_the_old_report(tmp_path, monkeypatch):
+    old = _report().save(tmp_path).joinpath("report.json").read_text()
+    real = Path.write_text
+
+    def full_disk(self, text, **kw):  # what a write that fills the disk leaves: the file, empty
+        real(self, "")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError, match=r"cannot write .*report\.json: No space left on device") as err:
+        _report(clean_accuracy=0.5).save(tmp_path)
+    monkeypatch.undo()
+    assert err.value.errno == errno.ENOSPC and "\n" not in str(err.value)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["report.html", "report.json"]
+    assert (tmp_path / "report.json").read_text() == old
 
 
 def test_load_rejects_other_json(tmp_path):
@@ -106,6 +127,43 @@ def test_metric_result_value_is_none_exactly_when_skipped():
         MetricResult("a", None, True)
     with pytest.raises(ValueError, match="skipped"):
         MetricResult("a", 0.5, True, skipped="why")
+
+
+def test_a_failed_metric_has_its_reason_and_no_value():
+    with pytest.raises(ValueError, match="skipped or failed"):
+        MetricResult("a", 0.5, True, failed="RuntimeError: boom")
+    with pytest.raises(ValueError, match="both skipped and failed"):
+        MetricResult("a", None, True, skipped="why", failed="RuntimeError: boom")
+    rep = _report()
+    rep.metrics["NC"] = MetricResult("NC", None, True, seconds=0.5, family="coverage",
+                                     failed="ValueError: layers <x> selects no module")
+    assert rep.failed == {"NC": "ValueError: layers <x> selects no module"}
+
+
+def test_failed_metrics_round_trip_and_show_in_html_and_compare(tmp_path):
+    rep = _report()
+    rep.metrics["NC"] = MetricResult("NC", None, True, seconds=0.5, family="coverage",
+                                     failed="ValueError: layers <x> selects no module")
+    rep.save(tmp_path)
+    raw = json.loads((tmp_path / "report.json").read_text())
+    assert raw["metrics"]["NC"]["failed"] == "ValueError: layers <x> selects no module"
+    assert raw["metrics"]["NC"]["value"] is None and raw["metrics"]["clean_accuracy"]["failed"] is None
+    back = Report.load(tmp_path)
+    assert back.failed == {"NC": "ValueError: layers <x> selects no module"}
+    assert back.metrics["clean_accuracy"].value == 0.92  # the others keep their values
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    parsed = _parse(page)
+    assert "x" not in parsed.tags  # the reason is escaped
+    row = page[page.index('<tr class="failed"><td>NC</td>'):].split("</tr>", 1)[0]
+    assert ">failed<" in row and "failed: ValueError: layers &lt;x&gt; selects no module" in row
+    ok = _report()
+    ok.metrics["NC"] = MetricResult("NC", 0.4, True)
+    text = compare([back, ok], ["scripted", "plain"])
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines()[2:] if line.split()}
+    assert rows["NC"] == ["↑", "failed", "0.4"] and rows["clean_accuracy"] == ["↑", "0.92", "0.92"]
+    page = compare_html([back, ok], ["scripted", "plain"])
+    _parse(page)
+    assert '<td>NC</td><td>↑</td><td class="num">failed</td><td class="num">0.4</td>' in page
 
 
 def test_html_is_one_well_formed_page_with_embedded_pngs(tmp_path):
@@ -146,6 +204,37 @@ def test_plots_are_pngs_of_sensible_size():
         bars_png(["a"], [1.0, 2.0], "t")
 
 
+# user text that matplotlib's mathtext cannot parse (the last four) or would typeset ($x$)
+MATH_LIKE = ["$x$", "$", "_^\\", "conv$^$", "a$\\foo$", "$_$", "run $x^$ 2"]
+
+
+def _mathtext_fails(text: str) -> bool:
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    fig.subplots().set_title(text)
+    try:
+        fig.savefig(io.BytesIO(), format="png")
+    except ValueError:
+        return True
+    return False
+
+
+def test_plot_text_is_drawn_literally():
+    import matplotlib
+
+    assert sum(_mathtext_fails(t) for t in MATH_LIKE) == 4  # what would break the report without the fix
+    a, b = _pair()
+    pngs = [
+        histogram_png([1.0, 2.0, 3.0], "CLEVER of conv$^$", "score $_$"),
+        bars_png(MATH_LIKE, range(len(MATH_LIKE)), "a$\\foo$"),
+        layer_bars_png({name: 1.0 for name in MATH_LIKE}, "NC $x^$"),
+        *[base64.b64decode(s.split(",", 1)[1]) for s in _parse(compare_html([a, b], ["run$_$", "$x^$"])).images],
+    ]
+    assert len(pngs) == 7 and all(p.startswith(b"\x89PNG") for p in pngs)
+    assert matplotlib.rcParams["text.parse_math"]  # the user's setting is back after each figure
+
+
 def _pair():
     a = Report({
         "acc": MetricResult("acc", 0.9, True),
@@ -181,6 +270,31 @@ def test_compare_html_highlights_and_charts():
     assert sum("best" in c.split() for c in parsed.cells) == 2
     assert len(parsed.images) == 4  # one chart per shared metric
     assert all(base64.b64decode(s.split(",", 1)[1]).startswith(b"\x89PNG") for s in parsed.images)
+
+
+def test_compare_stars_no_coverage_metric(tmp_path):
+    """Coverage (test adequacy) carries no direction in the registry: compare shows it with
+    "n/a" and never stars or highlights it, even where the values differ; CA still gets its star."""
+    from robustx import metrics
+
+    coverage = metrics.available("coverage")
+    names = ["CA", *coverage]
+
+    def report(offset):
+        return Report({k: MetricResult(k, 0.4 + offset + 0.01 * i, metrics.get(k).higher_is_better,
+                                       family=metrics.get(k).family) for i, k in enumerate(names)})
+
+    a, b = report(0.0), report(0.2)
+    b.save(tmp_path)
+    b = Report.load(tmp_path)  # None survives the JSON round trip
+    rows = {line.split()[0]: line.split()[1:] for line in compare([a, b], ["a", "b"]).splitlines()[2:]}
+    assert rows["CA"] == ["↑", "0.4", "0.6*"]
+    for k in coverage:
+        assert rows[k][0] == "n/a" and not any("*" in cell for cell in rows[k]), k
+    parsed = _parse(compare_html([a, b], ["a", "b"]))
+    assert sum("best" in c.split() for c in parsed.cells) == 1
+    page = _parse(b.to_html())
+    assert not page.errors
 
 
 def test_compare_checks_its_arguments():

@@ -1,7 +1,7 @@
 // CUDA kernel of robustx::ball_sample: one block per point. L1/L2 points take two passes
 // over their Philox stream (the direction's norm, then the scaled write), so nothing but
-// the output is written to memory. The per-thread work of both passes is the host-tested
-// code of robustx/ball.h; the block sum is CUB's.
+// the output is written to memory. The kernel body is ball_sample_body of robustx/ball.h,
+// which tests/kernel_sim runs on the host; the block sum is CUB's.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -11,7 +11,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <optional>
 
 #include "robustx/ball.h"
@@ -21,30 +20,15 @@
 namespace robustx {
 namespace {
 
-struct Sum {
-  __device__ double operator()(double a, double b) const { return a + b; }
-};
-
 template <typename scalar_t, int kThreads>
 __global__ void __launch_bounds__(kThreads)
     ball_sample_kernel(const scalar_t* __restrict__ centers, scalar_t* __restrict__ out, int64_t points, int64_t n,
-                       int64_t d, BallNorm norm, double radius_value, Box<double> clip_box, uint64_t seed,
-                       int64_t offset) {
+                       int64_t d, BallNorm norm, double radius, Box<double> clip_box, uint64_t seed, int64_t offset) {
   using acc_t = at::opmath_type<scalar_t>;
-  const acc_t radius = static_cast<acc_t>(radius_value);
   const Box<acc_t> box{clip_box.has_min, clip_box.has_max, static_cast<acc_t>(clip_box.lo),
                        static_cast<acc_t>(clip_box.hi)};
-  for (int64_t point = blockIdx.x; point < points; point += gridDim.x) {
-    const int64_t i = point / n;
-    const PointStream stream(seed, static_cast<uint64_t>(offset + point % n), static_cast<uint32_t>(i));
-    acc_t scale = acc_t(0);
-    if (norm != BallNorm::Linf) {
-      const double share = direction_norm_share<acc_t>(norm, stream, d, threadIdx.x, kThreads);
-      scale = direction_scale(norm, stream, radius, d, block_all_reduce<kThreads>(share, Sum{}));
-    }
-    write_point_share<scalar_t, acc_t>(norm, stream, centers + i * d, out + point * d, d, radius, scale, box,
-                                       threadIdx.x, kThreads);
-  }
+  ball_sample_body<scalar_t, acc_t>(CudaBlock<kThreads>{}, centers, out, points, n, d, norm, static_cast<acc_t>(radius),
+                                    box, seed, offset);
 }
 
 at::Tensor ball_sample_cuda(const at::Tensor& centers, int64_t n, double radius, double p,
@@ -57,7 +41,7 @@ at::Tensor ball_sample_cuda(const at::Tensor& centers, int64_t n, double radius,
   at::Tensor out = at::empty({n_centers, n, d}, c.options());
   if (out.numel() == 0) return out;
   const Box<double> box{clip_min.has_value(), clip_max.has_value(), clip_min.value_or(0), clip_max.value_or(0)};
-  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(points, 1 << 20));
+  const auto grid = static_cast<unsigned>(blocks_for(points, 1, kMaxBlocks));
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "ball_sample_cuda", [&] {
     with_block_threads((d + 3) / 4, [&](auto threads) {

@@ -1,9 +1,11 @@
 // CUDA kernel of robustx::grad_norm_batch_max: one block per (image, target, sample)
-// reduces the sample's q-norm (in double, as the CPU kernel; the per-thread share is the
-// host-tested norm_share of robustx/norms.h, the block sum CUB's) and folds it into its
-// batch maximum with an atomic max (norms are >= 0, so the float bit patterns order like
-// the values; NaN is canonical and positive, so it wins and propagates). Index ranges
-// and devices are checked before the launch (check_grad_norm_args).
+// reduces the sample's q-norm (in double, as the CPU kernel) and folds it into its batch
+// maximum with an atomic max (norms are >= 0, so the float bit patterns order like the
+// values; NaN is canonical and positive, so it wins and propagates). The kernel body is
+// grad_norm_batch_max_body of robustx/norms.h, which tests/kernel_sim runs on the host; the
+// block sum is CUB's. Shapes and devices are checked before the launch
+// (check_grad_norm_args); row indices on the device are checked where the kernel reads them
+// (a device-side assert), so the op never waits for the device.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -14,7 +16,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -26,39 +27,14 @@
 namespace robustx {
 namespace {
 
-__device__ __forceinline__ void atomic_max_nonneg(float* address, float value) {
-  atomicMax(reinterpret_cast<int*>(address), value != value ? 0x7fc00000 : __float_as_int(value));
-}
-
-__device__ __forceinline__ void atomic_max_nonneg(double* address, double value) {
-  const long long bits = value != value ? 0x7ff8000000000000LL : __double_as_longlong(value);
-  atomicMax(reinterpret_cast<long long*>(address), bits);
-}
-
-struct NormCombine {
-  DualNorm q;
-  __device__ double operator()(double a, double b) const { return norm_combine(q, a, b); }
-};
-
 template <typename scalar_t, typename out_t, int kThreads>
 __global__ void __launch_bounds__(kThreads)
     grad_norm_batch_max_kernel(const scalar_t* __restrict__ jac, const int64_t* __restrict__ source,
                                const int64_t* __restrict__ targets, out_t* __restrict__ maxima,
                                out_t* __restrict__ norms, int64_t tasks, int64_t t_count, int64_t s_count,
                                int64_t k_count, int64_t d, int64_t batch_size, DualNorm q) {
-  using acc_t = at::opmath_type<scalar_t>;
-  for (int64_t task = blockIdx.x; task < tasks; task += gridDim.x) {
-    const GradTask g = grad_task(task, t_count, s_count);
-    const scalar_t* base = jac + (g.m * s_count + g.s) * k_count * d;
-    const scalar_t* a = source ? base + source[g.m] * d : nullptr;
-    const double share = norm_share<scalar_t, acc_t>(q, a, base + targets[g.m * t_count + g.t] * d, d, threadIdx.x, kThreads);
-    const double total = block_all_reduce<kThreads>(share, NormCombine{q});
-    if (threadIdx.x == 0) {
-      const out_t value = static_cast<out_t>(static_cast<acc_t>(norm_finalize(q, total)));
-      if (norms) norms[norm_slot(g, t_count, s_count)] = value;
-      atomic_max_nonneg(maxima + batch_slot(g, t_count, s_count, batch_size), value);
-    }
-  }
+  grad_norm_batch_max_body<scalar_t, at::opmath_type<scalar_t>, out_t>(
+      CudaBlock<kThreads>{}, jac, source, targets, maxima, norms, tasks, t_count, s_count, k_count, d, batch_size, q);
 }
 
 std::tuple<at::Tensor, at::Tensor> grad_norm_batch_max_cuda(const at::Tensor& jac,
@@ -75,7 +51,7 @@ std::tuple<at::Tensor, at::Tensor> grad_norm_batch_max_cuda(const at::Tensor& ja
   at::Tensor norms = at::empty({return_norms ? m_count * t_count * s_count : 0}, g.options().dtype(out_type));
   const int64_t tasks = m_count * t_count * s_count;
   if (tasks > 0) {
-    const unsigned grid = static_cast<unsigned>(std::min<int64_t>(tasks, 1 << 20));
+    const auto grid = static_cast<unsigned>(blocks_for(tasks, 1, kMaxBlocks));
     auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "grad_norm_batch_max_cuda", [&] {
       using out_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;

@@ -9,6 +9,7 @@ their AISafety platform (``EvalBox/Evaluation/bd.py``).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -23,17 +24,23 @@ __all__ = ["EBDResult", "orthonormal_directions", "ebd"]
 
 @dataclass
 class EBDResult:
-    """``value``: mean over C of ``distances`` (see :func:`ebd` for censoring).
-    ``distances`` (N,): per input, the smallest step over its directions that changes the
-    prediction; NaN for inputs outside C (misclassified when clean), inf where no
-    direction changes the prediction within its searched range.
-    ``correct`` (N,) bool: membership of C. ``censored``: inputs of C with distance inf.
-    ``tolerance`` (N,): the bisection bracket width of each input's reported distance."""
+    """``value``: mean of ``distances`` over the inputs of C whose prediction changed (NaN
+    when none did). ``distances`` (N,): per input, the smallest L2 distance actually moved,
+    ||clip(x + t* u) - x||, over its directions (see :func:`ebd`); NaN for inputs outside C
+    (misclassified when clean), inf for censored inputs (no direction changed the
+    prediction within its searched range). ``correct`` (N,) bool: membership of C.
+    ``censored``: the number of censored inputs, excluded from ``value``; ``averaged``: the
+    number of inputs ``value`` averages over (|C| - censored). ``lower_bound``: True when
+    any input is censored: each of them lies farther than the search reached, so the mean
+    over all of C is at least ``value``. ``tolerance`` (N,): bound on the error of each
+    reported distance (the largest bisection bracket width of its directions)."""
 
     value: float
     distances: torch.Tensor
     correct: torch.Tensor
     censored: int
+    averaged: int
+    lower_bound: bool
     tolerance: torch.Tensor
 
 
@@ -78,16 +85,18 @@ def ebd(
 ) -> EBDResult:
     """Empirical boundary distance. Higher is better (the boundary is farther).
 
-    EBD = (1 / |C|) sum_{i in C} min_{j = 1..m} t*_{ij},
-    t*_{ij} = min {t > 0 : argmax f(x_i + t u_ij) != y_i},
+    EBD = (1 / |F|) sum_{i in F} min_{j = 1..m} ||pi(x_i + t*_ij u_ij) - x_i||_2,
+    t*_ij = min {t > 0 : argmax f(pi(x_i + t u_ij)) != y_i},
 
-    C = {i : argmax f(x_i) = y_i} (y = the model's own predictions when None, so C = all);
-    u_i1..u_im orthonormal (L2 unit) random directions per input
-    (:func:`orthonormal_directions`), so t is the L2 distance moved. Each ray is searched
-    on t in (0, T_ij]: a grid of ``steps`` equal steps finds the first grid point whose
-    prediction differs, then ``bisection`` halvings of that bracket; the reported
-    t*_ij is the bracket's upper end (a point where the prediction does change), within
-    T_ij / steps / 2^bisection of the boundary crossing.
+    C = {i : argmax f(x_i) = y_i} (y = the model's own predictions when None, so C = all),
+    F = the inputs of C with a finite t*_ij for some j; pi = clip to [lo, hi] in
+    ``out_of_box="clamp"`` mode, the identity otherwise (then the distance moved is t*, the
+    directions having unit L2 norm); u_i1..u_im orthonormal random directions per input
+    (:func:`orthonormal_directions`). Each ray is searched on t in (0, T_ij]: a grid of
+    ``steps`` equal steps finds the first grid point whose prediction differs, then
+    ``bisection`` halvings of that bracket; t*_ij is the bracket's upper end (a point where
+    the prediction does change), within T_ij / steps / 2^bisection of the boundary
+    crossing, and so is the distance moved (pi is 1-Lipschitz).
 
     The search range T_ij: with ``out_of_box="clamp"`` (default) the points are
     clip(x + t u, lo, hi), so every evaluated point lies inside the clip box (as the
@@ -98,9 +107,9 @@ def ebd(
     no boundary that way, bench/RESULTS.md), which is why it is not the default.
     Without ``clip_values``, ``max_distance`` is required and points are not clipped.
 
-    Inputs of C where no direction changes the prediction get distance inf ("censored");
-    ``value`` averages their distances as the largest searched T of the input, so with
-    censored inputs it is a lower bound of the EBD over that range.
+    Inputs of C where no direction changes the prediction are censored: distance inf,
+    counted in ``censored``, excluded from ``value``, which is then flagged as a lower bound
+    (``lower_bound``); when every input of C is censored ``value`` is NaN (RuntimeWarning).
 
     Directions are drawn from a generator seeded with ``seed`` on the model's device,
     chunk after chunk of max(1, batch_size // (m steps)) inputs: same seed and batch_size,
@@ -110,7 +119,7 @@ def ebd(
     Differences from the AISafety platform (bd.py): it reports the *largest* distance over
     10 shared directions (scaled to norm sqrt(d)) on a fixed grid of 8-bit magnitudes
     0..126/255 without bisection, clamping to [0, 1]; here the minimum over per-input
-    directions, as the paper defines it, measured in L2.
+    directions, as the paper defines it, of the L2 distance actually moved.
     """
     net = checks.model(model)
     box = checks.clip_range(clip_values)
@@ -130,7 +139,6 @@ def ebd(
     gen = torch.Generator(device=device).manual_seed(checks.seed(seed))
     distances = torch.full((n,), math.nan, dtype=torch.float64)
     tolerance = torch.full((n,), math.nan, dtype=torch.float64)
-    reach = torch.zeros(n, dtype=torch.float64)
     correct = torch.zeros(n, dtype=torch.bool)
     fractions = torch.arange(1, steps + 1, device=device, dtype=torch.float64) / steps
     per_chunk = max(1, batch_size // (m * steps))
@@ -171,15 +179,21 @@ def ebd(
                 change = _changed(net, points(mid[..., None]), ray_labels, batch_size).view(-1, m)
                 upper = torch.where(change, mid, upper)
                 lower = torch.where(change, lower, mid)
-            upper = torch.where(found, upper, torch.full_like(upper, math.inf))
-            best, which = upper.min(1)
-            width = torch.gather(span, 1, which[:, None]).squeeze(1) / steps / 2 ** bisection
+            moved = (points(upper[..., None]).view(*upper.shape, -1).double() - xb[:, None, :].double()).norm(dim=-1)
+            best = torch.where(found, moved, torch.full_like(moved, math.inf)).amin(1)
+            width = (span / steps / 2 ** bisection).amax(1)
             distances[part] = torch.where(clean_ok, best, torch.full_like(best, math.nan)).cpu()
             reported = torch.isfinite(best) & clean_ok
             tolerance[part] = torch.where(reported, width, torch.full_like(width, math.nan)).cpu()
-            reach[part] = span.amax(1).cpu()
             correct[part] = clean_ok.cpu()
     in_c = distances[correct]
     censored = int(torch.isinf(in_c).sum())
-    value = torch.where(torch.isinf(in_c), reach[correct], in_c).mean().item() if in_c.numel() else math.nan
-    return EBDResult(value=value, distances=distances, correct=correct, censored=censored, tolerance=tolerance)
+    flipped = in_c[torch.isfinite(in_c)]
+    if flipped.numel():
+        value = flipped.mean().item()
+    else:
+        warnings.warn("EBD: no input of C changed its prediction within the searched range; value is NaN",
+                      RuntimeWarning, stacklevel=2)
+        value = math.nan
+    return EBDResult(value=value, distances=distances, correct=correct, censored=censored,
+                     averaged=int(flipped.numel()), lower_bound=censored > 0, tolerance=tolerance)

@@ -7,6 +7,7 @@ mean the attack had to change the image more visibly, which speaks for the model
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -96,7 +97,8 @@ def ass(x: torch.Tensor, x_adv: torch.Tensor, success: torch.Tensor, data_range:
     return float(ssim(*pair, data_range=data_range).mean())
 
 
-def psd(x: torch.Tensor, x_adv: torch.Tensor, success: torch.Tensor, *, std_floor: float = 1.0 / 255) -> float:
+def psd(x: torch.Tensor, x_adv: torch.Tensor, success: torch.Tensor, data_range: float = 1.0, *,
+        std_floor: Optional[float] = None) -> float:
     """Perturbation sensitivity distance over S (Luo et al., AAAI 2018; higher = the
     attack needs more visible changes).
 
@@ -106,11 +108,13 @@ def psd(x: torch.Tensor, x_adv: torch.Tensor, success: torch.Tensor, *, std_floo
     the edge: numpy/torch "reflect"), tau = ``std_floor``.
 
     std = 0 (flat neighbourhoods, e.g. saturated regions) would give Sen = inf: the floor
-    tau caps Sen at 1 / tau, by default 255 = one 8-bit level of data in [0, 1] (pass
-    tau in data units for other ranges). Every neighbourhood with std >= tau counts with
-    the paper's 1 / std exactly. H and W must be >= 2.
+    tau caps Sen at 1 / tau. By default tau = ``data_range`` / 255, one 8-bit level of the
+    data's range hi - lo (as :func:`ass`), so PSD does not depend on the data's units: the
+    same images in [0, 255] or in [0, 1] give the same PSD. Every neighbourhood with
+    std >= tau counts with the paper's 1 / std exactly. H and W must be >= 2.
     """
-    tau = positive_float(std_floor, "std_floor")
+    data_range = positive_float(data_range, "data_range")
+    tau = data_range / 255 if std_floor is None else positive_float(std_floor, "std_floor")
     pair = _successful(x, x_adv, success, None, 2)
     if pair is None:
         return math.nan

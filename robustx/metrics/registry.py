@@ -13,7 +13,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
-__all__ = ["NEEDS", "MetricInfo", "available", "get"]
+__all__ = ["NEEDS", "MetricInfo", "available", "get", "direction"]
 
 #: What a run may have to provide besides the model and the clean inputs with labels:
 #: the model's outputs on the clean inputs, adversarial examples, a defended model to
@@ -22,16 +22,24 @@ __all__ = ["NEEDS", "MetricInfo", "available", "get"]
 NEEDS = frozenset({"clean outputs", "adversarial examples", "defended model", "surrogate", "corruptions", "profile"})
 
 
+def direction(higher_is_better: Optional[bool]) -> str:
+    """The word for a direction: "higher" (True), "lower" (False) or "n/a" (None: not a
+    robustness measure, shown but never ranked)."""
+    return {True: "higher", False: "lower", None: "n/a"}[higher_is_better]
+
+
 @dataclass(frozen=True)
 class MetricInfo:
     """One metric: ``name``; ``family``; ``higher_is_better`` (the direction that speaks
-    for the evaluated model); ``needs`` (a subset of :data:`NEEDS`); ``target`` (the
-    computing function as "module:attribute"); ``options`` (keyword arguments that select
-    this metric from the function, as (key, value) pairs)."""
+    for the evaluated model; None for the coverage metrics, which measure how well the
+    *test set* exercises the model, "test adequacy", not its robustness: shown, never
+    ranked); ``needs`` (a subset of :data:`NEEDS`); ``target`` (the computing function as
+    "module:attribute"); ``options`` (keyword arguments that select this metric from the
+    function, as (key, value) pairs)."""
 
     name: str
     family: str
-    higher_is_better: bool
+    higher_is_better: Optional[bool]
     needs: FrozenSet[str]
     target: str
     options: Tuple[Tuple[str, Any], ...] = field(default=())
@@ -42,18 +50,29 @@ class MetricInfo:
             raise ValueError(f"{self.name}: unknown needs {sorted(unknown)}; allowed: {sorted(NEEDS)}")
 
     @property
+    def ranked(self) -> bool:
+        """Whether comparisons may rank models by this metric (it has a direction)."""
+        return self.higher_is_better is not None
+
+    @property
+    def direction(self) -> str:
+        """"higher", "lower" or "n/a" (:func:`direction`)."""
+        return direction(self.higher_is_better)
+
+    @property
     def function(self) -> Callable:
         """The computing function, imported now (ImportError / AttributeError if absent)."""
         module, attribute = self.target.split(":")
         return getattr(importlib.import_module(module), attribute)
 
     def to_dict(self) -> Dict[str, Any]:
-        """JSON-ready: {"name", "family", "higher_is_better", "needs" (sorted list),
-        "function" ("module:attribute"), "options" (dict)}."""
+        """JSON-ready: {"name", "family", "higher_is_better" (true, false or null), "ranked",
+        "needs" (sorted list), "function" ("module:attribute"), "options" (dict)}."""
         return {
             "name": self.name,
             "family": self.family,
             "higher_is_better": self.higher_is_better,
+            "ranked": self.ranked,
             "needs": sorted(self.needs),
             "function": self.target,
             "options": dict(self.options),
@@ -72,7 +91,7 @@ def _entries() -> Tuple[MetricInfo, ...]:
            for p in (0, 2, "inf")]
     defense = [m(name, "defense", better, _DEFENDED, _HERE + "defense:defense_utility")
                for name, better in (("CAV", True), ("CRR", True), ("CSR", False), ("CCV", False), ("COS", False))]
-    coverage = [m(name, "coverage", True, frozenset({"clean outputs", "profile"} if profiled else _CLEAN),
+    coverage = [m(name, "coverage", None, frozenset({"clean outputs", "profile"} if profiled else _CLEAN),
                   "robustx.coverage:NeuronCoverage")
                 for name, profiled in (("NC", False), ("KMNC", True), ("NBC", True), ("SNAC", True),
                                        ("TKNC", False), ("TKNP", False))]

@@ -64,6 +64,8 @@ def grad_norm_batch_max(
     then the norm is taken of jac[source] - jac[target] without materialising the
     difference. Returns ``(maxima (M, T, n_batches), norms (M, T, S) or None)``.
     For CLEVER with an Lp ball use q = dual of p (``dual_norm``). D = 0 is an error.
+    Nothing here waits for the device: pass ``targets`` / ``source`` on the CPU for a
+    ValueError on a row outside [0, K); on a GPU such a row is a device-side assert.
     """
     checks.floating_tensor(jac, "jac")
     q = parse_norm(q, "q")
@@ -84,14 +86,23 @@ def grad_norm_batch_max(
 
 
 def _rows(idx, name: str, m: int, k: int, device, dim: int) -> torch.Tensor:
-    """Row indices (M,) or (M, T) into the K rows of jac, as contiguous int64."""
+    """Row indices (M,) or (M, T) into the K rows of jac, as contiguous int64 on jac's device.
+
+    The range [0, K) is checked here for indices on the CPU (no device sync; they are copied
+    to jac's device without waiting) or moved to it. Indices on a GPU for a GPU jac are
+    checked by the kernel where it reads them: a device-side assert, raised at the caller's
+    next sync.
+    """
     if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"{name} must be an integer tensor")
     if idx.dim() != dim or idx.shape[0] != m:
         raise ValueError(f"{name} must have {dim} dims with first size M={m}, got {tuple(idx.shape)}")
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= k):
+    from_host = idx.device.type == "cpu"
+    rows = idx.to(device=device, dtype=torch.int64, non_blocking=from_host).contiguous()  # async only host -> device
+    host = idx if from_host else rows
+    if host.device.type == "cpu" and host.numel() and (int(host.min()) < 0 or int(host.max()) >= k):
         raise ValueError(f"{name} must index rows in [0, K={k})")
-    return idx.to(device=device, dtype=torch.int64).contiguous()
+    return rows
 
 
 if loader.SOURCE is not None:

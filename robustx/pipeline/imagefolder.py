@@ -8,6 +8,12 @@ in torch: shorter side resized to ``resize`` (bilinear, antialiased; the longer 
 agrees with Pillow's own bilinear resize and crop to within about 1/255 per value (Pillow
 rounds to 8 bits between its horizontal and vertical passes; torch does not).
 
+Symbolic links are followed; a directory reached again below the same class folder (same
+device and inode: a link loop, or a second link to it) is walked once. Unreadable
+subfolders and files Pillow cannot decode are skipped by :func:`load_folder` with one
+warning naming them and their count (a single bad file should not stop a run over
+50,000 images); :class:`ImageFolder` itself raises :class:`UnreadableImage` naming the file.
+
 No normalisation is applied to the data: the metrics work in the data domain [0, 1].
 A model trained on normalised inputs is wrapped in :class:`Normalized` instead.
 
@@ -20,6 +26,7 @@ bytes (about 600 KB per image at 224 px), or evaluate a large folder in slices o
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -27,16 +34,25 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from robustx import checks
 
-__all__ = ["ImageFolder", "Normalized", "load_folder", "eval_transform", "IMAGENET_MEAN", "IMAGENET_STD",
-           "IMAGE_SUFFIXES"]
+__all__ = ["ImageFolder", "Normalized", "UnreadableImage", "load_folder", "eval_transform", "IMAGENET_MEAN",
+           "IMAGENET_STD", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_LISTED = 20  # unreadable paths named in load_folder's warning (then a count of the others)
+
+
+class UnreadableImage(ValueError):
+    """An image file Pillow cannot decode; ``path`` names it."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"image folder: cannot decode {path}: {reason}")
+        self.path = path
 
 
 def eval_transform(image, resize: int = 256, crop: int = 224) -> torch.Tensor:
@@ -60,8 +76,10 @@ class ImageFolder(Dataset):
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder: no such directory: {self.root}")
         self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        self.unreadable_dirs: List[str] = []  # subfolders that could not be listed (skipped)
         self.samples: List[Tuple[Path, int]] = [
-            (path, label) for label, name in enumerate(self.classes) for path in _images_in(self.root / name)]
+            (path, label) for label, name in enumerate(self.classes)
+            for path in _images_in(self.root / name, self.unreadable_dirs)]
         if not self.samples:
             raise ValueError(f"image folder {self.root}: no {'/'.join(IMAGE_SUFFIXES)} files in class subfolders "
                              f"(found {len(self.classes)} subfolders)")
@@ -70,18 +88,67 @@ class ImageFolder(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        """(image, label); :class:`UnreadableImage` when Pillow cannot decode the file."""
         from PIL import Image
 
         path, label = self.samples[index]
-        with Image.open(path) as image:
-            return eval_transform(image, self.resize, self.crop), label
+        try:
+            with Image.open(path) as image:
+                return eval_transform(image, self.resize, self.crop), label
+        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
+            raise UnreadableImage(path, str(err) or type(err).__name__) from err
 
 
-def _images_in(folder: Path) -> List[Path]:
-    """Image files below ``folder``: folder by folder in sorted order, sorted names in each
-    (torchvision's ImageFolder order, so the indices of both agree)."""
-    return [Path(top) / name for top, _, names in sorted(os.walk(folder, followlinks=True)) for name in sorted(names)
+def _images_in(folder: Path, unreadable: List[str]) -> List[Path]:
+    """Image files below ``folder``, links followed: folder by folder in sorted order, sorted
+    names in each (torchvision's ImageFolder order, so the indices of both agree). A
+    directory already walked (same st_dev, st_ino: a link loop) is not entered again; the
+    directories that cannot be listed are appended to ``unreadable``."""
+    seen = set()
+    listed = []
+    for top, dirs, names in os.walk(folder, followlinks=True, onerror=lambda err: unreadable.append(err.filename)):
+        st = os.stat(top)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs.sort()  # deterministic choice of the path that walks a directory reached twice
+        listed.append((top, names))
+    return [Path(top) / name for top, names in sorted(listed) for name in sorted(names)
             if Path(name).suffix.lower() in IMAGE_SUFFIXES]
+
+
+class _Readable(Dataset):
+    """Items of ``dataset`` (an :class:`ImageFolder` or a Subset of one); an unreadable
+    image becomes its path (a str) instead of raising."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.dataset[index]
+        except UnreadableImage as err:
+            return str(err.path)
+
+
+def _collate_readable(items: list):
+    """(collated readable items or None, paths of the unreadable ones)."""
+    good = [item for item in items if not isinstance(item, str)]
+    return (default_collate(good) if good else None), [item for item in items if isinstance(item, str)]
+
+
+def _skip_warning(root: Path, files: List[str], dirs: List[str], total: int) -> str:
+    """One message naming the skipped files (the first _LISTED, then a count) and folders."""
+    names = [os.path.relpath(f, root) for f in files]
+    listed = ", ".join(names[:_LISTED]) + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
+    parts = [f"skipped {len(files)} of {total} image files that cannot be decoded: {listed}"] if files else []
+    if dirs:
+        parts.append(f"skipped {len(dirs)} unreadable subfolders: {', '.join(os.path.relpath(d, root) for d in dirs)}")
+    return f"image folder {root}: " + "; ".join(parts)
 
 
 def load_folder(root, n: Optional[int] = None, workers: int = 2, batch_size: int = 32, resize: int = 256,
@@ -89,14 +156,25 @@ def load_folder(root, n: Optional[int] = None, workers: int = 2, batch_size: int
     """(x, y) of an image folder, decoded by ``workers`` DataLoader processes.
 
     With ``n``, ``n`` images spread evenly over the folder's order (image ``i * len // n``),
-    so a capped run sees every class in proportion rather than the first classes only."""
-    dataset = ImageFolder(root, resize, crop)
+    so a capped run sees every class in proportion rather than the first classes only.
+    Files that cannot be decoded are left out, with one warning naming them and the count."""
+    folder = ImageFolder(root, resize, crop)
+    dataset: Dataset = folder
     if n is not None:
-        n = checks.integer(n, "--n", 1, len(dataset))
-        dataset = Subset(dataset, [i * len(dataset) // n for i in range(n)])
-    loader = DataLoader(dataset, batch_size=checks.integer(batch_size, "batch_size"),
-                        num_workers=checks.integer(workers, "workers", 0))
-    xs, ys = zip(*loader)
+        n = checks.integer(n, "--n", 1, len(folder))
+        dataset = Subset(folder, [i * len(folder) // n for i in range(n)])
+    loader = DataLoader(_Readable(dataset), batch_size=checks.integer(batch_size, "batch_size"),
+                        num_workers=checks.integer(workers, "workers", 0), collate_fn=_collate_readable)
+    xs, ys, bad = [], [], []
+    for batch, unreadable in loader:
+        bad += unreadable
+        if batch is not None:
+            xs.append(batch[0])
+            ys.append(batch[1])
+    if bad or folder.unreadable_dirs:
+        warnings.warn(_skip_warning(folder.root, bad, folder.unreadable_dirs, len(dataset)), UserWarning, stacklevel=2)
+    if not xs:
+        raise ValueError(f"image folder {folder.root}: none of the {len(dataset)} image files could be decoded")
     return torch.cat(xs), torch.cat(ys).long()
 
 

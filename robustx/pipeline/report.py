@@ -8,6 +8,7 @@ Figures (PNG bytes) live in the HTML page only.
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import html
 import io
@@ -21,6 +22,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from robustx import checks
+from robustx.plotting import literal_text
 
 __all__ = [
     "MetricResult", "Report", "compare", "compare_html", "per_input_csv",
@@ -39,22 +41,27 @@ _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 @dataclass
 class MetricResult:
-    """One metric's result. ``value`` is None exactly when the metric was ``skipped``
-    (then ``skipped`` says why); ``per_sample`` holds per-input values where they exist."""
+    """One metric's result. ``value`` is None exactly when the metric was ``skipped`` (an
+    input it needs was not given; ``skipped`` says which) or ``failed`` (it raised;
+    ``failed`` is "ExceptionType: message"); ``per_sample`` holds per-input values where
+    they exist; ``higher_is_better`` None: not ranked (test adequacy, e.g. coverage)."""
 
     name: str
     value: Optional[float]
-    higher_is_better: bool
+    higher_is_better: Optional[bool]
     per_sample: Optional[List[float]] = None
     settings: dict = field(default_factory=dict)
     seconds: float = 0.0
     skipped: Optional[str] = None
     family: Optional[str] = None
+    failed: Optional[str] = None
 
     def __post_init__(self):
-        if (self.value is None) != (self.skipped is not None):
-            raise ValueError(f"metric {self.name!r}: value must be None exactly when skipped gives a "
-                             f"reason, got value={self.value!r}, skipped={self.skipped!r}")
+        if self.skipped is not None and self.failed is not None:
+            raise ValueError(f"metric {self.name!r} cannot be both skipped and failed")
+        if (self.value is None) != (self.skipped is not None or self.failed is not None):
+            raise ValueError(f"metric {self.name!r}: value must be None exactly when skipped or failed gives a "
+                             f"reason, got value={self.value!r}, skipped={self.skipped!r}, failed={self.failed!r}")
         if self.value is not None:
             self.value = float(self.value)
         if self.per_sample is not None:
@@ -75,6 +82,11 @@ class Report:
     run: dict = field(default_factory=dict)
     figures: Dict[str, bytes] = field(default_factory=dict)
     inputs: Dict[str, list] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> Dict[str, str]:
+        """{name: reason} of the metrics that failed (in report order)."""
+        return {k: m.failed for k, m in self.metrics.items() if m.failed is not None}
 
     def to_dict(self) -> dict:
         """``{"metrics": {name: MetricResult.to_dict()}, "run": run, "inputs": inputs}``."""
@@ -153,10 +165,18 @@ def _decode_nonfinite(value):
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file and rename it over ``path``."""
+    """Write ``text`` to a temporary file and rename it over ``path``; on failure the
+    temporary file is removed and the OSError names ``path``."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from err
+        raise
 
 
 # ---------------------------------------------------------------------------------------
@@ -173,6 +193,7 @@ th { background: #eef1f5; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.best { background: #e3f4e1; font-weight: bold; }
 tr.skipped td { color: #888; }
+tr.failed td { color: #9b1c1c; background: #fdecea; }
 .figs { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
 figure { margin: 0; background: #fff; border: 1px solid #ddd; padding: 0.6em; max-width: 100%; box-sizing: border-box; }
 figure img { max-width: 100%; height: auto; display: block; }
@@ -192,8 +213,17 @@ def _fmt(value: Optional[float]) -> str:
     return f"{value:.4g}"
 
 
-def _arrow(higher_is_better: bool) -> str:
-    return "↑" if higher_is_better else "↓"
+def _cell(m: MetricResult, missing: str = "—") -> str:
+    """A metric's value as shown in a table: "failed", ``missing`` when skipped, else the number."""
+    return "failed" if m.failed is not None else missing if m.value is None else _fmt(m.value)
+
+
+def _arrow(higher_is_better: Optional[bool]) -> str:
+    return {True: "↑", False: "↓", None: "n/a"}[higher_is_better]
+
+
+def _direction_title(higher_is_better: Optional[bool]) -> str:
+    return {True: "higher is better", False: "lower is better", None: "test adequacy: not ranked"}[higher_is_better]
 
 
 def _page(title: str, body: str) -> str:
@@ -219,13 +249,14 @@ def _run_table(run: dict) -> str:
 def _summary_table(metrics: Dict[str, MetricResult]) -> str:
     rows = []
     for m in metrics.values():
-        cls = ' class="skipped"' if m.skipped else ""
+        cls = ' class="failed"' if m.failed is not None else ' class="skipped"' if m.skipped else ""
+        note = f"failed: {m.failed}" if m.failed is not None else m.skipped or ""
         rows.append(
-            f"<tr{cls}><td>{_esc(m.name)}</td><td class=\"num\">{_esc(_fmt(m.value))}</td>"
-            f"<td title=\"{'higher' if m.higher_is_better else 'lower'} is better\">{_arrow(m.higher_is_better)}</td>"
+            f"<tr{cls}><td>{_esc(m.name)}</td><td class=\"num\">{_esc(_cell(m))}</td>"
+            f"<td title=\"{_direction_title(m.higher_is_better)}\">{_arrow(m.higher_is_better)}</td>"
             f"<td>{_esc(m.family or '')}</td><td class=\"num\">{m.seconds:.2f} s</td>"
-            f"<td>{_esc(m.skipped or '')}</td></tr>\n")
-    table = _table(["metric", "value", "better", "family", "time", "skipped because"], rows)
+            f"<td>{_esc(note)}</td></tr>\n")
+    table = _table(["metric", "value", "better", "family", "time", "skipped or failed because"], rows)
     return f'<section id="metrics">\n<h2>Metrics</h2>\n{table}</section>\n'
 
 
@@ -260,6 +291,7 @@ def _new_figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
+@literal_text()
 def histogram_png(values: Sequence[float], title: str, xlabel: str, bins: int = 30) -> bytes:
     """PNG of a histogram of the finite ``values`` (the count of non-finite ones in the title)."""
     checks.integer(bins, "bins")
@@ -275,6 +307,7 @@ def histogram_png(values: Sequence[float], title: str, xlabel: str, bins: int = 
     return _png(fig)
 
 
+@literal_text()
 def bars_png(labels: Sequence[str], values: Sequence[float], title: str) -> bytes:
     """PNG of one vertical bar per label, each annotated with its value."""
     labels, values = [str(v) for v in labels], [float(v) for v in values]
@@ -291,6 +324,7 @@ def bars_png(labels: Sequence[str], values: Sequence[float], title: str) -> byte
     return _png(fig)
 
 
+@literal_text()
 def layer_bars_png(per_layer: Dict[str, float], title: str) -> bytes:
     """PNG of one horizontal bar per layer (in the dict's order, first at the top)."""
     names, values = list(per_layer), [float(v) for v in per_layer.values()]
@@ -360,9 +394,11 @@ def _shared(reports: Sequence[Report], names: Sequence[str]) -> List[str]:
     return shared
 
 
-def _best(values: Sequence[Optional[float]], higher_is_better: bool) -> Optional[int]:
-    """Index of the single best value (None values and NaN do not compete); None on a tie
-    or when fewer than two values compete."""
+def _best(values: Sequence[Optional[float]], higher_is_better: Optional[bool]) -> Optional[int]:
+    """Index of the single best value (None values and NaN do not compete); None on a tie,
+    when fewer than two values compete, or for a metric without a direction (not ranked)."""
+    if higher_is_better is None:
+        return None
     scored = [(v if higher_is_better else -v, i) for i, v in enumerate(values) if v is not None and not math.isnan(v)]
     if len(scored) < 2:
         return None
@@ -372,27 +408,27 @@ def _best(values: Sequence[Optional[float]], higher_is_better: bool) -> Optional
 
 
 def _rows(reports: Sequence[Report], shared: Sequence[str]):
-    """(metric, direction arrow, values, index of the best or None) for each shared metric."""
+    """(metric, direction arrow, results, index of the best or None) for each shared metric."""
     for k in shared:
         hib = reports[0].metrics[k].higher_is_better
-        values = [r.metrics[k].value for r in reports]
-        yield k, _arrow(hib), values, _best(values, hib)
+        results = [r.metrics[k] for r in reports]
+        yield k, _arrow(hib), results, _best([m.value for m in results], hib)
 
 
 def compare(reports: List[Report], names: List[str]) -> str:
     """A side-by-side text table of every metric the reports share; ``*`` marks the single
-    better value of each row (by its direction; ties and skipped values get no mark)."""
+    better value of each row (by its direction; ties, skipped and failed values get no mark)."""
     shared = _shared(reports, names)
     header = ["metric", "dir", *map(str, names)]
     table = [header]
-    for k, arrow, values, best in _rows(reports, shared):
-        cells = [("skipped" if v is None else _fmt(v)) + ("*" if i == best else "") for i, v in enumerate(values)]
+    for k, arrow, results, best in _rows(reports, shared):
+        cells = [_cell(m, "skipped") + ("*" if i == best else "") for i, m in enumerate(results)]
         table.append([k, arrow, *cells])
     widths = [max(len(row[c]) for row in table) for c in range(len(header))]
     lines = ["  ".join(cell.ljust(w) if c < 2 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths)))
              for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append("* better value (↑ higher is better, ↓ lower is better)")
+    lines.append("* better value (↑ higher is better, ↓ lower is better; n/a: test adequacy, not ranked)")
     only = sorted({k for r in reports for k in r.metrics} - set(shared))
     if only:
         lines.append("not in every report: " + ", ".join(only))
@@ -404,14 +440,13 @@ def compare_html(reports: List[Report], names: List[str]) -> str:
     bar chart per shared metric."""
     shared = _shared(reports, names)
     rows, charts = [], {}
-    for k, arrow, values, best in _rows(reports, shared):
-        cells = "".join(
-            f'<td class="num{" best" if i == best else ""}">{"skipped" if v is None else _esc(_fmt(v))}</td>'
-            for i, v in enumerate(values))
+    for k, arrow, results, best in _rows(reports, shared):
+        cells = "".join(f'<td class="num{" best" if i == best else ""}">{_esc(_cell(m, "skipped"))}</td>'
+                        for i, m in enumerate(results))
         rows.append(f"<tr><td>{_esc(k)}</td><td>{arrow}</td>{cells}</tr>\n")
-        kept = [(str(n), v) for n, v in zip(names, values) if v is not None]
+        kept = [(str(n), m.value) for n, m in zip(names, results) if m.value is not None]
         if kept:
-            title = f"{k} ({arrow} better)"
+            title = f"{k} (not ranked)" if arrow == "n/a" else f"{k} ({arrow} better)"
             charts[title] = bars_png([n for n, _ in kept], [v for _, v in kept], title)
     table = _table(["metric", "better", *map(str, names)], rows)
     body = f'<section id="metrics">\n<h2>Metrics</h2>\n{table}</section>\n'

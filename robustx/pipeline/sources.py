@@ -217,7 +217,7 @@ def _array_file(path: Path, model: nn.Module, labels: Optional[str],
         raise ValueError(f"--data {path}: the .npz file needs arrays x and y, missing {sorted(missing)}")
     x = _inputs(arrays, path, "--data", clip_values)
     if "y" in arrays:
-        return x, checks.labels(_numeric(arrays["y"], f"--data {path} y"), x.shape[0], f"--data {path} y")
+        return x, checks.data_labels(_numeric(arrays["y"], f"--data {path} y"), x.shape[0], f"--data {path} y")
     if labels != "predicted":
         raise ValueError(f"--data {path}: a .npy file holds no labels; save x and y in a .npz file, or pass "
                          "--labels predicted to take the model's own predictions as labels (CA is then 1)")

@@ -1,6 +1,9 @@
 """The CUDA kernels of the three operators against the pure-PyTorch references run on CPU,
 plus sampling statistics, determinism and opcheck on the GPU (skipped without CUDA)."""
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +12,7 @@ from scipy import stats
 from robustx import ops
 
 CUDA = "cuda"
+ROOT = Path(__file__).resolve().parents[2]
 NORMS = [1.0, 2.0, math.inf]
 FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 STATE_NAMES = ("sections", "upper", "lower", "above", "topk_hit")
@@ -251,13 +255,66 @@ def test_grad_norm_of_the_single_value_three_on_gpu():
 
 
 @pytest.mark.parametrize("row", [5, -1], ids=["too large", "negative"])
-def test_grad_norm_rejects_out_of_range_rows_on_gpu(row):
-    """The old CUDA kernel read jac at any index it was given."""
+def test_grad_norm_checks_host_rows_on_the_host_on_gpu(row):
+    """Rows given on the CPU are checked there (a clear error, no sync) before the copy."""
     jac = torch.randn(1, 2, 5, 8, device=CUDA)
-    with pytest.raises(RuntimeError, match="targets holds a row index outside"):
-        torch.ops.robustx.grad_norm_batch_max(jac, None, torch.tensor([[0, row]], device=CUDA), 2.0, 1, False)
-    with pytest.raises(RuntimeError, match="source holds a row index outside"):
-        torch.ops.robustx.grad_norm_batch_max(jac, torch.tensor([row], device=CUDA), torch.tensor([[0, 1]], device=CUDA), 2.0, 1, False)
+    with pytest.raises(ValueError, match="targets must index rows"):
+        ops.grad_norm_batch_max(jac, torch.tensor([[0, row]]), q=2, batch_size=1)
+    with pytest.raises(ValueError, match="source must index rows"):
+        ops.grad_norm_batch_max(jac, torch.tensor([[0, 1]]), q=2, batch_size=1, source=torch.tensor([row]))
+
+
+@pytest.mark.parametrize("row", [5, -1], ids=["too large", "negative"])
+def test_grad_norm_device_rows_out_of_range_fail_at_the_next_sync_on_gpu(row):
+    """Rows on the GPU are checked by the kernel where it reads them: a device-side assert,
+    raised at the next sync (or by a later launch check; it ends the process's CUDA context,
+    hence a subprocess). A good row in the same process first gives its exact norm."""
+    code = ("import torch, robustx.ops\n"
+            "jac = torch.ones(1, 2, 5, 8, device='cuda')\n"
+            "good = torch.ops.robustx.grad_norm_batch_max(jac, None, torch.tensor([[0, 4]], device='cuda'), 1.0, 1, False)\n"
+            "print('good', good[0].flatten().tolist(), flush=True)\n"
+            f"torch.ops.robustx.grad_norm_batch_max(jac, None, torch.tensor([[0, {row}]], device='cuda'), 2.0, 1, False)\n"
+            "torch.cuda.synchronize()\n"
+            "print('no error', flush=True)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "good [8.0, 8.0, 8.0, 8.0]" in proc.stdout  # ||ones(8)||_1 for (sample, target) in 2 x 2
+    assert proc.returncode != 0 and "no error" not in proc.stdout
+    assert "device-side assert" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_ops_never_wait_for_the_device_on_gpu():
+    """torch.cuda.set_sync_debug_mode("error") raises on any host-device sync: the wrappers
+    and ops run without one (indices on the CPU or on the GPU); results checked afterwards."""
+    jac, source, targets = _jacobian_case(2, 8, 6, 300, t=3, dtype=torch.float32)
+    jac_gpu, source_gpu, targets_gpu = jac.to(CUDA), source.to(CUDA), targets.to(CUDA)
+    centers = torch.rand(3, 3, 8, 8, device=CUDA)
+    act = torch.randn(4, 16, 9, device=CUDA)
+    low, high = torch.full((16,), -0.5, dtype=torch.float64, device=CUDA), torch.full((16,), 0.5, dtype=torch.float64, device=CUDA)
+    states = _fresh_states(16, 5, CUDA)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        host_rows = ops.grad_norm_batch_max(jac_gpu, targets, q=2, batch_size=4, source=source, return_norms=True)
+        device_rows = ops.grad_norm_batch_max(jac_gpu, targets_gpu, q=1, batch_size=8, source=source_gpu)
+        direct = torch.ops.robustx.grad_norm_batch_max(jac_gpu, None, targets_gpu, math.inf, 2, True)
+        points = ops.ball_sample(centers, 5, 0.1, 2, clip_values=(0, 1), seed=3)
+        topk = ops.coverage_update(act, low, high, k=5, threshold=0.5, top_k=2, **states)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    tol = dict(rtol=2e-5, atol=1e-5)
+    for got, args in ((host_rows, (source, targets, 2.0, 4, True)), (device_rows, (source, targets, 1.0, 8, False)),
+                      (direct, (None, targets, math.inf, 2, True))):
+        want = ops.grad_norm_batch_max_ref(jac, *args)
+        torch.testing.assert_close(got[0].cpu(), want[0], **tol)
+        if args[-1]:
+            torch.testing.assert_close(got[1].cpu(), want[1], **tol)
+    want_points = ops.ball_sample_ref(centers.flatten(1).cpu(), 5, 0.1, 2.0, 0.0, 1.0, 3, 0)
+    torch.testing.assert_close(points.flatten(2).cpu(), want_points, rtol=1e-5, atol=1e-6)
+    want_states = _fresh_states(16, 5)
+    want_topk = ops.coverage_update_ref(act.cpu(), low.cpu(), high.cpu(), 5, 0.5, 2, *want_states.values())
+    assert torch.equal(topk.cpu(), want_topk)
+    for name in STATE_NAMES:
+        assert torch.equal(states[name].cpu(), want_states[name]), name
 
 
 def test_grad_norm_rejects_index_tensors_on_another_device_on_gpu():

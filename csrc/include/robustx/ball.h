@@ -118,4 +118,27 @@ RX_HD void write_point_share(BallNorm norm, const PointStream& stream, const sca
   }
 }
 
+// The CUDA kernel's body (see "Kernel bodies" in robustx/common.h): one group per point
+// (center i = point / n, sample offset + point % n); L1/L2 points take two passes over their
+// Philox stream, the direction's norm (a group sum) and the scaled write.
+template <typename scalar_t, typename acc_t, typename Group>
+RX_HD void ball_sample_body(const Group& block, const scalar_t* centers, scalar_t* out, int64_t points, int64_t n,
+                            int64_t d, BallNorm norm, acc_t radius, Box<acc_t> box, uint64_t seed, int64_t offset) {
+  for (int64_t point = block.index(); point < points; point += block.count()) {
+    const int64_t i = point / n;
+    const PointStream stream(seed, static_cast<uint64_t>(offset + point % n), static_cast<uint32_t>(i));
+    acc_t scale = acc_t(0);
+    if (norm != BallNorm::Linf) {
+      const double total = block.reduce(
+          [&](int64_t tid) { return direction_norm_share<acc_t>(norm, stream, d, tid, block.size()); },
+          [](double a, double b) { return a + b; });
+      scale = direction_scale(norm, stream, radius, d, total);
+    }
+    block.each([&](int64_t tid) {
+      write_point_share<scalar_t, acc_t>(norm, stream, centers + i * d, out + point * d, d, radius, scale, box, tid,
+                                         block.size());
+    });
+  }
+}
+
 }  // namespace robustx

@@ -1,6 +1,6 @@
 // Per-neuron coverage rules shared by the CPU and CUDA kernels of
 // robustx::coverage_update (see robustx.ops.coverage_update_ref for the contract), and the
-// CUDA kernels' per-thread work, which tests/kernel_sim runs on the host.
+// CUDA kernels' bodies, which tests/kernel_sim runs on the host.
 #pragma once
 #include <cmath>
 
@@ -8,13 +8,15 @@
 
 namespace robustx {
 
-// k-section of [low, high] hit by v, inclusive edges, or -1 when v is outside.
+// k-section of [low, high] hit by v, inclusive edges, or -1 when v is outside. Clamped to
+// [0, k - 1] in double before the int64 cast: (v - low) k overflows to inf on huge ranges
+// (low = 0, high = v = 1e308, k = 10 gives section k - 1), and an infinite bound's NaN gives 0.
 RX_HD int64_t section_index(double v, double low, double high, int64_t k) {
   if (!(v >= low && v <= high)) return -1;
   const double width = high - low;
   if (!(width > 0)) return 0;
-  int64_t idx = static_cast<int64_t>(std::floor((v - low) * static_cast<double>(k) / width));
-  return idx < 0 ? 0 : (idx >= k ? k - 1 : idx);
+  const double x = std::floor((v - low) * static_cast<double>(k) / width), last = static_cast<double>(k - 1);
+  return static_cast<int64_t>(x >= last ? last : (x > 0 ? x : 0.0));
 }
 
 // DeepXplore's per-input scaling of a neuron value to [0, 1] (0 when the input's layer is constant).
@@ -114,6 +116,69 @@ RX_HD Ranked topk_share(const double* v, int64_t m_count, Ranked previous, int64
     if (previous.index < 0 || ranks_before(previous.value, previous.index, v[m], m)) best = better(best, Ranked{v[m], m});
   }
   return best;
+}
+
+// ---- The bodies of the three CUDA kernels (see "Kernel bodies" in robustx/common.h),
+// launched with blocks of kMaxThreads threads, at most kCoverageMaxBlocks blocks each.
+constexpr int64_t kCoverageMaxBlocks = int64_t{1} << 16;
+
+// 1. neuron_stats: one warp per (input, neuron) row reads its L elements once: v (the mean),
+// and the row's min and max.
+template <typename scalar_t, typename Group>
+RX_HD void neuron_stats_body(const Group& warp, const scalar_t* act, int64_t rows, int64_t l_count, double* v,
+                             double* row_min, double* row_max) {
+  for (int64_t row = warp.index(); row < rows; row += warp.count()) {
+    const RowStats s = warp.reduce(
+        [&](int64_t lane) { return row_stats_share(act + row * l_count, l_count, lane, warp.size()); },
+        [](RowStats a, RowStats b) { return merge(a, b); });
+    warp.leader([&] {
+      v[row] = s.sum / static_cast<double>(l_count);
+      row_min[row] = s.range.lo;
+      row_max[row] = s.range.hi;
+    });
+  }
+}
+
+// 2. input_reduce: one block per input n: input_min / input_max over its neurons' element
+// ranges, then top_k rounds, each picking the best neuron ranked after the previous pick.
+template <typename Group>
+RX_HD void input_reduce_body(const Group& block, const double* v, const double* row_min, const double* row_max,
+                             int64_t n_count, int64_t m_count, int64_t top_k, double* input_min, double* input_max,
+                             int64_t* topk_idx, bool* topk_hit) {
+  for (int64_t n = block.index(); n < n_count; n += block.count()) {
+    const int64_t row = n * m_count;
+    const Range r = block.reduce(
+        [&](int64_t tid) { return input_range_share(row_min + row, row_max + row, m_count, tid, block.size()); },
+        [](Range a, Range b) { return merge(a, b); });
+    block.leader([&] {
+      input_min[n] = r.lo;
+      input_max[n] = r.hi;
+    });
+    Ranked previous{0.0, -1};
+    for (int64_t round = 0; round < top_k; ++round) {
+      previous = block.reduce([&](int64_t tid) { return topk_share(v + row, m_count, previous, tid, block.size()); },
+                              [](Ranked a, Ranked b) { return better(a, b); });
+      block.leader([&] {
+        topk_idx[n * top_k + round] = previous.index;
+        topk_hit[previous.index] = true;
+      });
+    }
+  }
+}
+
+// 3. update_flags: one thread per (input, neuron) sets its section / corner / threshold flags.
+template <typename Group>
+RX_HD void update_flags_body(const Group& block, const double* v, const double* low, const double* high,
+                             const double* input_min, const double* input_max, int64_t n_count, int64_t m_count,
+                             int64_t k, double threshold, bool* sections, bool* upper, bool* lower, bool* above) {
+  block.each([&](int64_t tid) {
+    const int64_t total = n_count * m_count, stride = block.count() * block.size();
+    for (int64_t nm = block.index() * block.size() + tid; nm < total; nm += stride) {
+      const int64_t n = nm / m_count, m = nm % m_count;
+      set_flags(neuron_flags(v[nm], low[m], high[m], k, input_min[n], input_max[n], threshold), m, k, sections, upper,
+                lower, above);
+    }
+  });
 }
 
 }  // namespace robustx

@@ -65,4 +65,35 @@ RX_HD int64_t batch_slot(GradTask g, int64_t t_count, int64_t s_count, int64_t b
   return (g.m * t_count + g.t) * (s_count / batch_size) + g.s / batch_size;
 }
 
+RX_HD bool row_in_range(int64_t row, int64_t rows) { return row >= 0 && row < rows; }
+
+// The CUDA kernel's body (see "Kernel bodies" in robustx/common.h): one group per task
+// (image m, target t, sample s) sums the row's q-norm and folds it into its batch maximum.
+// Row indices are checked where they are read (check: a device-side assert on CUDA), so the
+// op needs no host sync for indices on the device; a task with a bad row is skipped.
+template <typename scalar_t, typename acc_t, typename out_t, typename Group>
+RX_HD void grad_norm_batch_max_body(const Group& block, const scalar_t* jac, const int64_t* source,
+                                    const int64_t* targets, out_t* maxima, out_t* norms, int64_t tasks,
+                                    int64_t t_count, int64_t s_count, int64_t k_count, int64_t d, int64_t batch_size,
+                                    DualNorm q) {
+  for (int64_t task = block.index(); task < tasks; task += block.count()) {
+    const GradTask g = grad_task(task, t_count, s_count);
+    const int64_t target = targets[g.m * t_count + g.t], src = source ? source[g.m] : 0;
+    if (!block.check(row_in_range(target, k_count) && row_in_range(src, k_count),
+                     "grad_norm_batch_max: targets or source holds a row index outside [0, K)")) {
+      continue;
+    }
+    const scalar_t* base = jac + (g.m * s_count + g.s) * k_count * d;
+    const scalar_t* a = source ? base + src * d : nullptr;
+    const double total = block.reduce(
+        [&](int64_t tid) { return norm_share<scalar_t, acc_t>(q, a, base + target * d, d, tid, block.size()); },
+        [q](double x, double y) { return norm_combine(q, x, y); });
+    block.leader([&] {
+      const out_t value = static_cast<out_t>(static_cast<acc_t>(norm_finalize(q, total)));
+      if (norms) norms[norm_slot(g, t_count, s_count)] = value;
+      block.max_into(maxima + batch_slot(g, t_count, s_count, batch_size), value);
+    });
+  }
+}
+
 }  // namespace robustx

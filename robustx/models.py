@@ -209,8 +209,11 @@ def logits_of(output, name: str = "the model") -> torch.Tensor:
 
 def returning_logits(model: nn.Module, name: str = "the model") -> nn.Module:
     """``model`` itself, its forward output passed through :func:`logits_of` (a forward hook:
-    a tensor passes unchanged, a tuple gives its first element, a dict its ``"logits"``)."""
+    a tensor passes unchanged, a tuple gives its first element, a dict its ``"logits"``).
+    A ScriptModule, which takes no Python hooks, is returned as it is."""
     checks.model(model, name)
+    if isinstance(model, torch.jit.ScriptModule):
+        return model
     if not getattr(model, "_robustx_logits_hook", False):
         model.register_forward_hook(lambda module, inputs, output: logits_of(output, name))
         model._robustx_logits_hook = True

@@ -40,7 +40,7 @@ from torch import nn
 from robustx import attacks as attack_lib
 from robustx import checks
 from robustx import metrics as suite
-from robustx.modelutil import DEFAULT_LAYER_TYPES, chunks, frozen_eval, progress_bar, resolve_layers
+from robustx.modelutil import chunks, frozen_eval, progress_bar, resolve_layers
 from robustx.neurons import neuron_axes
 from robustx.pipeline import distributed
 from robustx.pipeline.report import MetricResult, Report, histogram_png, image_grid_png, layer_bars_png
@@ -515,9 +515,6 @@ def _skip_reason(run: _Run, info: suite.MetricInfo) -> Optional[str]:
         attribute, reason = _PROVIDERS[need]
         if getattr(run, attribute) is None:
             return reason
-    layers = (m for m in run.model.modules() if isinstance(m, DEFAULT_LAYER_TYPES))
-    if info.family in ("coverage", "neuron") and next(layers, None) is None:
-        return "the model has no Conv/Linear module to observe (a TorchScript file or an exported program)"
     return None
 
 

@@ -227,10 +227,16 @@ class _Run:
 
     def _make_adversarial(self, name: str, on: str) -> torch.Tensor:
         target = self.model if on == "model" else self.surrogate
-        seeded = "seed" in attack_lib.attack_settings(name)
+        given = self.attacks[name]
+        seeded = not callable(given) and "seed" in attack_lib.attack_settings(name)
 
         def make(b: slice, seed: int) -> Dict[str, torch.Tensor]:
-            attack = attack_lib.get_attack(name, **self._attack_settings(name), **({"seed": seed} if seeded else {}))
+            if callable(given):
+                attack = given
+            else:  # a table's own seed replaces the run's as the base of the batch seeds
+                settings = dict(self._attack_settings(name))
+                seed = seed - self.seed + settings.pop("seed", self.seed)
+                attack = attack_lib.get_attack(name, **settings, **({"seed": seed} if seeded else {}))
             with frozen_eval(target):
                 x_adv = attack(target, self.x[b].to(self.device), self.y[b].to(self.device))
             return {"x_adv": x_adv.detach().cpu()}
@@ -239,7 +245,10 @@ class _Run:
                               roles=(on,))["x_adv"]
 
     def attack_key(self, name: str) -> Dict[str, Any]:
-        """What the examples of attack ``name`` depend on besides model, inputs and seed."""
+        """What the examples of attack ``name`` depend on besides model, inputs and seed (a
+        callable: its qualified name)."""
+        if callable(self.attacks[name]):
+            return {"attack": name, "callable": _jsonable(self.attacks[name])}
         return {"attack": name, "settings": self._attack_settings(name)}
 
     def _attack_settings(self, name: str) -> Dict[str, Any]:
@@ -538,6 +547,9 @@ def _jsonable(value):
         return [_jsonable(v) for v in value]
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
+    if callable(value):  # an attack given as a callable: its qualified name (stable across processes)
+        fn = getattr(value, "func", value)
+        return f"callable {getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
     return str(value)
 
 
@@ -599,7 +611,7 @@ def _check_config(config: Optional[Mapping[str, Mapping[str, Any]]], attack_name
         if not isinstance(keys, Mapping):
             raise TypeError(f"config: [{table}] must be a table of keyword arguments, got {keys!r}")
         keys = {_ALIASES.get(table, {}).get(k, k): v for k, v in keys.items()}
-        accepted = (set(attack_lib.attack_settings(table)) - {"seed"} if table in attack_lib.ATTACKS
+        accepted = (set(attack_lib.attack_settings(table)) if table in attack_lib.ATTACKS
                     else _accepted(_TARGETS[table]) | _EXTRA_KEYS.get(table, set()))
         reserved = sorted((set(keys) - accepted) & _DATA_ARGUMENTS)
         if reserved:
@@ -611,19 +623,34 @@ def _check_config(config: Optional[Mapping[str, Mapping[str, Any]]], attack_name
     return config
 
 
-def _attack_table(attacks, config) -> Dict[str, Dict[str, Any]]:
+def _attack_table(attacks, config) -> Dict[str, Union[Dict[str, Any], Callable]]:
+    """name -> settings of a built-in attack, or the callable ``attack(model, x, y)`` itself."""
     if attacks is None:
         attacks = {name: dict(settings) for name, settings in DEFAULT_ATTACKS.items()}
     elif isinstance(attacks, str):
         attacks = {name.strip(): {} for name in attacks.split(",") if name.strip()}
+    elif callable(attacks):
+        attacks = {_callable_name(attacks): attacks}
     elif not isinstance(attacks, Mapping):
-        attacks = {name: {} for name in attacks}
+        attacks = {_callable_name(a): a if callable(a) else {} for a in attacks}
     table = {}
     for name, settings in attacks.items():
+        if callable(settings):
+            table[name] = settings
+            continue
         if name not in attack_lib.ATTACKS:
-            raise ValueError(f"attacks: unknown attack {name!r}; built-in: {', '.join(attack_lib.ATTACKS)}")
+            raise ValueError(f"attacks: unknown attack {name!r}; built-in: {', '.join(attack_lib.ATTACKS)}, or a "
+                             "callable attack(model, x, y) -> x_adv")
         table[name] = {**DEFAULT_ATTACKS.get(name, {}), **dict(settings), **dict(config.get(name, {}))}
     return table
+
+
+def _callable_name(attack) -> str:
+    """The table name of an attack given as a callable (a name string stays itself)."""
+    if not callable(attack):
+        return attack
+    fn = getattr(attack, "func", attack)  # functools.partial: its function
+    return getattr(fn, "__name__", type(fn).__name__)
 
 
 class _Checked(Exception):
@@ -680,6 +707,8 @@ def _check_settings(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tables: 
         data = {k: v for k, v in given.items() if k in inspect.signature(fn).parameters}
         _probe(f"[{table}]", fn, **data, **keys)
     for name, settings in attacks.items():
+        if callable(settings):  # the user's own attack: nothing of robustx's to check
+            continue
         seeded = {"seed": seed} if "seed" in attack_lib.attack_settings(name) else {}
         arguments = {**_attack_arguments(name, settings, clip), **seeded}
         _probe(f"[{name}]", lambda: attack_lib.get_attack(name, **arguments)(given["model"], x1, y1))
@@ -727,9 +756,11 @@ def evaluate(
     ``clip_values``; labels are integers, or floats that are whole numbers (a fractional
     label is refused, never truncated). ``metrics``: "all", or names of
     :func:`robustx.metrics.available`.
-    ``attacks``: attack names ("pgd", "fgsm", ...), or a mapping name -> settings
-    (:func:`robustx.attacks.get_attack`; default :data:`DEFAULT_ATTACKS`); the first is the
+    ``attacks``: attack names ("pgd", "fgsm", "autoattack", ...), or a mapping name -> settings
+    (:func:`robustx.attacks.get_attack`; default :data:`DEFAULT_ATTACKS`) or name -> a callable
+    ``attack(model, x, y) -> x_adv``, or a list of names and callables; the first is the
     one the metrics of adversarial examples use; AA_W is the worst case over all of them.
+    A callable is identified in the run (and on resume) by its qualified name.
     ``defended``: a defended version of the model (CAV, CRR, CSR, CCV, COS);
     ``surrogate``: a model to transfer the first attack's examples from (AA_B);
     ``baseline``: the reference model of mCE / rmCE (without one, unnormalised);
@@ -818,6 +849,8 @@ def evaluate(
     if run.reused and progress and rank == 0:
         print(f"robustx: reused {len(run.reused)} finished units from {folder}, computed {len(run.computed)}",
               file=sys.stderr)
+    if rank == 0:
+        report.inputs = _per_input(run)
     if out is not None and rank == 0:
         report.save(folder)
     if rank == 0 and (report.failed or run.failed_figures):
@@ -825,6 +858,17 @@ def evaluate(
         warnings.warn(f"evaluate: {', '.join(failed)} failed; report.failed and report.run['failed_figures'] give "
                       "the reasons", RuntimeWarning, stacklevel=2)
     return distributed.gather_in_order({0: report} if rank == 0 else {})[0]
+
+
+def _per_input(run: _Run) -> Dict[str, list]:
+    """The per-input columns of the report: label, clean prediction and the attacks whose
+    example the model misclassifies ("fooled_by", names joined by ";")."""
+    made = [a for a in run.attacks if (a, "model") in run._adversarial]
+    wrong = {a: (run.logits(run.model, run.adversarial(a)).argmax(1) != run.y).tolist() for a in made}
+    columns = {"label": run.y.tolist(), "prediction": run.logits(run.model, run.x).argmax(1).tolist()}
+    if made:
+        columns["fooled_by"] = [";".join(a for a in made if wrong[a][i]) for i in range(run.x.shape[0])]
+    return columns
 
 
 _FINGERPRINT = {"model": "model weights", "data": "data (inputs or labels)", "profile": "profile data",
@@ -872,7 +916,8 @@ def _from_rank0(value):
 def _landscape_settings(table: Mapping[str, Any], attacks: Mapping[str, Mapping[str, Any]], clip) -> Dict[str, Any]:
     """A [landscape] table with its defaults: n_images 2, span 2 x the first attack's eps
     (else 0.1 of the data range)."""
-    eps = next(iter(attacks.values()), {}).get("eps")
+    first = next(iter(attacks.values()), {})
+    eps = first.get("eps") if isinstance(first, Mapping) else None
     return {"n_images": 2, "span": 2 * eps if eps else 0.1 * (clip[1] - clip[0]), **table}
 
 

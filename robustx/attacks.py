@@ -5,7 +5,9 @@
   starts and restarts;
 * :func:`deepfool` - minimal L2 perturbation to the nearest linearised boundary
   (Moosavi-Dezfooli et al. 2016);
-* :func:`carlini_wagner_l2` - Carlini & Wagner (2017) L2 attack.
+* :func:`carlini_wagner_l2` - Carlini & Wagner (2017) L2 attack;
+* :func:`robustx.autoattack.autoattack` - AutoAttack (Croce & Hein 2020), the field's
+  reference, through its authors' code (the optional ``pyautoattack`` package).
 
 Every attack returns adversarial examples with the shape, dtype and device of ``x``. The
 model runs in eval mode with frozen parameters (:func:`robustx.modelutil.frozen_eval`);
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustx import checks, ops
+from robustx.autoattack import autoattack
 from robustx.geometry import logit_margin, project_ball, project_box, steepest_ascent
 from robustx.modelutil import chunks, frozen_eval, model_device, progress_bar
 
@@ -303,7 +306,7 @@ def _deepfool_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwarg
 
 
 # the built-in attacks by name; get_attack puts one, with its settings, in the protocol form
-ATTACKS = {"fgsm": fgsm, "pgd": pgd, "deepfool": deepfool, "cw": carlini_wagner_l2}
+ATTACKS = {"fgsm": fgsm, "pgd": pgd, "deepfool": deepfool, "cw": carlini_wagner_l2, "autoattack": autoattack}
 
 
 def attack_settings(name: str) -> Dict[str, inspect.Parameter]:
@@ -318,8 +321,8 @@ def attack_settings(name: str) -> Dict[str, inspect.Parameter]:
 
 
 def get_attack(name: str, **settings) -> Attack:
-    """The built-in attack ``name`` (a key of :data:`ATTACKS`: "fgsm", "pgd", "deepfool", or
-    "cw" for :func:`carlini_wagner_l2`) with ``settings`` fixed, as an :class:`Attack`
+    """The built-in attack ``name`` (a key of :data:`ATTACKS`: "fgsm", "pgd", "deepfool",
+    "cw" for :func:`carlini_wagner_l2`, or "autoattack") with ``settings`` fixed, as an :class:`Attack`
     ``attack(model, x, y) -> x_adv``. Unknown or missing settings raise TypeError naming them.
 
     ``get_attack("pgd", eps=0.1, steps=20)(model, x, y)`` is ``pgd(model, x, y, eps=0.1, steps=20)``.

@@ -28,13 +28,31 @@ def _add_evaluate(subparsers) -> None:
         "DIR/report.html and DIR/store.sqlite; --resume continues a killed run.",
     )
     _add_run_options(p, "out/evaluate")
-    p.add_argument("--model", required=True, help="digits, resnet20 or module:factory (called with no arguments, "
-                   "e.g. torchvision.models:resnet50)")
-    p.add_argument("--weights", default=None, help="state dict for the model (default: its shipped weights)")
-    p.add_argument("--normalize", choices=("imagenet",), default=None, help="wrap the model so it sees inputs "
-                   "normalised with the ImageNet mean and std (the data itself stays in [0, 1])")
+    p.add_argument("--model", required=True, help="digits (also digits-seed1, digits-pgd), resnet20, module:factory "
+                   "(e.g. torchvision.models:resnet50, timm:create_model; a module in the working directory works), "
+                   "or the path of a TorchScript file or a .pt2 exported program")
+    p.add_argument("--model-args", default=None, help="keyword arguments of a module:factory as a JSON object, "
+                   "e.g. '{\"model_name\": \"resnet18\", \"num_classes\": 10}'")
+    p.add_argument("--weights", default=None, help="checkpoint for the model: a state dict (also nested under "
+                   "state_dict / model / model_state_dict / ema, keys prefixed module. or _orig_mod.) or .safetensors "
+                   "(default: its shipped weights)")
+    for role, metrics in ROLES.items():
+        p.add_argument(f"--{role}", default=None, help=f"the {role} model ({metrics}), given like --model")
+        p.add_argument(f"--{role}-weights", default=None, help=f"checkpoint for --{role}, as --weights")
+        p.add_argument(f"--{role}-args", default=None, help=f"keyword arguments of a --{role} factory, as --model-args")
+    p.add_argument("--normalize", choices=("imagenet",), default=None, help="wrap the models so they see inputs "
+                   "normalised with the ImageNet mean and std (the data itself stays in --clip-values)")
+    p.add_argument("--mean", type=_floats, default=None, help="per-channel mean the models' inputs are normalised "
+                   "with, e.g. 0.4914,0.4822,0.4465 (with --std)")
+    p.add_argument("--std", type=_floats, default=None, help="per-channel standard deviation (with --mean)")
+    p.add_argument("--clip-values", type=_floats, default=(0.0, 1.0), metavar="LO,HI", help="the data domain: "
+                   "inputs lie in [LO, HI], attacks stay in it (default 0,1)")
     p.add_argument("--data", default=None, help="digits, cifar100, an ImageNet-style folder (one subfolder per "
-                   "class, .jpg/.jpeg/.png) or a .npz (x, y) / .npy (x) file (default: the model's own test set)")
+                   "class, .jpg/.jpeg/.png) or a .npz (x, y) / .npy (x) file (default: a built-in model's own test set)")
+    p.add_argument("--labels", choices=("predicted",), default=None, help="predicted: a .npy file's labels are the "
+                   "model's own predictions (CA is then 1)")
+    p.add_argument("--profile", default=None, help="inputs whose neuron ranges KMNC / NBC / SNAC use (e.g. training "
+                   "data), given like --data (default: the digits training split for --data digits, else none)")
     p.add_argument("-n", "--n", type=int, default=None, help="evaluate the first N inputs (a folder: N spread "
                    "evenly over it; default: all; under torchrun write -n N: torchrun takes --n for its own options)")
     p.add_argument("--workers", type=int, default=2, help="processes decoding a folder's images ahead of the batch "
@@ -51,9 +69,23 @@ def _add_evaluate(subparsers) -> None:
                    "passes that give logits (not attacks, not CLEVER's gradients)")
 
 
+#: the models besides --model a run can take, and the metrics each one enables
+ROLES = {"defended": "CAV, CRR, CSR, CCV, COS", "surrogate": "AA_B: transferred attack",
+         "baseline": "mCE, rmCE normalised by it"}
+
+
+def _floats(value: str):
+    """Comma-separated numbers, e.g. ``0,1`` or ``0.485,0.456,0.406``."""
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {value!r}") from None
+
+
 def _add_run_options(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--metrics", default="all", help="comma-separated metric names (robustx metrics), or all")
-    p.add_argument("--attacks", default=None, help="comma-separated attacks (default: pgd)")
+    p.add_argument("--attacks", default=None, help="comma-separated attacks: fgsm, pgd, deepfool, cw, autoattack "
+                   "(the field's reference, pip install pyautoattack; default: pgd)")
     p.add_argument("--config", default=None, help="TOML file: one table per metric or attack, e.g. [clever]")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default %(default)s)")
     p.add_argument("--device", default=None, help="torch device the model is moved to (default: the model's)")
@@ -71,14 +103,21 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     if args.device is not None:
         checks.device(args.device, name="--device")  # before any work: the device exists here
+    clip = checks.clip_range(args.clip_values, "--clip-values")
     distributed.init_from_env()  # under torchrun: one process per device, inputs sharded by rank
     rank = distributed.world()[0]
-    model = sources.load_model(args.model, args.weights, args.normalize)
+    normalization = dict(normalize=args.normalize, mean=args.mean, std=args.std)
+    model = sources.load_model(args.model, args.weights, args=sources.model_args(args.model_args), **normalization)
+    others = _role_models(args, normalization)
     data = args.data or sources.default_data(args.model)
-    inputs = sources.load_data(data, model, args.n, resize=args.resize, crop=args.crop)
+    inputs = sources.load_data(data, model, args.n, resize=args.resize, crop=args.crop, labels=args.labels,
+                               clip_values=clip)
+    profile = (sources.load_profile(args.profile, clip, workers=args.workers, resize=args.resize, crop=args.crop)
+               if args.profile else sources.default_profile(data))
     device = args.device or _local_device()
     if device is not None:
-        model.to(device)
+        for net in (model, *others.values()):
+            net.to(device)
     batch_size = args.batch_size
     if batch_size == "auto":  # rank 0's measure, so every rank runs the same batches
         from robustx.pipeline.batchsize import auto_batch_size
@@ -87,14 +126,31 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         batch_size = distributed.gather_in_order({0: auto_batch_size(model, first, device)} if rank == 0 else {})[0]
     with _failures_summarised():
         report = evaluate(model, inputs, metrics=args.metrics, attacks=args.attacks, config=_read_config(args.config),
-                          profile=sources.default_profile(data), out=args.out, resume=args.resume, seed=args.seed,
-                          device=device, batch_size=batch_size, progress=not args.no_progress and rank == 0,
+                          profile=profile, out=args.out, resume=args.resume, seed=args.seed, device=device,
+                          batch_size=batch_size, clip_values=clip, progress=not args.no_progress and rank == 0,
                           name=args.model, channels_last=args.channels_last, autocast=args.autocast,
-                          workers=args.workers, save_adversarial=args.save_adversarial, _resume_hint="--resume")
+                          workers=args.workers, save_adversarial=args.save_adversarial, _resume_hint="--resume",
+                          **others)
     if rank == 0:
         print(_summary(report))
-        print(f"wrote {args.out}/report.json, {args.out}/report.html and {args.out}/store.sqlite")
+        print(f"wrote {args.out}/report.json, report.html, report.csv and store.sqlite")
     return _failures(report, "evaluate")
+
+
+def _role_models(args: argparse.Namespace, normalization: dict) -> dict:
+    """The --defended / --surrogate / --baseline models given, by role."""
+    from robustx.pipeline import sources
+
+    models = {}
+    for role in ROLES:
+        spec, weights, factory_args = (getattr(args, f"{role}{suffix}") for suffix in ("", "_weights", "_args"))
+        if spec is None:
+            if weights is not None or factory_args is not None:
+                raise ValueError(f"--{role}-{'weights' if weights is not None else 'args'} needs --{role}")
+            continue
+        models[role] = sources.load_model(spec, weights, args=sources.model_args(factory_args, f"--{role}-args"),
+                                          name=f"--{role}", **normalization)
+    return models
 
 
 def _batch_size(value: str):
@@ -173,7 +229,9 @@ def _add_demo(subparsers) -> None:
         "demo",
         help="the whole suite on the built-in digits CNN (a few minutes on a 2-core CPU)",
         description="robustx evaluate on the built-in digits CNN and its test images, with settings sized "
-        "for a laptop CPU: every metric, PGD L-inf eps 0.1, coverage profiled on the training split.",
+        "for a laptop CPU: every metric, PGD L-inf eps 0.1, the PGD-trained digits CNN as the defended model, "
+        "an independently trained one as the surrogate (AA_B) and the mCE baseline, coverage profiled on the "
+        "training split.",
     )
     p.add_argument("--n", type=int, default=128, help="test images (default %(default)s; a number larger than the "
                    "test set: all of it)")
@@ -196,11 +254,13 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     x, y = digits("test")
     n = min(checks.integer(args.n, "--n"), x.shape[0])
+    independent = digits_cnn(variant="seed1")
     with _failures_summarised():
-        report = evaluate(digits_cnn(), (x[:n], y[:n]), config=DEMO_CONFIG, profile=digits("train")[0],
-                          out=args.out, progress=not args.no_progress, name="digits CNN (built-in)")
+        report = evaluate(digits_cnn(), (x[:n], y[:n]), config=DEMO_CONFIG, defended=digits_cnn(variant="pgd"),
+                          surrogate=independent, baseline=independent, profile=digits("train")[0], out=args.out,
+                          progress=not args.no_progress, name="digits CNN (built-in)")
     print(_summary(report))
-    print(f"report: {args.out}/report.html (and report.json, store.sqlite)")
+    print(f"report: {args.out}/report.html (and report.json, report.csv, store.sqlite)")
     return _failures(report, "demo")
 
 
@@ -325,6 +385,18 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = (ValueError, TypeError, KeyError, OSError, ImportError, RuntimeError)
 
 
+def _importable_working_directory() -> None:
+    """Put the working directory first on ``sys.path`` when it is not there, as ``python -m``
+    does, so ``--model mymodels:factory`` finds ``./mymodels.py`` under the installed
+    ``robustx`` command too (whose ``sys.path`` starts with its own bin folder)."""
+    import os
+    import sys
+
+    cwd = os.getcwd()
+    if not any(os.path.abspath(entry or os.curdir) == cwd for entry in sys.path):
+        sys.path.insert(0, cwd)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``robustx`` console script and ``python -m robustx``.
 
@@ -332,6 +404,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     (a multi-line message joined), and exits with 2; ``--debug`` shows the traceback instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _importable_working_directory()
     try:
         return args.run(args)
     except USER_ERRORS as err:

@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
+import zipfile
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from robustx import checks
 
-__all__ = ["DigitsCNN", "digits_cnn", "BasicBlock", "ResNet20", "resnet20_cifar", "load_weights", "DIGITS_WEIGHTS"]
+__all__ = ["DigitsCNN", "digits_cnn", "digits_weights", "DIGITS_VARIANTS", "BasicBlock", "ResNet20", "resnet20_cifar",
+           "load_weights", "DIGITS_WEIGHTS", "CHECKPOINT_KEYS", "KEY_PREFIXES", "logits_of", "returning_logits",
+           "ModelFile"]
 
 DIGITS_WEIGHTS = Path(__file__).resolve().parent / "weights" / "digits_cnn.pt"
+#: The shipped digits CNNs (``scripts/train_digits.py --variant NAME`` reproduces each file):
+#: the standard model, an independently trained copy (seed 1) and a PGD-trained one.
+DIGITS_VARIANTS = {"standard": "digits_cnn.pt", "seed1": "digits_cnn_seed1.pt", "pgd": "digits_cnn_pgd.pt"}
 
 
 class DigitsCNN(nn.Module):
@@ -47,20 +54,64 @@ class DigitsCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+#: Keys under which checkpoints nest the state dict (training scripts, Lightning, timm's EMA),
+#: tried in this order after the file's top level.
+CHECKPOINT_KEYS = ("state_dict", "model", "model_state_dict", "ema", "state_dict_ema")
+#: Prefixes wrappers add to every key: DistributedDataParallel / DataParallel, torch.compile.
+KEY_PREFIXES = ("module.", "_orig_mod.")
+
+
 def load_weights(model: nn.Module, path: Union[str, os.PathLike], name: str = "weights") -> nn.Module:
-    """Load the state dict saved at ``path`` (``torch.save(model.state_dict(), path)``) into
-    ``model`` and return it. The file is read with ``weights_only=True`` (never unpickled);
-    a file that is not a state dict, or whose keys or shapes do not fit ``model``, raises
-    ``ValueError`` naming ``name``, the file and the first offending keys."""
+    """Load the weights saved at ``path`` into ``model`` and return it.
+
+    ``path``: a state dict saved by ``torch.save`` (read with ``weights_only=True``: never
+    unpickled) or a ``.safetensors`` file (needs the ``safetensors`` package). The state dict
+    may be the file itself or nested under one of :data:`CHECKPOINT_KEYS`, and its keys may
+    carry the prefixes of :data:`KEY_PREFIXES`; the first of these readings whose keys are
+    exactly the model's is loaded. A file that is not a state dict, or whose keys or shapes do
+    not fit ``model``, raises ``ValueError`` naming ``name``, the file, the first offending
+    keys of the closest reading and the readings tried."""
     state = _load_state(path, name)
     what = f"{name} {path}"
-    _check_shapes(model, state, what)
-    result = model.load_state_dict(state, strict=False)  # not strict: a one-line message, below
+    own = set(model.state_dict())
+    readings = _readings(state)
+    fitting = [r for r in readings if set(r[1]) == own]
+    _, chosen = fitting[0] if fitting else max(readings, key=lambda r: len(own & set(r[1])))
+    _check_shapes(model, chosen, what)
+    result = model.load_state_dict(chosen, strict=False)  # not strict: a one-line message, below
     if result.missing_keys or result.unexpected_keys:
         parts = [f"{kind} keys {_first_keys(keys)}" for kind, keys in
                  (("missing", result.missing_keys), ("unexpected", result.unexpected_keys)) if keys]
-        raise ValueError(f"{what} does not fit {type(model).__name__}: {'; '.join(parts)}")
+        tried = f" (closest of: {', '.join(r[0] for r in readings)})" if len(readings) > 1 else ""
+        raise ValueError(f"{what} does not fit {type(model).__name__}: {'; '.join(parts)}{tried}")
     return model
+
+
+def _readings(state: Mapping) -> List[Tuple[str, Mapping]]:
+    """(description, state dict) for the top level and each nested key of :data:`CHECKPOINT_KEYS`,
+    each followed by its keys without the :data:`KEY_PREFIXES` that every key shares."""
+    nested = [("the top level", state)] + [(f"[{key!r}]", state[key]) for key in CHECKPOINT_KEYS
+                                           if isinstance(state.get(key), Mapping)]
+    readings = []
+    for where, sub in nested:
+        readings.append((where, sub))
+        stripped, removed = _strip_prefixes(sub)
+        if removed:
+            readings.append((f"{where} without {''.join(removed)!r}", stripped))
+    return readings
+
+
+def _strip_prefixes(state: Mapping) -> Tuple[Mapping, List[str]]:
+    """``state`` without the prefixes of :data:`KEY_PREFIXES` that every key starts with
+    (repeatedly: ``module._orig_mod.``), and the prefixes removed."""
+    removed: List[str] = []
+    while state:
+        prefix = next((p for p in KEY_PREFIXES if all(isinstance(k, str) and k.startswith(p) for k in state)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix):]: v for k, v in state.items()}
+        removed.append(prefix)
+    return state, removed
 
 
 def _load_state(path: Union[str, os.PathLike], name: str) -> Mapping:
@@ -69,6 +120,8 @@ def _load_state(path: Union[str, os.PathLike], name: str) -> Mapping:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{name}: no such file: {path}")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path, name)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -83,6 +136,20 @@ def _load_state(path: Union[str, os.PathLike], name: str) -> Mapping:
         raise ValueError(f"{name} {path}: not a state dict but a {type(state).__name__}; save the weights with "
                          "torch.save(model.state_dict(), path)")
     return state
+
+
+def _load_safetensors(path: Path, name: str) -> Mapping:
+    """The tensors of a ``.safetensors`` file (a format without code: nothing to unpickle)."""
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError as err:
+        raise ImportError(f"{name} {path}: reading .safetensors needs the safetensors package "
+                          "(pip install safetensors, or robustx[safetensors])") from err
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{name} {path}: not a readable .safetensors file ({type(err).__name__}: {err})") from err
 
 
 def _check_shapes(model: nn.Module, state: Mapping, what: str) -> None:
@@ -100,15 +167,110 @@ def _first_keys(keys: Sequence[str], shown: int = 3) -> str:
     return text + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
-def digits_cnn(pretrained: bool = True) -> DigitsCNN:
-    """The digits CNN in eval mode; ``pretrained=True`` loads the shipped weights
-    (>= 97 % test accuracy on ``robustx.data.digits("test")``)."""
+def digits_weights(variant: str = "standard") -> Path:
+    """The shipped weight file of a digits CNN variant (a key of :data:`DIGITS_VARIANTS`)."""
+    if variant not in DIGITS_VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(DIGITS_VARIANTS)}, got {variant!r}")
+    return DIGITS_WEIGHTS.with_name(DIGITS_VARIANTS[variant])
+
+
+def digits_cnn(pretrained: bool = True, variant: str = "standard") -> DigitsCNN:
+    """The digits CNN in eval mode; ``pretrained=True`` loads the shipped weights of
+    ``variant`` (:data:`DIGITS_VARIANTS`): "standard" (>= 97 % test accuracy on
+    ``robustx.data.digits("test")``), "seed1" (the same recipe from another seed) or "pgd"
+    (PGD adversarial training, L-inf eps 0.1)."""
     if not isinstance(pretrained, bool):
         raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
+    path = digits_weights(variant)
     model = DigitsCNN()
     if pretrained:
-        load_weights(model, DIGITS_WEIGHTS, "digits_cnn")
+        load_weights(model, path, "digits_cnn")
     return model.eval()
+
+
+def logits_of(output, name: str = "the model") -> torch.Tensor:
+    """The logits in a model's output: the output itself when it is a tensor, the first
+    element of a tuple or list, or the ``"logits"`` entry of a mapping (e.g. a Hugging Face
+    ``ModelOutput``). Anything else raises ``TypeError`` naming what ``name`` returned."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
+        return output["logits"]
+    if isinstance(output, Mapping):
+        raise TypeError(f"{name} returned a {type(output).__name__} without a 'logits' tensor (keys "
+                        f"{_first_keys([str(k) for k in output])}); robustx needs the logits")
+    what = f"a {type(output).__name__}" + (f" whose first element is a {type(output[0]).__name__}"
+                                           if isinstance(output, (tuple, list)) and output else "")
+    raise TypeError(f"{name} returned {what}; robustx needs the logits: a tensor, a tuple whose first element "
+                    "is the logits tensor, or a dict with a 'logits' tensor")
+
+
+def returning_logits(model: nn.Module, name: str = "the model") -> nn.Module:
+    """``model`` itself, its forward output passed through :func:`logits_of` (a forward hook:
+    a tensor passes unchanged, a tuple gives its first element, a dict its ``"logits"``).
+    A ScriptModule, which takes no Python hooks, is returned as it is."""
+    checks.model(model, name)
+    if isinstance(model, torch.jit.ScriptModule):
+        return model
+    if not getattr(model, "_robustx_logits_hook", False):
+        model.register_forward_hook(lambda module, inputs, output: logits_of(output, name))
+        model._robustx_logits_hook = True
+    return model
+
+
+class ModelFile(nn.Module):
+    """A classifier saved as a file: TorchScript (``torch.jit.save``) or an exported program
+    (``torch.export.save``, ``.pt2``). ``forward(x)`` = :func:`logits_of` of the saved
+    program's output. The program keeps the mode it was saved in (TorchScript: put in eval
+    mode once at loading; an exported program has its mode fixed at export and cannot
+    change it), so ``train()`` / ``eval()`` set this wrapper's flag only."""
+
+    def __init__(self, path: Union[str, os.PathLike], name: str = "model") -> None:
+        super().__init__()
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: no such file: {path}")
+        self.net = _exported_program(path, name) if path.suffix == ".pt2" else _torchscript(path, name)
+        self.label = f"{name} {path}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return logits_of(self.net(x), self.label)
+
+    def train(self, mode: bool = True) -> "ModelFile":
+        self.training = mode
+        return self
+
+
+def _torchscript(path: Path, name: str) -> nn.Module:
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", FutureWarning)
+            return torch.jit.load(str(path), map_location="cpu").eval()
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"{name} {path}: not a TorchScript file (torch.jit.save) or a .pt2 exported program "
+                         f"({_first_sentence(err)}); a state dict goes to --weights, with its architecture "
+                         "as --model") from err
+
+
+def _exported_program(path: Path, name: str) -> nn.Module:
+    import logging
+
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # torch.export.load logs a traceback before it raises
+    try:
+        return torch.export.load(str(path)).module()
+    except (RuntimeError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{name} {path}: not a readable exported program (torch.export.save): "
+                         f"{_first_sentence(err)}") from err
+    finally:
+        logger.setLevel(level)
+
+
+def _first_sentence(err: Exception) -> str:
+    return f"{type(err).__name__}: {' '.join(str(err).split()).split('. ')[0]}"
 
 
 class BasicBlock(nn.Module):

@@ -250,7 +250,7 @@ def test_get_attack_deepfool_ignores_labels_and_pgd_takes_its_settings():
 
 
 def test_get_attack_rejects_unknown_names_and_settings():
-    assert set(ATTACKS) == {"fgsm", "pgd", "deepfool", "cw"}
+    assert set(ATTACKS) == {"fgsm", "pgd", "deepfool", "cw", "autoattack"}
     assert {"eps", "steps", "seed"} <= set(attack_settings("pgd")) and "y" not in attack_settings("deepfool")
     with pytest.raises(ValueError, match="attack must be one of"):
         get_attack("bim", eps=0.1)

@@ -263,7 +263,7 @@ def test_a_user_factory_exception_is_one_line_with_its_type(user_module, tmp_pat
 def test_a_bug_in_robustx_keeps_its_traceback(tmp_path, monkeypatch):
     from robustx.pipeline import sources
 
-    def buggy(*args):
+    def buggy(*args, **kwargs):
         raise AttributeError("internal")
 
     monkeypatch.setattr(sources, "load_model", buggy)

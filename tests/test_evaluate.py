@@ -489,8 +489,8 @@ def test_cli_bad_config_stops_before_work_and_the_fixed_one_runs_in_the_same_fol
 
 def test_cli_exits_1_naming_the_failed_metrics(tmp_path, capsys, recwarn):
     out = tmp_path / "out"
-    status = main(["evaluate", "--model", "toy_models:scripted_digits_cnn", "-n", "8", "--metrics", "CA,NC,TKNC",
-                   "--out", str(out), "--no-progress"])
+    status = main(["evaluate", "--model", "toy_models:scripted_digits_cnn", "--data", "digits", "-n", "8",
+                   "--metrics", "CA,NC,TKNC", "--out", str(out), "--no-progress"])
     assert status == 1
     captured = capsys.readouterr()
     assert captured.err.splitlines()[-1] == ("robustx evaluate: 2 failed: NC, TKNC (reasons above and in "

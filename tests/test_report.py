@@ -111,7 +111,7 @@ def test_a_full_disk_leaves_no_temporary_file_and_the_old_report(tmp_path, monke
         _report(clean_accuracy=0.5).save(tmp_path)
     monkeypatch.undo()
     assert err.value.errno == errno.ENOSPC and "\n" not in str(err.value)
-    assert sorted(f.name for f in tmp_path.iterdir()) == ["report.html", "report.json"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["report.csv", "report.html", "report.json"]
     assert (tmp_path / "report.json").read_text() == old
 
 

@@ -280,17 +280,21 @@ def _clever_update(batch, settings, name: str) -> State:
     settings = dict(settings)
     end = batch.start + batch.x.shape[0]
     rows = [i - batch.start for i in clever_rows(batch.n_inputs, settings.pop("n_images")) if batch.start <= i < end]
-    if not rows:
-        return {"values": torch.empty(0, dtype=torch.float64), "reliable": torch.empty(0, dtype=torch.bool)}
-    res = clever(batch.net("model"), batch.x[rows].to(batch.device), clip_values=batch.clip_values,
-                 seed=batch.seed, progress=False, **settings)
-    return {"values": res.scores.double().cpu(), "reliable": res.reliable.cpu()}
+    values = torch.full((batch.x.shape[0],), math.nan, dtype=torch.float64)
+    reliable = torch.ones(batch.x.shape[0], dtype=torch.bool)
+    if rows:
+        res = clever(batch.net("model"), batch.x[rows].to(batch.device), clip_values=batch.clip_values,
+                     seed=batch.seed, progress=False, **settings)
+        values[rows], reliable[rows] = res.scores.double().cpu(), res.reliable.cpu()
+    return {"values": values, "reliable": reliable}
 
 
 def _clever_compute(state, settings, name: str) -> Result:
-    scores = state["values"]
-    return float(scores.mean()), scores.tolist(), {"images": int(scores.numel()),
-                                                    "unreliable_images": int((~state["reliable"]).sum())}
+    """Mean score over the scored inputs; per input the score, NaN where not scored."""
+    values = state["values"]
+    scored = ~values.isnan()
+    return float(values[scored].mean()), values.tolist(), {"images": int(scored.sum()),
+                                                           "unreliable_images": int((~state["reliable"]).sum())}
 
 
 # ------------------------------------------------------------------ neurons

@@ -108,6 +108,16 @@ class Batch:
                 made[label] = ({"x_adv": x_adv.to(precision)}, self.attack_seconds.get(_attack_clock(label), 0.0))
         return made
 
+    def inputs_state(self, attacks) -> State:
+        """Label, clean prediction and, per attack, whether its example fools the model."""
+        state = {"label": self.y.cpu(), "prediction": self.logits("model").argmax(1)}
+        for attack in attacks:
+            try:
+                state[f"fooled:{attack}"] = self.logits("model", self.adversarial(attack)).argmax(1) != self.y.cpu()
+            except SharedFailure:  # the attack failed: its metrics say so; no column
+                continue
+        return state
+
     def coverage_state(self, settings: Dict[str, Any]) -> State:
         return self.run.coverage(settings).batch_state(self.x)
 

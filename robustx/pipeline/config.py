@@ -67,7 +67,7 @@ def check_config(config: Optional[Mapping[str, Mapping[str, Any]]]) -> Dict[str,
             raise TypeError(f"config: [{table}] must be a table of keyword arguments, got {keys!r}")
         keys = {_ALIASES.get(table, {}).get(k, k): v for k, v in keys.items()}
         if table in attack_lib.ATTACKS:
-            accepted = set(attack_lib.attack_settings(table)) - {"seed"}
+            accepted = set(attack_lib.attack_settings(table))
         else:
             accepted = _accepted(sections[table]) | set(tables[table].extra if table in tables else ())
             accepted |= _EXTRA_KEYS.get(table, set())
@@ -86,21 +86,38 @@ def table_settings(config: Mapping[str, Mapping[str, Any]]) -> Dict[str, Dict[st
     return {table: {**f.defaults, **config.get(table, {})} for table, f in _families_with_tables().items()}
 
 
-def attack_table(attacks, config: Mapping[str, Mapping[str, Any]]) -> Dict[str, Dict[str, Any]]:
-    """Attack name -> settings: ``attacks`` (None: :data:`DEFAULT_ATTACKS`; names, a comma
-    string or a mapping to settings) over the defaults, under the config's attack tables."""
+def attack_table(attacks, config: Mapping[str, Mapping[str, Any]]) -> Dict[str, Union[Dict[str, Any], Callable]]:
+    """Attack name -> settings of a built-in attack (over its defaults, under the config's
+    attack table; a table's ``seed`` replaces the run's as the base of its batch seeds), or
+    the callable ``attack(model, x, y)`` itself. ``attacks``: None (:data:`DEFAULT_ATTACKS`),
+    names as a comma string or a list (callables allowed in the list), a callable, or a
+    mapping name -> settings or callable."""
     if attacks is None:
         attacks = {name: dict(settings) for name, settings in DEFAULT_ATTACKS.items()}
     elif isinstance(attacks, str):
         attacks = {name.strip(): {} for name in attacks.split(",") if name.strip()}
+    elif callable(attacks):
+        attacks = {_callable_name(attacks): attacks}
     elif not isinstance(attacks, Mapping):
-        attacks = {name: {} for name in attacks}
+        attacks = {_callable_name(a): a if callable(a) else {} for a in attacks}
     table = {}
     for name, settings in attacks.items():
+        if callable(settings):
+            table[name] = settings
+            continue
         if name not in attack_lib.ATTACKS:
-            raise ValueError(f"attacks: unknown attack {name!r}; built-in: {', '.join(attack_lib.ATTACKS)}")
+            raise ValueError(f"attacks: unknown attack {name!r}; built-in: {', '.join(attack_lib.ATTACKS)}, or a "
+                             "callable attack(model, x, y) -> x_adv")
         table[name] = {**DEFAULT_ATTACKS.get(name, {}), **dict(settings), **dict(config.get(name, {}))}
     return table
+
+
+def _callable_name(attack) -> str:
+    """The table name of an attack given as a callable (a name string stays itself)."""
+    if not callable(attack):
+        return attack
+    fn = getattr(attack, "func", attack)  # functools.partial: its function
+    return getattr(fn, "__name__", type(fn).__name__)
 
 
 def attack_arguments(name: str, settings: Mapping[str, Any], clip_values) -> Dict[str, Any]:
@@ -110,10 +127,11 @@ def attack_arguments(name: str, settings: Mapping[str, Any], clip_values) -> Dic
     return {**{k: v for k, v in base.items() if k in accepted}, **settings}
 
 
-def landscape_settings(table: Mapping[str, Any], attacks: Mapping[str, Mapping[str, Any]], clip) -> Dict[str, Any]:
+def landscape_settings(table: Mapping[str, Any], attacks: Mapping[str, Any], clip) -> Dict[str, Any]:
     """A [landscape] table with its defaults: n_images 2, span 2 x the first attack's eps
     (else 0.1 of the data range)."""
-    eps = next(iter(attacks.values()), {}).get("eps")
+    first = next(iter(attacks.values()), {})
+    eps = first.get("eps") if isinstance(first, Mapping) else None
     return {"n_images": 2, "span": 2 * eps if eps else 0.1 * (clip[1] - clip[0]), **table}
 
 
@@ -146,6 +164,9 @@ def jsonable(value):
         return [jsonable(v) for v in value]
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
+    if callable(value):  # an attack given as a callable: its qualified name (stable across processes)
+        fn = getattr(value, "func", value)
+        return f"callable {getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
     return str(value)
 
 
@@ -204,6 +225,8 @@ def check_settings(model: nn.Module, x1: torch.Tensor, y1: torch.Tensor, tables:
         data = {k: v for k, v in given.items() if k in inspect.signature(fn).parameters}
         _probe(f"[{table}]", fn, **data, **keys)
     for name, settings in attacks.items():
+        if callable(settings):  # the user's own attack: nothing of robustx's to check
+            continue
         seeded = {"seed": seed} if "seed" in attack_lib.attack_settings(name) else {}
         arguments = {**attack_arguments(name, settings, clip), **seeded}
         _probe(f"[{name}]", lambda: attack_lib.get_attack(name, **arguments)(given["model"], x1, y1))

@@ -21,6 +21,7 @@ input, so results do not depend on how the work is split (or on where a run resu
 """
 from __future__ import annotations
 
+import math
 import sys
 import tempfile
 import time
@@ -87,10 +88,12 @@ def evaluate(
     ``data``: a pair (x, y) of tensors, a Dataset or a DataLoader of (x, y), inputs in
     ``clip_values``; it is read batch by batch (a Dataset by ``workers`` processes that
     decode ahead), never held whole. ``metrics``: "all", or names of
-    :func:`robustx.metrics.available`. ``attacks``: attack names ("pgd", "fgsm", ...), or a
-    mapping name -> settings (:func:`robustx.attacks.get_attack`; default
-    :data:`DEFAULT_ATTACKS`); the first is the one the metrics of adversarial examples use;
-    AA_W counts an input as robust only if every attack failed on it.
+    :func:`robustx.metrics.available`. ``attacks``: attack names ("pgd", "fgsm",
+    "autoattack", ...), or a mapping name -> settings (:func:`robustx.attacks.get_attack`;
+    default :data:`DEFAULT_ATTACKS`) or name -> a callable ``attack(model, x, y) -> x_adv``,
+    or a list of names and callables; the first is the one the metrics of adversarial
+    examples use; AA_W counts an input as robust only if every attack failed on it. A
+    callable is identified in the run (and on resume) by its qualified name.
     ``defended``: a defended version of the model (CAV, CRR, CSR, CCV, COS);
     ``surrogate``: a model to transfer the first attack's examples from (AA_B);
     ``baseline``: the reference model of mCE / rmCE (without one, unnormalised);
@@ -170,7 +173,7 @@ def evaluate(
         if store is not None:
             store.close()
     results = {m: _result(run, m, states.get(m), skipped.get(m)) for m in names}
-    report = Report(metrics=results, figures=_figures(run, results), run=jsonable({
+    report = Report(metrics=results, figures=_figures(run, results), inputs=run.per_input(), run=jsonable({
         "id": rid, "model": name, "inputs": stream.n, "input_shape": list(stream.head(1)[0].shape[1:]), "seed": seed,
         "batch_size": stream.batch_size, "attacks": attacks_, "seconds": time.perf_counter() - start,
         "torch": torch.__version__, "device": str(dev), "processes": size,
@@ -227,7 +230,8 @@ def _figures(run: Run, results: Dict[str, MetricResult]) -> Dict[str, bytes]:
     clever = results.get("CLEVER")
     if clever is not None and clever.per_sample:
         s = run.settings["clever"]
-        figures["CLEVER scores"] = histogram_png(clever.per_sample, f"CLEVER (L{s['norm']}, R = {s['radius']})", "score")
+        scores = [v for v in clever.per_sample if not math.isnan(v)]
+        figures["CLEVER scores"] = histogram_png(scores, f"CLEVER (L{s['norm']}, R = {s['radius']})", "score")
     for name, title in (("NS", "neuron sensitivity"), ("NU", "neuron uncertainty")):
         if name in results and results[name].value is not None:
             per_layer = results[name].settings["per_layer"]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import csv
 import html
+import io
 import json
 import math
 import os
@@ -19,10 +21,11 @@ from typing import Dict, List, Optional, Sequence
 
 from robustx.pipeline.plots import bars_png, fmt as _fmt
 
-__all__ = ["MetricResult", "Report", "compare", "compare_html"]
+__all__ = ["MetricResult", "Report", "compare", "compare_html", "per_input_csv"]
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
+REPORT_CSV = "report.csv"
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
@@ -66,11 +69,13 @@ class MetricResult:
 @dataclass
 class Report:
     """An evaluation's metrics, run description (id, model, data, seed, timings,
-    versions) and figures (title -> PNG bytes; in the HTML page, not in the JSON)."""
+    versions), figures (title -> PNG bytes; in the HTML page, not in the JSON) and
+    per-input columns (``inputs``: "label", "prediction", "fooled_by", one value per input)."""
 
     metrics: Dict[str, MetricResult]
     run: dict = field(default_factory=dict)
     figures: Dict[str, bytes] = field(default_factory=dict)
+    inputs: Dict[str, list] = field(default_factory=dict)
 
     @property
     def failed(self) -> Dict[str, str]:
@@ -78,8 +83,9 @@ class Report:
         return {k: m.failed for k, m in self.metrics.items() if m.failed is not None}
 
     def to_dict(self) -> dict:
-        """``{"metrics": {name: MetricResult.to_dict()}, "run": run}``."""
-        return {"metrics": {k: m.to_dict() for k, m in self.metrics.items()}, "run": self.run}
+        """``{"metrics": {name: MetricResult.to_dict()}, "run": run, "inputs": inputs}``."""
+        return {"metrics": {k: m.to_dict() for k, m in self.metrics.items()}, "run": self.run,
+                "inputs": self.inputs}
 
     def to_json(self) -> str:
         """:meth:`to_dict` as strict JSON text (see the module docstring for NaN/inf)."""
@@ -91,12 +97,17 @@ class Report:
         return _page(title, _run_table(self.run) + _summary_table(self.metrics)
                      + _figures(self.figures))
 
+    def _repr_html_(self) -> str:
+        """The report in a notebook: the run and the metric table (figures in :meth:`to_html`)."""
+        return _run_table(self.run) + _summary_table(self.metrics)
+
     def save(self, folder) -> Path:
-        """Write ``report.json`` and ``report.html`` into ``folder`` (created if needed)."""
+        """Write ``report.json``, ``report.html`` and ``report.csv`` into ``folder`` (created if needed)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         _write_atomic(folder / REPORT_JSON, self.to_json())
         _write_atomic(folder / REPORT_HTML, self.to_html())
+        _write_atomic(folder / REPORT_CSV, per_input_csv(self))
         return folder
 
     @classmethod
@@ -109,7 +120,26 @@ class Report:
         if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
             raise ValueError(f"{path} is not a robustx report (no 'metrics' object)")
         metrics = {k: MetricResult(**v) for k, v in data["metrics"].items()}
-        return cls(metrics=metrics, run=data.get("run", {}))
+        return cls(metrics=metrics, run=data.get("run", {}), inputs=data.get("inputs", {}))
+
+
+def per_input_csv(report: Report) -> str:
+    """``report.csv``: one row per input - index, the ``inputs`` columns (label, clean
+    prediction, the attacks that fooled it), then every metric's per-sample value (empty
+    where a metric has none for that input, e.g. CLEVER on the inputs it did not score)."""
+    n = max([len(v) for v in report.inputs.values()] + [len(m.per_sample or []) for m in report.metrics.values()]
+            + [0])
+    columns = {**report.inputs, **{name: m.per_sample for name, m in report.metrics.items() if m.per_sample}}
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["index", *columns])
+    for i in range(n):
+        writer.writerow([i, *(_csv_cell(values[i]) if i < len(values) else "" for values in columns.values())])
+    return out.getvalue()
+
+
+def _csv_cell(value):
+    return "" if isinstance(value, float) and math.isnan(value) else value
 
 
 def _encode_nonfinite(value):

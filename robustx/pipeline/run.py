@@ -25,10 +25,10 @@ from torch import nn
 
 from robustx import attacks as attack_lib
 from robustx import metrics as suite
-from robustx.metrics.families import FAMILIES, Family, State
+from robustx.metrics.families import FAMILIES, Family, State, concatenate
 from robustx.modelutil import chunks, frozen_eval, progress_bar
 from robustx.pipeline import distributed
-from robustx.pipeline.config import jsonable
+from robustx.pipeline.config import attack_arguments, jsonable
 from robustx.pipeline.store import ResultStore, json_digest
 from robustx.pipeline.batch import _NOT_ISOLATED, Batch, SharedFailure, _attack_clock
 from robustx.pipeline.stream import InputStream
@@ -67,6 +67,7 @@ class Run:
     failed: Dict[str, str] = field(default_factory=dict)
     grid: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
     figures: Dict[str, bytes] = field(default_factory=dict)  # landscape plots
+    _inputs: State = field(default_factory=dict)
     failed_figures: Dict[str, str] = field(default_factory=dict)
     _coverage: Any = None
 
@@ -110,6 +111,27 @@ class Run:
                                                f"{json_digest(jsonable(key), attack)}")
         return keys
 
+    def inputs_key(self, batch_digest: str, start: int, attacks: List[str]) -> str:
+        """The unit of a batch's per-input columns (label, clean prediction, the ``attacks``
+        whose examples fool each input)."""
+        key = {"roles": {"model": self.digests["model"]}, "data": batch_digest,
+               "attacks": {a: self.attacks[a] for a in attacks}, "seed": self.seed + start,
+               "clip_values": list(self.clip_values), "batch_size": self.batch_size,
+               "inference": [self.channels_last, str(self.autocast)]}
+        return f"inputs/batch-{start // self.batch_size:04d}/{json_digest(jsonable(key), 'inputs')}"
+
+    def per_input(self) -> Dict[str, list]:
+        """The report's per-input columns over the whole set: "label", "prediction" and, when
+        the run attacked, "fooled_by" (the attacks whose example the model misclassifies,
+        names joined by ";")."""
+        if not self._inputs:
+            return {}
+        columns = {"label": self._inputs["label"].tolist(), "prediction": self._inputs["prediction"].tolist()}
+        wrong = {k.split(":", 1)[1]: v.tolist() for k, v in self._inputs.items() if k.startswith("fooled:")}
+        if wrong:
+            columns["fooled_by"] = [";".join(a for a in wrong if wrong[a][i]) for i in range(len(columns["label"]))]
+        return columns
+
     # ------------------------------------------------------------------ the loop
     def execute(self, names: List[str]) -> Dict[str, State]:
         """Every metric of ``names`` over every batch: {name: merged state} on every rank
@@ -117,7 +139,8 @@ class Run:
         n_batches = self.stream.n_batches
         owned = distributed.owned(n_batches)
         steps = _from_all(len(owned), max)
-        states: Dict[str, Dict[int, State]] = {m: {} for m in names}
+        states: Dict[str, Dict[int, State]] = {m: {} for m in [*names, "inputs"]}
+        attacked = list(self.attacks) if any("adversarial examples" in suite.get(m).needs for m in names) else []
         in_memory: Dict[str, Optional[State]] = {m: None for m in names if family_of(m).streamed_in_memory}
         batches = iter(self.stream.batches(owned))
         scale = self.batch_size * distributed.world()[1]  # inputs per step over all ranks
@@ -127,6 +150,7 @@ class Run:
             keys = {m: self.unit_key(m, batch.digest, batch.start) for m in names} if batch is not None else {}
             if batch is not None:
                 keys.update(self.attack_keys(batch.digest, batch.start, "AA_B" in names and "surrogate" in self.models))
+                keys["inputs"] = self.inputs_key(batch.digest, batch.start, attacked)
             found = self._lookup(keys)
             made: Dict[str, Tuple[State, float]] = {}
             if batch is not None:
@@ -144,12 +168,21 @@ class Run:
                         made[m] = made_state
                         states[m][batch.index] = made_state[0]
             if batch is not None:
+                if "inputs" in found:
+                    states["inputs"][batch.index] = found["inputs"]
+                else:
+                    made["inputs"] = (batch.inputs_state(attacked), 0.0)
+                    states["inputs"][batch.index] = made["inputs"][0]
                 examples = batch.made_examples(set(keys) - set(found))
                 self.computed += len(examples)
                 made.update(examples)
                 if batch.index == 0:
                     self.grid = batch.grid()
             self._store({keys[m]: v for m, v in made.items()})
+        every = {}
+        for part in _gather({distributed.world()[0]: states.pop("inputs")}).values():
+            every.update(part)
+        self._inputs = concatenate([every[i] for i in sorted(every)]) if every else {}
         return self._merge(names, states, in_memory)
 
     def _update(self, name: str, batch: "Batch") -> Optional[Tuple[State, float]]:
@@ -190,9 +223,10 @@ class Run:
                     stored = self.store.load(unit)
                     if stored is not None:
                         answers[rank][metric] = stored.tensors
-                        clock = _attack_clock(metric) if metric.startswith("attack/") else metric
-                        self.seconds[clock] = self.seconds.get(clock, 0.0) + stored.seconds
-                        self.reused += 1
+                        if metric != "inputs":  # the per-input columns are bookkeeping, not a unit of work
+                            clock = _attack_clock(metric) if metric.startswith("attack/") else metric
+                            self.seconds[clock] = self.seconds.get(clock, 0.0) + stored.seconds
+                            self.reused += 1
         return _from_rank0(answers).get(distributed.world()[0], {})
 
     def _store(self, made: Dict[str, Tuple[State, float]]) -> None:
@@ -230,9 +264,16 @@ class Run:
                               for b in chunks(x.shape[0], self.batch_size)])
 
     def attack(self, name: str, on: str, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
-        accepted = attack_lib.attack_settings(name)
-        base = {"clip_values": self.clip_values, "progress": False, "seed": seed}
-        attack = attack_lib.get_attack(name, **{k: v for k, v in base.items() if k in accepted}, **self.attacks[name])
+        """The examples of attack ``name`` against the ``on`` model for one batch (``seed``: the
+        run's seed plus the batch's first index; a table's own seed replaces the run's)."""
+        given = self.attacks[name]
+        if callable(given):
+            attack = given
+        else:
+            settings = attack_arguments(name, given, self.clip_values)
+            seed = seed - self.seed + settings.pop("seed", self.seed)
+            seeded = {"seed": seed} if "seed" in attack_lib.attack_settings(name) else {}
+            attack = attack_lib.get_attack(name, **settings, **seeded)
         with frozen_eval(self.models[on]):
             x_adv = attack(self.models[on], x.to(self.device), y.to(self.device)).detach().cpu()
         if self.save_adversarial == "float16":  # the examples every metric sees are the ones stored

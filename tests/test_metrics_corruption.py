@@ -473,3 +473,18 @@ def test_corruption_score_names_what_it_computes():
         corruption_score(errors, (3, 32, 32), relative=True)
     assert set(ALEXNET_ERRORS) == set(CORRUPTIONS) and 0 < ALEXNET_CLEAN_ERROR < min(ALEXNET_ERRORS.values())
     assert not math.isnan(large.value)
+
+
+def test_relative_mce_leaves_out_corruptions_the_baseline_is_immune_to():
+    """A baseline whose error under a corruption equals its clean error, up to the rounding
+    of 1/6 - 1/6 computed two ways, gives that corruption no relative CE (0/0, not 1e15)."""
+    from robustx.metrics.corruption import rmce
+
+    clean_b = 1 / 6
+    base = {"fog": (0.5, 0.5), "brightness": (2 / 12, 0.5 / 3)}
+    errors = {"fog": (0.3, 0.5), "brightness": (0.4, 0.4)}
+    with pytest.warns(RuntimeWarning, match="leaves out brightness"):
+        value = rmce(errors, 0.1, base, clean_b)
+    assert value == pytest.approx(((0.3 - 0.1) + (0.5 - 0.1)) / ((0.5 - clean_b) * 2))
+    with pytest.raises(ValueError, match="does not move under any corruption"):
+        rmce({"brightness": (0.4, 0.4)}, 0.1, {"brightness": (2 / 12, 0.5 / 3)}, clean_b)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -591,6 +592,9 @@ def mce(errors: Mapping[str, Sequence[float]], base_errors: Optional[Mapping[str
     return float(np.mean([table[c].sum() / base[c].sum() for c in table]))
 
 
+_NO_GAP = 1e-9  # error rates are multiples of 1/N: a smaller baseline gap is rounding, not degradation
+
+
 def rmce(
     errors: Mapping[str, Sequence[float]],
     clean_error: float,
@@ -608,6 +612,10 @@ def rmce(
 
     Without a baseline: mean_c mean_s (E_{s,c}(f) - E_clean(f)), the mean degradation in
     the units of the error rates (the unnormalised counterpart of :func:`mce`).
+
+    A corruption under which the baseline's error does not move (denominator 0, up to the
+    rounding of error rates: |gap| <= 1e-9) has no relative CE: it is left out of the
+    mean with a RuntimeWarning naming it (a ValueError when that leaves none).
     """
     table = _error_table(errors, "errors")
     clean = _clean_error(clean_error, "clean_error")
@@ -616,9 +624,14 @@ def rmce(
     base = _error_table(base_errors, "base_errors", table)
     base_clean = _clean_error(base_clean_error, "base_clean_error")
     gaps = {c: (base[c] - base_clean).sum() for c in base}
-    if any(gap == 0 for gap in gaps.values()):
-        raise ValueError("base_errors must differ from base_clean_error in sum for every corruption")
-    return float(np.mean([(table[c] - clean).sum() / gaps[c] for c in table]))
+    flat = sorted(c for c, gap in gaps.items() if abs(gap) <= _NO_GAP)
+    if len(flat) == len(gaps):
+        raise ValueError("base_errors must differ from base_clean_error in sum for some corruption: the baseline's "
+                         "error does not move under any corruption, so no relative CE is defined")
+    if flat:
+        warnings.warn(f"relative mCE leaves out {', '.join(flat)}: the baseline's error does not move under it "
+                      "(relative CE 0/0)", RuntimeWarning, stacklevel=2)
+    return float(np.mean([(table[c] - clean).sum() / gaps[c] for c in table if c not in flat]))
 
 
 @dataclass

@@ -209,7 +209,7 @@ def _corruption_compute(state, settings, name: str) -> Result:
     score = corruption_score(errors, shape, relative=name == "rmCE",
                              clean_error=float(state["clean_wrong"] / n), base_errors=base,
                              base_clean_error=float(state["base_clean_wrong"] / n) if base is not None else None)
-    return score.value, None, {"value": score.name, "normalisation": score.normalisation,
+    return score.value, None, {"value": score.name, "normalisation": score.normalisation, "baseline": base is not None,
                                "errors": {c: list(v) for c, v in errors.items()}}
 
 

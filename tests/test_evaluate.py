@@ -3,6 +3,7 @@ the metric functions called by hand, skipped metrics with their reason, a SIGKIL
 that resumes to the same report, refusal to resume another run, and one-line CLI errors."""
 import functools
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -184,7 +185,8 @@ def test_another_model_or_data_is_refused_naming_what_differs(tmp_path):
                         out=tmp_path, progress=False, **kw)
 
     run(model, (x[:8], y[:8]))
-    with pytest.raises(ValueError, match="already holds 2 finished units .*pass resume=True to reuse them"):
+    # 2 metric units and the batch's per-input columns
+    with pytest.raises(ValueError, match="already holds 3 finished units .*pass resume=True to reuse them"):
         run(model, (x[:8], y[:8]))
     cases = [((digits_cnn(pretrained=False), (x[:8], y[:8])), {}, "model weights differ"),
              ((model, (x[:8], (y[:8] + 1) % 10)), {}, r"data \(inputs or labels\) differ"),
@@ -282,8 +284,9 @@ def test_a_corrected_rerun_works_in_the_same_folder(tmp_path):
                  out=tmp_path, progress=False)
     report = evaluate(digits_cnn(), (x[:4], y[:4]), metrics=["CA", "CLEVER"], config={"clever": clever},
                       out=tmp_path, progress=False)
-    assert report.failed == {} and len(report.metrics["CLEVER"].per_sample) == 2
-    assert _values(tmp_path)["CLEVER"] == pytest.approx(sum(report.metrics["CLEVER"].per_sample) / 2)
+    scored = [v for v in report.metrics["CLEVER"].per_sample if not math.isnan(v)]  # NaN: inputs not scored
+    assert report.failed == {} and len(scored) == 2
+    assert _values(tmp_path)["CLEVER"] == pytest.approx(sum(scored) / 2)
 
 
 def test_model_outputs_and_labels_are_checked_before_any_work(tmp_path):

@@ -135,9 +135,10 @@ class Run:
     # ------------------------------------------------------------------ the loop
     def execute(self, names: List[str]) -> Dict[str, State]:
         """Every metric of ``names`` over every batch: {name: merged state} on every rank
-        (metrics that failed are left out and named in :attr:`failed`)."""
-        n_batches = self.stream.n_batches
-        owned = distributed.owned(n_batches)
+        (metrics that failed are left out and named in :attr:`failed`). Ranks step in
+        lockstep, one owned batch per step (a rank without one takes part in the store's
+        collective lookups and writes)."""
+        owned = distributed.owned(self.stream.n_batches)
         steps = _from_all(len(owned), max)
         states: Dict[str, Dict[int, State]] = {m: {} for m in [*names, "inputs"]}
         attacked = list(self.attacks) if any("adversarial examples" in suite.get(m).needs for m in names) else []
@@ -147,43 +148,43 @@ class Run:
         for _ in progress_bar(range(steps), self.progress, "evaluate", steps, unit="img", unit_scale=scale):
             item = next(batches, None)
             batch = Batch(self, *item) if item is not None else None
-            keys = {m: self.unit_key(m, batch.digest, batch.start) for m in names} if batch is not None else {}
-            if batch is not None:
-                keys.update(self.attack_keys(batch.digest, batch.start, "AA_B" in names and "surrogate" in self.models))
-                keys["inputs"] = self.inputs_key(batch.digest, batch.start, attacked)
+            keys = self._keys(batch, names, attacked) if batch is not None else {}
             found = self._lookup(keys)
-            made: Dict[str, Tuple[State, float]] = {}
-            if batch is not None:
-                batch.adopt({k: v for k, v in found.items() if k.startswith("attack/")})
-            for m in names:
-                if m in self.failed or batch is None:
-                    continue
-                if m in in_memory:
-                    in_memory[m] = self._fold(m, in_memory[m], batch)
-                elif m in found:
-                    states[m][batch.index] = found[m]
-                else:
-                    made_state = self._update(m, batch)
-                    if made_state is not None:
-                        made[m] = made_state
-                        states[m][batch.index] = made_state[0]
-            if batch is not None:
-                if "inputs" in found:
-                    states["inputs"][batch.index] = found["inputs"]
-                else:
-                    made["inputs"] = (batch.inputs_state(attacked), 0.0)
-                    states["inputs"][batch.index] = made["inputs"][0]
-                examples = batch.made_examples(set(keys) - set(found))
-                self.computed += len(examples)
-                made.update(examples)
-                if batch.index == 0:
-                    self.grid = batch.grid()
+            made = self._step(batch, names, keys, found, states, in_memory, attacked) if batch is not None else {}
             self._store({keys[m]: v for m, v in made.items()})
-        every = {}
-        for part in _gather({distributed.world()[0]: states.pop("inputs")}).values():
-            every.update(part)
-        self._inputs = concatenate([every[i] for i in sorted(every)]) if every else {}
         return self._merge(names, states, in_memory)
+
+    def _keys(self, batch: Batch, names: List[str], attacked: List[str]) -> Dict[str, str]:
+        """The store's units of one batch: each metric's, each saved attack's, its per-input columns'."""
+        keys = {m: self.unit_key(m, batch.digest, batch.start) for m in names}
+        keys.update(self.attack_keys(batch.digest, batch.start, "AA_B" in names and "surrogate" in self.models))
+        keys["inputs"] = self.inputs_key(batch.digest, batch.start, attacked)
+        return keys
+
+    def _step(self, batch: Batch, names: List[str], keys: Dict[str, str], found: Dict[str, State], states,
+              in_memory, attacked: List[str]) -> Dict[str, Tuple[State, float]]:
+        """One batch: the stored states taken, every other metric updated (folded, for the
+        in-memory ones); returns the units made, label -> (state, seconds)."""
+        batch.adopt({k: v for k, v in found.items() if k.startswith("attack/")})
+        made: Dict[str, Tuple[State, float]] = {}
+        for m in names:
+            if m in self.failed:
+                continue
+            if m in in_memory:
+                in_memory[m] = self._fold(m, in_memory[m], batch)
+            elif m in found:
+                states[m][batch.index] = found[m]
+            elif (update := self._update(m, batch)) is not None:
+                made[m] = update
+                states[m][batch.index] = update[0]
+        if "inputs" not in found:
+            made["inputs"] = (batch.inputs_state(attacked), 0.0)
+        states["inputs"][batch.index] = found["inputs"] if "inputs" in found else made["inputs"][0]
+        examples = batch.made_examples(set(keys) - set(found))
+        self.computed += len(examples)
+        if batch.index == 0:
+            self.grid = batch.grid()
+        return {**made, **examples}
 
     def _update(self, name: str, batch: "Batch") -> Optional[Tuple[State, float]]:
         family = family_of(name)
@@ -235,6 +236,11 @@ class Run:
                 self.store.put(unit, state, {}, seconds)
 
     def _merge(self, names: List[str], states: Dict[str, Dict[int, State]], in_memory) -> Dict[str, State]:
+        """Every rank's states merged in input order; the per-input columns kept for the report."""
+        every: Dict[int, State] = {}
+        for part in _gather({distributed.world()[0]: states.pop("inputs")}).values():
+            every.update(part)
+        self._inputs = concatenate([every[i] for i in sorted(every)]) if every else {}
         failed = _gather({distributed.world()[0]: self.failed})
         self.failed = {m: reason for part in failed.values() for m, reason in part.items()}
         merged: Dict[str, State] = {}

@@ -149,3 +149,27 @@ def test_the_stream_refuses_empty_or_foreign_data():
         InputStream(TensorDataset(torch.zeros(0, 1, 2, 2), torch.zeros(0)), 4)
     with pytest.raises(TypeError, match="pair .* Dataset or a DataLoader"):
         InputStream([1, 2, 3], 4)
+
+
+def test_aa_w_counts_an_input_robust_only_if_every_attack_failed_on_it():
+    """Two attacks that each fool a different half of the inputs: each attack alone leaves
+    accuracy 0.5, the worst case per input is 0 (the old minimum of the two said 0.5)."""
+    model = torch.nn.Flatten()  # logits = the two input values: class 0 where x[0] > x[1]
+    x = torch.tensor([[0.9, 0.1]] * 4 + [[0.8, 0.2]] * 4).view(8, 1, 1, 2)
+    y = torch.zeros(8, dtype=torch.long)
+
+    def flip(fooled):  # an attack that fools the inputs ``fooled`` selects (by content: any batch split)
+        def attack(net, xb, yb):
+            rows = fooled(xb[:, 0, 0, 0])
+            out = xb.clone()
+            out[rows] = xb[rows].flip(-1)
+            return out
+        return attack
+
+    first, second = flip(lambda v: v > 0.85), flip(lambda v: v < 0.85)
+    report = evaluate(model, (x, y), metrics=["CA", "AA_W"], attacks={"first": first, "second": second},
+                      batch_size=3, progress=False)
+    assert report.metrics["CA"].value == 1.0
+    assert report.metrics["AA_W"].settings["per_attack"] == {"first": 0.5, "second": 0.5}
+    assert report.metrics["AA_W"].value == 0.0 and report.metrics["AA_W"].per_sample == [0.0] * 8
+    assert report.inputs["fooled_by"] == ["first"] * 4 + ["second"] * 4

@@ -408,7 +408,7 @@ def _batch_maxima(model, x, predicted, tgt, ball: _Ball, rows: _Rows, progress: 
         pts = ball.points(x, im, slice(batches.start + bs.start, batches.start + bs.stop), first_unit)
         for ts in chunks(t, t_pass):
             grads = _target_gradients(model, pts, predicted[im], tgt[im, ts], rows.points)
-            pick = torch.arange(grads.shape[2], device=x.device).expand(grads.shape[0], -1)
+            pick = torch.arange(grads.shape[2]).expand(grads.shape[0], -1)  # on the CPU: checked without a sync
             mx, norms = ops.grad_norm_batch_max(grads, pick, q=q, batch_size=ball.n_samples, return_norms=True)
             maxima[im, ts, bs] = mx.to(torch.float64)
             zeros[im, ts] += (norms == 0).sum(2).to(torch.float64)

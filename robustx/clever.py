@@ -387,27 +387,28 @@ def _pass_sizes(n_targets: int, n_batches: int, n_samples: int, rows: int) -> Tu
     return images, batches, group
 
 
-def _batch_maxima(model, x, predicted, tgt, ball: _Ball, rows: _Rows, progress: bool,
+def _batch_maxima(model, x, predicted, tgt, ball: _Ball, sizes: _Rows, progress: bool,
                   batches: Optional[range] = None, first_unit: int = 0):
     """Batch maxima (U, T, B) of ||grad g_j||_q over ``batches`` (default the N_b first) of
     the units x (U, ...), numbered from ``first_unit``, and their zero gradients (U, T).
 
     Each pass samples whole batches of M units once and, per group of T' targets (all T
-    when ``rows.gradients`` allows), feeds every point once through the model and
+    when ``sizes.gradients`` allows), feeds every point once through the model and
     backpropagates each target's g from it; ``grad_norm_batch_max`` reduces the
     (M, S, T', D) gradients to final batch maxima in one call.
     """
     n, t = tgt.shape
     batches = batches or range(ball.n_batches)
     q = dual_norm(ball.p)
-    m_pass, b_pass, t_pass = _pass_sizes(t, len(batches), ball.n_samples, rows.gradients)
+    m_pass, b_pass, t_pass = _pass_sizes(t, len(batches), ball.n_samples, sizes.gradients)
+    rows = sizes.points  # per forward pass
     maxima = torch.zeros(n, t, len(batches), device=x.device, dtype=torch.float64)
     zeros = torch.zeros(n, t, device=x.device, dtype=torch.float64)
     work = [(im, bs) for im in chunks(n, m_pass) for bs in chunks(len(batches), b_pass)]
     for im, bs in progress_bar(work, progress, "CLEVER", total=len(work)):
         pts = ball.points(x, im, slice(batches.start + bs.start, batches.start + bs.stop), first_unit)
         for ts in chunks(t, t_pass):
-            grads = _target_gradients(model, pts, predicted[im], tgt[im, ts], rows.points)
+            grads = _target_gradients(model, pts, predicted[im], tgt[im, ts], rows)
             pick = torch.arange(grads.shape[2]).expand(grads.shape[0], -1)  # on the CPU: checked without a sync
             mx, norms = ops.grad_norm_batch_max(grads, pick, q=q, batch_size=ball.n_samples, return_norms=True)
             maxima[im, ts, bs] = mx.to(torch.float64)

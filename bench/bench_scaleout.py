@@ -86,9 +86,10 @@ def clever_section(args) -> list[str]:
     model, source = torchvision.models.resnet50(weights=None), f"torchvision {torchvision.__version__}"
     model.eval()
     x = torch.rand(args.images, 3, 224, 224)
-    rows = bench_clever.auto_rows(model, x)
-    t_c, t_f, _ = bench_clever.compare(model, x, 2, 2.0, "top2", args.r50_batches, args.r50_samples, rows,
-                                       args.repeats, (0.0, 1.0))
+    rows = bench_clever.auto_points(model, x)
+    times, _ = bench_clever.compare(model, x, 2, 2.0, "top2", args.r50_batches, args.r50_samples, rows,
+                                    args.repeats, (0.0, 1.0))
+    t_c, t_f = times["clever"], times["new"]  # one target: the new floor is the old one
     n_rows = args.images * args.r50_batches * args.r50_samples
     gflop = 2 * forward_flops(model, x) * n_rows / 1e9  # forward + input gradient, weights frozen
     return [f"ResNet-50 ({source}), random weights, {args.images} images 3x224x224, targeted top-2 (one target), "

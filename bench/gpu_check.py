@@ -160,15 +160,16 @@ def step_resnet50(dry: bool) -> None:
     model, source = torchvision.models.resnet50(weights=None), f"torchvision {torchvision.__version__}"
     model = model.to(device).eval()
     x = torch.rand(images, 3, side, side, device=device)
-    rows = 2 if dry else bench_clever.auto_rows(model, x)
-    t_c, t_f, _ = bench_clever.compare(model, x, 2, 2.0, "top2", n_b, n_s, rows, 1 if dry else 2, (0.0, 1.0))
+    rows = 2 if dry else bench_clever.auto_points(model, x)
+    times, _ = bench_clever.compare(model, x, 2, 2.0, "top2", n_b, n_s, rows, 1 if dry else 2, (0.0, 1.0))
+    t_c, t_f = times["clever"], times["new"]  # one target: the new floor is the old one
     fwd = forward_flops(model, x)
     floor_flops = 2 * fwd * images * n_b * n_s  # forward + input gradient (weights frozen) per row
     peak = matmul_peak(device, 256 if dry else 8192)
     print(f"Model: ResNet-50 from {source}, random weights, {side}x{side} inputs, {fwd / 1e9:.2f} GFLOP forward "
           f"per row (Conv2d + Linear). Matmul peak measured here: {peak / 1e12:.3g} TFLOP/s (float32 default precision, {256 if dry else 8192}^2).\n")
     print(f"CLEVER: {images} images, targeted top-2, L2 R = 2, N_b = {n_b}, N_s = {n_s}, {rows} rows per pass, "
-          "best of the timed runs; floor = bench_clever.floor (only the forward/backward passes of the same rows).\n")
+          "best of the timed runs; floor = bench_clever.new_floor (only the forward/backward passes of the same rows).\n")
     print("| CLEVER s | floor s | CLEVER / floor | floor TFLOP/s (~2x forward per row) | floor / matmul peak |\n"
           "| ---: | ---: | ---: | ---: | ---: |")
     print(f"| {t_c:.3f} | {t_f:.3f} | {t_c / t_f:.2f} | {floor_flops / t_f / 1e12:.3g} | {floor_flops / t_f / peak:.2f} |\n",

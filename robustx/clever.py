@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -49,9 +49,9 @@ ON_FALLBACK = ("resample", "max", "raise")
 RESAMPLE_STRIDE = 1 << 40  # stream offset between the resampled batches of consecutive units
 UNRELIABLE = FALLBACK_REASONS.index("ks_rejected")  # reasons from here on are ill-conditioned fits
 ZERO_GRAD_WARN_FRACTION = 0.1  # warn (gradient masking?) above this fraction of zero gradients
-CPU_CHUNK_BYTES = 512 << 20  # saved activations per forward/backward on CPU
+CPU_CHUNK_BYTES = 512 << 20  # memory of one pass on CPU: half saved activations, half gradients
 CUDA_CHUNK_FRACTION = 0.25  # ... and on CUDA, this fraction of the free GPU memory
-CPU_MAX_ROWS = 1024  # rows per forward/backward chosen automatically, at most, on CPU
+CPU_MAX_ROWS = 1024  # points per forward chosen automatically, at most, on CPU
 DEVICE_MAX_ROWS = 8192  # ... and on accelerators
 
 
@@ -133,8 +133,8 @@ def clever(
     for every target, so the untargeted minimum compares targets on common random
     numbers and a target's estimate equals that of a targeted run; "independent" draws
     fresh samples per (image, target), as the paper runs Algorithm 1 once per target.
-    Both cost the same forward/backward passes (every point goes through once per target);
-    shared draws T times fewer samples.
+    Shared samples cost one forward pass per point and one backward pass per (point,
+    target); independent ones a forward and a backward per (point, target).
 
     ``on_fallback``: what happens to a pair whose maxima are not constant and whose every
     fit is ill-conditioned (KS rejected, Gumbel limit, NaN). "resample" (default): draw
@@ -150,8 +150,9 @@ def clever(
     samples) draws batch b < N_b from point ``(u N_b + b) N_s`` of the counter-based
     stream ``seed``, resampled batches b >= N_b from ``(u + 1) 2^40 + (b - N_b) N_s``, so
     results do not depend on chunking. ``device``: where to compute (default: the
-    model's). ``max_chunk``: rows (samples x targets) per forward/backward pass; by
-    default sized from the model's measured activation memory. Larger scores = more robust.
+    model's). ``max_chunk``: points per forward pass (each followed by one backward pass
+    per target, the graph retained in between); by default sized from the model's
+    measured activation memory. Larger scores = more robust.
     """
     checks.model(model)
     p = checks.norm(norm)
@@ -174,7 +175,7 @@ def clever(
         predicted = logits.argmax(1)
         tgt = _resolve_targets(targets, logits, predicted, seed)
         g0 = logits.gather(1, predicted[:, None]) - logits.gather(1, tgt)
-        rows = max_chunk or _auto_chunk(model, x[:1])
+        rows = _Rows(max_chunk or _auto_chunk(model, x[:1]), _gradient_rows(x[:1]))
         ball = _Ball(p, radius, clip, seed, n_batches, n_samples)
         units = _units(x, predicted, tgt, target_samples)
         maxima, zeros = _batch_maxima(model, *units, ball, rows, progress)
@@ -287,22 +288,38 @@ def _resolve_targets(targets, logits: torch.Tensor, predicted: torch.Tensor, see
 
 
 # ------------------------------------------------------------------ sampling and gradients
-def _auto_chunk(model: nn.Module, x1: torch.Tensor) -> int:
-    """Rows per forward/backward from the activation memory the model saves per row.
+class _Rows(NamedTuple):
+    """Chunk sizes: ``points`` per forward pass, ``gradients`` (point x target rows) per pass."""
 
-    Measured as the difference of the bytes saved for backward by batches of 2 and 1
-    rows, against 512 MiB on CPU or a quarter of the free memory on CUDA; at most 1024
-    rows on CPU (larger passes ran 1.5-2.7x slower per row on the digits CNN) and 8192
-    elsewhere.
+    points: int
+    gradients: int
+
+
+def _budget(device: torch.device) -> int:
+    """Bytes of one pass: 512 MiB on CPU, a quarter of the free memory on CUDA."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0] * CUDA_CHUNK_FRACTION)
+    return CPU_CHUNK_BYTES
+
+
+def _auto_chunk(model: nn.Module, x1: torch.Tensor) -> int:
+    """Points per forward pass: half the memory budget over the bytes a point keeps alive.
+
+    The activations the model saves for backward (the difference of the bytes saved by
+    batches of 2 and 1 points) stay alive through the backward pass of every target, plus
+    the point and its copy; the other half of the budget holds the pass's gradients
+    (:func:`_gradient_rows`). At most 1024 points on CPU (larger passes ran 1.5-2.7x
+    slower per row on the digits CNN) and 8192 elsewhere.
     """
     per_row = max(_saved_bytes(model, x1.expand(2, *x1.shape[1:])) - _saved_bytes(model, x1), 1)
-    per_row += 3 * x1.numel() * x1.element_size()  # the sampled rows, their copy and gradient
-    if x1.device.type == "cuda":
-        budget = int(torch.cuda.mem_get_info(x1.device)[0] * CUDA_CHUNK_FRACTION)
-    else:
-        budget = CPU_CHUNK_BYTES
+    per_row += 2 * x1.numel() * x1.element_size()
     cap = CPU_MAX_ROWS if x1.device.type == "cpu" else DEVICE_MAX_ROWS
-    return int(min(max(budget // per_row, 1), cap))
+    return int(min(max(_budget(x1.device) // 2 // per_row, 1), cap))
+
+
+def _gradient_rows(x1: torch.Tensor) -> int:
+    """Gradient rows (point x target) one pass holds: half the memory budget over one row."""
+    return max(1, _budget(x1.device) // 2 // (x1.numel() * x1.element_size()))
 
 
 def _saved_bytes(model: nn.Module, rows: torch.Tensor) -> int:
@@ -357,10 +374,11 @@ class _Ball:
 
 
 def _pass_sizes(n_targets: int, n_batches: int, n_samples: int, rows: int) -> Tuple[int, int, int]:
-    """(images, batches, targets) covered by one pass of about ``rows`` rows (point x target).
+    """(images, batches, targets) covered by one pass of about ``rows`` gradient rows (point x target).
 
     A pass always holds whole batches of N_s points, so the op's batch maxima are final;
-    it takes all N_b batches of several images when one image's rows do not fill it.
+    it takes all targets when their gradients fit (every point then goes through the
+    model once), and all N_b batches of several images when one image's rows do not fill it.
     """
     group = min(n_targets, max(1, rows // n_samples))
     batches = min(n_batches, max(1, rows // (n_samples * group)))
@@ -369,19 +387,21 @@ def _pass_sizes(n_targets: int, n_batches: int, n_samples: int, rows: int) -> Tu
     return images, batches, group
 
 
-def _batch_maxima(model, x, predicted, tgt, ball: _Ball, rows: int, progress: bool,
+def _batch_maxima(model, x, predicted, tgt, ball: _Ball, sizes: _Rows, progress: bool,
                   batches: Optional[range] = None, first_unit: int = 0):
     """Batch maxima (U, T, B) of ||grad g_j||_q over ``batches`` (default the N_b first) of
     the units x (U, ...), numbered from ``first_unit``, and their zero gradients (U, T).
 
-    Each pass samples whole batches of M units once and, per group of T' targets, feeds
-    every point once per target (forward/backward in pieces of at most ``rows`` rows);
-    ``grad_norm_batch_max`` reduces the (M, S, T', D) gradients to final batch maxima.
+    Each pass samples whole batches of M units once and, per group of T' targets (all T
+    when ``sizes.gradients`` allows), feeds every point once through the model and
+    backpropagates each target's g from it; ``grad_norm_batch_max`` reduces the
+    (M, S, T', D) gradients to final batch maxima in one call.
     """
     n, t = tgt.shape
     batches = batches or range(ball.n_batches)
     q = dual_norm(ball.p)
-    m_pass, b_pass, t_pass = _pass_sizes(t, len(batches), ball.n_samples, rows)
+    m_pass, b_pass, t_pass = _pass_sizes(t, len(batches), ball.n_samples, sizes.gradients)
+    rows = sizes.points  # per forward pass
     maxima = torch.zeros(n, t, len(batches), device=x.device, dtype=torch.float64)
     zeros = torch.zeros(n, t, device=x.device, dtype=torch.float64)
     work = [(im, bs) for im in chunks(n, m_pass) for bs in chunks(len(batches), b_pass)]
@@ -398,7 +418,7 @@ def _batch_maxima(model, x, predicted, tgt, ball: _Ball, rows: int, progress: bo
     return maxima, zeros
 
 
-def _resample(model, units, ball: _Ball, rows: int, maxima, fit: ReverseWeibullFit, zeros, batches,
+def _resample(model, units, ball: _Ball, rows: _Rows, maxima, fit: ReverseWeibullFit, zeros, batches,
               max_batches: int) -> None:
     """Refit ill-conditioned pairs on twice the batches, again, up to ``max_batches``.
 
@@ -451,33 +471,36 @@ def _report_fallbacks(reason: torch.Tensor, on_fallback: str, max_batches: int) 
 def _target_gradients(model: nn.Module, pts: torch.Tensor, c: torch.Tensor, tgt: torch.Tensor, rows: int):
     """Gradients (M, S, T, D) of g_t = f_{c_m} - f_{j_mt} at the points ``pts`` (M, S, ...).
 
-    Row (m, s, t) is point s of image m for target t; the rows go through the model in
-    equal pieces of at most ``rows``, one backward of sum_rows g each.
+    The M S points go through the model in equal pieces of at most ``rows`` points, one
+    forward pass per piece and one backward pass per target from it.
     """
     m, s, t = pts.shape[0], pts.shape[1], tgt.shape[1]
-    shape = pts.shape[2:]
-    inputs = pts[:, :, None].expand(m, s, t, *shape).reshape(m * s * t, *shape)
-    c_rows = c[:, None].expand(m, s * t).reshape(-1)
-    j_rows = tgt[:, None, :].expand(m, s, t).reshape(-1)
-    grads = torch.empty_like(inputs)
+    inputs = pts.reshape(m * s, *pts.shape[2:])
+    c_rows = c[:, None].expand(m, s).reshape(-1)
+    j_rows = tgt[:, None, :].expand(m, s, t).reshape(m * s, t)
+    grads = inputs.new_empty(m * s, t, inputs[0].numel())
     pieces = -(-inputs.shape[0] // rows)
     for r in chunks(inputs.shape[0], -(-inputs.shape[0] // pieces)):
-        grads[r] = _g_gradient(model, inputs[r], c_rows[r], j_rows[r])
+        _g_gradients(model, inputs[r], c_rows[r], j_rows[r], grads[r])
     return grads.reshape(m, s, t, -1)
 
 
-def _g_gradient(model: nn.Module, inputs: torch.Tensor, c: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-    """Gradient of each row's g = f_c - f_j with respect to that row (one backward)."""
+def _g_gradients(model: nn.Module, inputs: torch.Tensor, c: torch.Tensor, j: torch.Tensor, out: torch.Tensor):
+    """Writes to ``out`` (P, T, D) the gradient of g_t = f_c - f_{j_t} of each row of
+    ``inputs`` (P, ...): one forward pass, then one backward pass per target with the
+    graph retained (measured fastest on CPU, against a batched backward and torch.func)."""
     rows = inputs.clone().requires_grad_(True)
+    t = j.shape[1]
     with torch.enable_grad():
-        out = _check_output(model(rows), rows.shape[0])
-        if not out.requires_grad:
+        logits = _check_output(model(rows), rows.shape[0])
+        if not logits.requires_grad:
             raise ValueError(
                 "the model's output does not depend differentiably on its input; CLEVER needs input gradients"
             )
-        g = out.gather(1, c[:, None]) - out.gather(1, j[:, None])
-        (grad,) = torch.autograd.grad(g.sum(), rows, allow_unused=True)
-    return torch.zeros_like(rows) if grad is None else grad
+        g = logits.gather(1, c[:, None]) - logits.gather(1, j)
+        for k in range(t):
+            (grad,) = torch.autograd.grad(g[:, k].sum(), rows, retain_graph=k < t - 1, allow_unused=True)
+            out[:, k] = 0 if grad is None else grad.reshape(rows.shape[0], -1)
 
 
 # ------------------------------------------------------------------ scores and reporting

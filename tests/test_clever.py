@@ -57,20 +57,29 @@ def test_linear_model_equals_exact_boundary_distance(norm):
     assert res.fallback.all()  # constant gradient norms: the Weibull fit is skipped, flagged
 
 
-# max_chunk -> passes of (images, batches, targets) with N_b = 6, N_s = 5, T = 2 (60 rows per image):
-# None (1024 rows): both images in one pass; 25: 2 batches x 2 targets; 12: 1 batch x 2 targets;
-# 7: 1 batch x 1 target; 3: 1 batch x 1 target, each batch in two forward/backward pieces (3 + 2 rows)
-PASSES = {None: (17, 6, 2), 25: (1, 2, 2), 12: (1, 1, 2), 7: (1, 1, 1), 3: (1, 1, 1)}
-
-
-@pytest.mark.parametrize("max_chunk", list(PASSES))
-def test_matches_a_naive_per_sample_reference(max_chunk):
+def gradient_budget(monkeypatch, rows, d):
+    """Sets the CPU memory budget so that a pass holds ``rows`` gradient rows of d float32."""
     import sys
 
-    assert sys.modules["robustx.clever"]._pass_sizes(2, 6, 5, max_chunk or 1024) == PASSES[max_chunk]
+    mod = sys.modules["robustx.clever"]
+    monkeypatch.setattr(mod, "CPU_CHUNK_BYTES", 2 * rows * d * 4)
+    return mod
+
+
+# (gradient rows per pass, points per forward) -> passes of (images, batches, targets) with
+# N_b = 6, N_s = 5, T = 2 (60 gradient rows per image): 120: both images in one pass; 25: 2
+# batches x 2 targets, forward pieces of 4 + 3 + 3 points; 12: 1 batch x 2 targets, pieces of 2;
+# 7: 1 batch x 1 target; 3: 1 batch x 1 target in two pieces (3 + 2 points)
+PASSES = {(120, None): (2, 6, 2), (25, 4): (1, 2, 2), (12, 2): (1, 1, 2), (7, 5): (1, 1, 1), (3, 3): (1, 1, 1)}
+
+
+@pytest.mark.parametrize("gradient_rows, max_chunk", list(PASSES))
+def test_matches_a_naive_per_sample_reference(monkeypatch, gradient_rows, max_chunk):
     torch.manual_seed(1)
     model = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4))
     x = torch.rand(2, 1, 2, 3)
+    mod = gradient_budget(monkeypatch, gradient_rows, 6)
+    assert mod._pass_sizes(2, 6, 5, mod._gradient_rows(x[:1])) == PASSES[gradient_rows, max_chunk]
     pred = model(x).argmax(1)
     targets = torch.stack([(pred + 1) % 4, (pred + 2) % 4], 1)
     nb, bs, radius, seed = 6, 5, 0.7, 3
@@ -117,6 +126,43 @@ def test_same_numbers_as_the_per_image_passes_of_version_0_1(cnn):
     torch.testing.assert_close(res.scores, torch.tensor(old_scores, dtype=torch.float64), rtol=1e-3, atol=0)
 
 
+@pytest.mark.parametrize("norm, radius", [(2, 2.0), ("inf", 0.3)])
+def test_shared_samples_one_forward_per_point_same_numbers_as_separate_rows(cnn, images, norm, radius):
+    """Untargeted (9 targets) on the digits CNN: every sampled point goes through the model
+    once, and the maxima and scores equal a reference with a separate forward/backward pass
+    per (point, target) row on the same draws (the path before the forward was shared)."""
+    nb, ns, seed, chunk = 6, 32, 4, 64
+    forward_rows = []
+
+    def count(module, inputs, output):
+        if inputs[0].requires_grad:
+            forward_rows.append(inputs[0].shape[0])
+
+    hook = cnn.register_forward_hook(count)
+    try:
+        res = clever(cnn, images, norm=norm, radius=radius, n_batches=nb, n_samples=ns, clip_values=(0, 1),
+                     seed=seed, max_chunk=chunk, on_fallback="max", progress=False)
+    finally:
+        hook.remove()
+    assert sum(forward_rows) == 2 * nb * ns and max(forward_rows) <= chunk  # not x 9 targets
+    q = ops.dual_norm(ops.parse_norm(norm))
+    maxima = torch.zeros(2, 9, nb, dtype=torch.float64)
+    for i in range(2):
+        pts = ops.ball_sample(images[i : i + 1], nb * ns, radius, norm, (0, 1), seed, offset=i * nb * ns)[0]
+        for t, j in enumerate(res.targets[i].tolist()):
+            p = pts.clone().requires_grad_(True)
+            out = cnn(p)
+            (grad,) = torch.autograd.grad((out[:, res.predicted[i]] - out[:, j]).sum(), p)
+            norms = torch.linalg.vector_norm(grad.flatten(1).double(), ord=q, dim=1)
+            maxima[i, t] = norms.view(nb, ns).amax(1)
+    fit = fit_reverse_weibull(maxima.view(18, nb))
+    # float32 gradients of different batch sizes; the fits may amplify that rounding
+    torch.testing.assert_close(res.max_sampled.view(-1), maxima.view(18, nb).amax(1), rtol=1e-5, atol=0)
+    torch.testing.assert_close(res.lipschitz.view(-1), fit.estimate, rtol=1e-3, atol=0)
+    expected = torch.minimum(res.g0 / fit.estimate.view(2, 9), torch.tensor(radius, dtype=torch.float64))
+    torch.testing.assert_close(res.target_scores, expected, rtol=1e-3, atol=0)
+
+
 def test_logit_scaling_leaves_scores_unchanged(cnn, images):
     base = clever(cnn, images, norm=2, radius=2.0, clip_values=(0, 1), **TINY)
     assert (base.scores > 0).all() and (base.scores < 2.0).all()
@@ -137,15 +183,17 @@ def test_same_seed_same_result_and_seed_matters(cnn, images):
     assert not torch.equal(a.max_sampled, c.max_sampled)
 
 
-@pytest.mark.parametrize("max_chunk", [2, 7, 40, 120])
-def test_chunking_does_not_change_results(max_chunk):
-    # 3 targets, 4 batches of 5: pieces of a batch (2), one batch x one target per pass (7),
-    # two batches x all targets (40), both images whole in one pass (120)
+@pytest.mark.parametrize("gradient_rows, max_chunk", [(5, 2), (15, 7), (40, 40), (120, 120)])
+def test_chunking_does_not_change_results(monkeypatch, gradient_rows, max_chunk):
+    # 3 targets, 4 batches of 5: one batch x one target per pass in pieces of 2 points (5, 2),
+    # one batch x all targets in pieces of 5 (15, 7), two batches x all targets (40),
+    # both images whole in one pass (120)
     torch.manual_seed(2)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
     x = torch.rand(2, 1, 3, 4)
     settings = dict(norm=1, radius=1.0, clip_values=(0, 1), n_batches=4, n_samples=5, progress=False)
     base = clever(model, x, **settings)
+    gradient_budget(monkeypatch, gradient_rows, 12)
     chunked = clever(model, x, max_chunk=max_chunk, **settings)
     torch.testing.assert_close(chunked.max_sampled, base.max_sampled, rtol=1e-5, atol=0)
     torch.testing.assert_close(chunked.scores, base.scores, rtol=1e-2, atol=0)
@@ -289,8 +337,10 @@ def test_imagenet_sized_model_is_chunked_within_the_memory_budget():
                           nn.Linear(64, 1000))
     x = torch.rand(1, 3, 224, 224)
     rows = mod._auto_chunk(model, x)
-    per_row = 16 * 224 * 224 * 4 + 3 * 224 * 224 * 4  # the conv output (saved by ReLU) and its input
-    assert 1 <= rows <= mod.CPU_CHUNK_BYTES // per_row
+    per_row = 16 * 224 * 224 * 4 + 2 * 224 * 224 * 4  # the conv output (saved by ReLU), the input, its copy
+    # half the budget for the graph retained through the backward passes, half for the gradients
+    assert 1 <= rows <= mod.CPU_CHUNK_BYTES // 2 // per_row
+    assert mod._gradient_rows(x) * 3 * 224 * 224 * 4 <= mod.CPU_CHUNK_BYTES // 2
     res = clever(model, x, radius=1.0, targets="top2", n_batches=2, n_samples=3, progress=False)
     assert res.targets.shape == (1, 1) and torch.isfinite(res.scores).all() and res.scores.item() > 0
 

@@ -64,7 +64,8 @@ def test_each_step_records_its_command_and_numbers(report):
     assert "-rfE" in tests and "--durations=15" in tests and "tests/gpu" in tests and "kernel_sim" not in tests
     for op in ("ball_sample", "grad_norm_batch_max", "coverage_update"):
         row = re.search(rf"^\| {op} \|.*\| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| [\d.]+ \|$", report, re.M)
-        assert row and float(row[1]) > 0 and float(row[2]) > 0
+        # times in ms at 3 decimals: a dry run's tiny op may print 0.000 on a fast machine
+        assert row and float(row[1]) > 0 and float(row[2]) >= 0
     assert re.search(r"CLEVER / floor.*\n.*\n\| [\d.]+ \| [\d.]+ \| [\d.]+ \|", report)
 
 

@@ -13,10 +13,10 @@ stderr. Prints a Markdown table.
 import argparse
 import logging
 import sys
-import time
 
 import torch
 
+from bench_attacks import accuracy, timed
 from robustx.attacks import pgd
 from robustx.autoattack import autoattack
 from robustx.data import aisafety_cifar10, aisafety_dir
@@ -24,17 +24,6 @@ from robustx.models import resnet20_cifar
 
 MODELS = {"standard": "resnet20_cifar.pt", "PAT": "CIFAR10_PAT_enhanced.pt", "RAND": "CIFAR10_RAND_enhanced.pt"}
 EPS = 8 / 255
-
-
-def accuracy(model, x, y) -> float:
-    with torch.no_grad():
-        return (model(x).argmax(1) == y).double().mean().item()
-
-
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
 
 
 def main() -> None:

@@ -6,9 +6,11 @@ argument and the accepted values: ``TypeError`` for a value of the wrong type,
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
-from typing import Optional, Sequence, Tuple
+import warnings
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -16,6 +18,8 @@ from torch import nn
 from robustx.geometry import parse_norm
 
 __all__ = [
+    "choice",
+    "renamed",
     "integer",
     "positive_float",
     "non_negative_float",
@@ -30,6 +34,43 @@ __all__ = [
     "labels",
     "data_labels",
 ]
+
+
+def choice(value, name: str, allowed: Sequence[Any], also: str = "") -> Any:
+    """``value`` if it is one of ``allowed`` (TypeError for a value of another type than
+    every allowed one, ValueError otherwise); ``also`` names what else the caller accepts
+    (e.g. "or a callable"), for the message only."""
+    shown = ", ".join(repr(a) for a in allowed) + (f", {also}" if also else "")
+    try:
+        found = value in allowed
+    except TypeError:  # unhashable or incomparable: not one of them
+        found = False
+    if found:
+        return value
+    if not any(isinstance(value, type(a)) for a in allowed):
+        raise TypeError(f"{name} must be one of {shown}, got {type(value).__name__} {value!r}")
+    raise ValueError(f"{name} must be one of {shown}, got {value!r}")
+
+
+def renamed(**aliases: str) -> Callable:
+    """Decorator keeping old keyword names (``old="new"``) as deprecated aliases for one
+    release: a call with ``old=`` warns ``DeprecationWarning`` and passes the value as
+    ``new``; giving both is a TypeError. The signature shows the new names only; the
+    aliases are listed in the function's ``__deprecated_aliases__``."""
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            for old, new in aliases.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"{fn.__qualname__}() got both {old!r} (deprecated) and {new!r}")
+                    warnings.warn(f"{fn.__qualname__}(): argument {old!r} is deprecated, use {new!r}; the old "
+                                  "name goes in the next release", DeprecationWarning, stacklevel=2)
+                    kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+        call.__deprecated_aliases__ = {**getattr(fn, "__deprecated_aliases__", {}), **aliases}
+        return call
+    return wrap
 
 
 def integer(value, name: str, minimum: int = 1, maximum: Optional[int] = None) -> int:

@@ -18,8 +18,7 @@ import warnings
 import torch
 from torch import nn
 
-from robustx.clever import UNRELIABLE, clever
-from robustx.clever_table import CLEVER_TABLE_DEFAULTS as TABLE
+from robustx.clever import CLEVER_DEFAULTS as TABLE, CLEVER_RADII, UNRELIABLE, clever
 
 
 class ExpMargin(nn.Module):
@@ -40,9 +39,9 @@ def digits_case():
     from robustx.models import digits_cnn
 
     x = digits("test")[0][: TABLE["n_images"]]
-    common = dict(n_batches=TABLE["n_batches"], n_samples=TABLE["n_samples"], clip_values=(0.0, 1.0), seed=TABLE["seed"])
-    return [(f"digits CNN {TABLE['n_images']} images, {name}", digits_cnn(), x, dict(norm=norm, radius=r, **common))
-            for name, norm, r in (("L2", 2, TABLE["radius_l2"]), ("Linf", "inf", TABLE["radius_linf"]))]
+    common = dict(n_batches=TABLE["n_batches"], n_samples=TABLE["n_samples"], clip_values=(0.0, 1.0), seed=0)
+    return [(f"digits CNN {TABLE['n_images']} images, {name}", digits_cnn(), x,
+             dict(norm=norm, radius=CLEVER_RADII[norm], **common)) for name, norm in (("L2", "2"), ("Linf", "inf"))]
 
 
 def cifar_case():

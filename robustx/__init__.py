@@ -9,7 +9,7 @@ reference, and the loader that picks $ROBUSTX_OPS_LIBRARY, robustx._C or the ref
 neuron of a layer is), ``weibull``, ``clever``, ``attacks``, ``models``, ``data``,
 ``coverage``, ``sensitivity``, ``defenses``, ``landscape``, ``divergence``, ``metrics`` (the
 suite's metric functions and registry), ``pipeline`` (evaluate, results store, report),
-``compat.art``, ``clever_table``, ``cli``.
+``compat.art``, ``plotting`` (every figure), ``commands`` (the command line).
 """
 import importlib
 
@@ -21,7 +21,7 @@ __all__ = ["ops", "clever", "evaluate", "__version__"]
 
 _SUBMODULES = {
     "geometry", "checks", "neurons", "weibull", "attacks", "models", "data", "coverage", "sensitivity",
-    "defenses", "landscape", "divergence", "metrics", "pipeline", "compat", "clever_table", "cli", "modelutil",
+    "defenses", "landscape", "divergence", "metrics", "pipeline", "compat", "plotting", "commands", "modelutil",
 }
 
 

@@ -1,7 +1,7 @@
-"""``python -m robustx``: the command line of :mod:`robustx.cli`."""
+"""``python -m robustx``: the command line of :mod:`robustx.commands`."""
 import sys
 
-from robustx.cli import main
+from robustx.commands import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -41,7 +41,14 @@ from robustx.geometry import dual_norm, norm_name
 from robustx.modelutil import chunks, frozen_eval, progress_bar
 from robustx.weibull import FALLBACK_REASONS, ReverseWeibullFit, fit_reverse_weibull
 
-__all__ = ["clever", "CleverResult", "TARGET_MODES", "TARGET_SAMPLES", "ON_FALLBACK"]
+__all__ = ["clever", "CleverResult", "TARGET_MODES", "TARGET_SAMPLES", "ON_FALLBACK", "CLEVER_DEFAULTS", "CLEVER_RADII"]
+
+#: sampling radius R per norm for inputs in [0, 1]: ``robustx clever``'s L2 and L-inf columns
+CLEVER_RADII = {"2": 2.0, "inf": 0.3}
+#: robustx's CLEVER settings wherever it chooses them for the user (the evaluate suite's CLEVER
+#: metric, ``robustx demo``, ``robustx clever``): a CPU budget of N_b x N_s = 50 x 64 samples per
+#: image on ``n_images`` inputs. Weng et al. use 500 x 1024, :func:`clever`'s own defaults.
+CLEVER_DEFAULTS = {"norm": 2, "radius": CLEVER_RADII["2"], "n_batches": 50, "n_samples": 64, "n_images": 20}
 
 TARGET_MODES = ("untargeted", "top2", "random", "least_likely")
 TARGET_SAMPLES = ("shared", "independent")  # one sample set per image, or per (image, target)

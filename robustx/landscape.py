@@ -25,19 +25,18 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustx import checks
+from robustx import checks, plotting
 from robustx.geometry import logit_margin, norm_name, project_box, steepest_ascent
 from robustx.modelutil import chunks, frozen_eval, model_device, progress_bar
 from robustx.plotting import literal_text
 
-__all__ = ["Landscape", "input_landscape", "adversarial_direction", "random_direction", "run_landscape"]
+__all__ = ["Landscape", "input_landscape", "adversarial_direction", "random_direction"]
 
 SURFACES = ("loss", "margin")
 DIRECTIONS = ("adversarial", "random")
@@ -81,26 +80,24 @@ class Landscape:
         }
 
     @literal_text()
-    def plot(self, path, kind: str = "contour", index: Union[int, Sequence[int]] = 0, titles=None) -> Path:
-        """Write a PNG of the surface of image(s) ``index`` (one panel each), decision boundary in red."""
-        if kind not in PLOT_KINDS:
-            raise ValueError(f"kind must be one of {PLOT_KINDS}, got {kind!r}")
+    def plot(self, kind: str = "contour", index: Union[int, Sequence[int]] = 0, titles=None) -> bytes:
+        """PNG of the surface of image(s) ``index`` (one panel each), decision boundary in red;
+        ``kind`` "contour" (filled contours, the origin marked x) or "surface" (3-D)."""
+        checks.choice(kind, "kind", PLOT_KINDS)
         indices = self._indices(index)
-        plt = _pyplot()
-        projection = "3d" if kind == "surface" else None
-        fig = plt.figure(figsize=(4.2 * len(indices), 3.8))
+        fig = plotting.figure(4.2 * len(indices), 3.8)
         for k, n in enumerate(indices):
-            ax = fig.add_subplot(1, len(indices), k + 1, projection=projection)
+            ax = fig.add_subplot(1, len(indices), k + 1, projection="3d" if kind == "surface" else None)
             (self._draw_contour if kind == "contour" else self._draw_surface)(ax, n)
             ax.set_title(titles[k] if titles else f"image {n}")
-        return _save(fig, path)
+        return plotting.png(fig, dpi=90)
 
     @literal_text()
-    def plot_slices(self, path, index: Union[int, Sequence[int]] = 0, titles=None) -> Path:
-        """Write a PNG of the 1-D slices along d1 and d2; dotted lines mark the decision boundary."""
+    def plot_slices(self, index: Union[int, Sequence[int]] = 0, titles=None) -> bytes:
+        """PNG of the 1-D slices along d1 and d2; dotted lines mark the decision boundary."""
         indices = self._indices(index)
-        plt = _pyplot()
-        fig, axes = plt.subplots(1, len(indices), figsize=(4.2 * len(indices), 3.2), squeeze=False)
+        fig = plotting.figure(4.2 * len(indices), 3.2)
+        axes = fig.subplots(1, len(indices), squeeze=False)
         axis = self.axis.numpy()
         for k, n in enumerate(indices):
             ax = axes[0, k]
@@ -112,7 +109,7 @@ class Landscape:
             ax.set_ylabel(self.surface)
             ax.set_title(titles[k] if titles else f"image {n}")
             ax.legend(fontsize=7)
-        return _save(fig, path)
+        return plotting.png(fig, dpi=90)
 
     def _indices(self, index) -> list:
         indices = [index] if isinstance(index, int) else list(index)
@@ -156,24 +153,6 @@ def _boundary_mask(margin):
     edge[:-1] |= positive[:-1] != positive[1:]
     edge[:, :-1] |= positive[:, :-1] != positive[:, 1:]
     return edge
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    _pyplot().close(fig)
-    return path
 
 
 def _zero_crossings(axis, margin) -> list:
@@ -341,54 +320,3 @@ def _labels(model, x, y, batch_size) -> torch.Tensor:
         with frozen_eval(model), torch.no_grad():
             return torch.cat([model(x[sl]).argmax(1) for sl in chunks(x.shape[0], batch_size)])
     return checks.labels(y, x.shape[0]).to(x.device)
-
-
-# ------------------------------------------------------------------------ run
-def run_landscape(
-    out_dir="landscapes",
-    *,
-    model: str = "digits",
-    weights=None,
-    data_root=None,
-    images: Sequence[int] = (0,),
-    span: Optional[float] = None,
-    steps: int = 41,
-    surface: str = "loss",
-    norm="inf",
-    seed: int = 0,
-    progress: bool = True,
-) -> List[Path]:
-    """Landscapes of test images ``images`` of a built-in model, written as contour, 3-D
-    surface and slice PNGs to ``out_dir`` (``robustx landscape``); returns the paths.
-
-    ``model`` "digits" (the digits CNN on sklearn digits; ``weights`` default: the shipped
-    ones, span default 0.5) or "resnet20" (CIFAR ResNet-20 on the AISafety CIFAR-10 images
-    under ``data_root``; ``weights`` required, span default 16/255).
-    """
-    from robustx import data, models
-
-    if model == "digits":
-        net = models.digits_cnn(pretrained=weights is None)
-        if weights is not None:
-            models.load_weights(net, weights)
-        x, y = data.digits("test")
-        span = 0.5 if span is None else span
-    elif model == "resnet20":
-        if weights is None:
-            raise ValueError("weights is required with model='resnet20'")
-        net = models.resnet20_cifar(weights)
-        x, y = data.aisafety_cifar10(data_root)
-        span = 16 / 255 if span is None else span
-    else:
-        raise ValueError(f"model must be 'digits' or 'resnet20', got {model!r}")
-    images = [checks.integer(i, "images", 0, x.shape[0] - 1) for i in images]
-    idx = torch.tensor(images, dtype=torch.int64)
-    land = input_landscape(net, x[idx], y[idx], span=span, steps=steps, surface=surface, norm=norm, seed=seed,
-                           progress=progress)
-    out, paths = Path(out_dir), []
-    for k, i in enumerate(images):
-        title = f"test image {i} (label {int(y[i])})"
-        for kind in PLOT_KINDS:
-            paths.append(land.plot(out / f"{model}_{i}_{surface}_{kind}.png", kind, k, [title]))
-        paths.append(land.plot_slices(out / f"{model}_{i}_{surface}_slices.png", k, [title]))
-    return paths

@@ -13,7 +13,7 @@ from torch import nn
 import robustx
 from robustx.attacks import pgd
 from robustx.autoattack import autoattack
-from robustx.cli import main
+from robustx.commands import main
 from robustx.data import digits
 from robustx.models import digits_cnn
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from robustx import attacks, metrics
-from robustx.cli import main
+from robustx.commands import main
 from robustx.data import digits
 from robustx.models import digits_cnn
 from robustx.metrics import eni

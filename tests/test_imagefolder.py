@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from robustx.cli import main
+from robustx.commands import main
 from robustx.pipeline import sources
 from robustx.pipeline.batchsize import activation_bytes, auto_batch_size
 from robustx.pipeline.evaluate import evaluate

@@ -1,7 +1,10 @@
 """Input-space landscapes: analytic planes on linear models, the loss at the origin, chunking,
-directions, plots, JSON form, command line and bad input."""
+directions, plots (PNG bytes: the minimum drawn where it is), JSON form and bad input. The
+``robustx landscape`` command: tests/commands/test_landscape.py."""
 import dataclasses
+import io
 import json
+import math
 
 import pytest
 import torch
@@ -16,7 +19,6 @@ from robustx.landscape import (
     input_landscape,
     random_direction,
 )
-from robustx.cli import main
 from toy_models import linear_model, small_cnn
 
 
@@ -154,29 +156,69 @@ def test_labels_default_to_predictions_and_model_state_is_restored():
     assert model.training and model[0].weight.requires_grad and model[0].weight.grad is None
 
 
-def test_plots_write_pngs(tmp_path):
+def paraboloid(a0: float, b0: float, n: int = 1, steps: int = 21) -> Landscape:
+    """A landscape whose values are (alpha - a0)^2 + (beta - b0)^2 on [-1, 1]^2 (minimum at
+    (a0, b0)), margin positive everywhere (no boundary)."""
+    axis = torch.linspace(-1.0, 1.0, steps, dtype=torch.float64)
+    alpha, beta = torch.meshgrid(axis, axis, indexing="ij")
+    values = ((alpha - a0) ** 2 + (beta - b0) ** 2).expand(n, steps, steps).clone()
+    flat = torch.ones(2, n, steps, dtype=torch.float64)
+    return Landscape(axis, values, torch.ones_like(values), flat, flat, torch.zeros(2, n, 1, 2, 2), ("d1", "d2"),
+                     "loss", math.inf)
+
+
+def pixels(png: bytes):
+    """(H, W, 3) float RGB of a PNG, decoded by matplotlib (an independent reader)."""
+    import matplotlib.image
+
+    return matplotlib.image.imread(io.BytesIO(png), format="png")[..., :3]
+
+
+def low_band_centre(png: bytes):
+    """(x, y) pixel centroid of the colours of viridis' lowest 15% (the contour's lowest values)."""
+    import matplotlib
+    import numpy as np
+
+    rgb = pixels(png)
+    colours, which = np.unique(rgb.reshape(-1, 3), axis=0, return_inverse=True)
+    cmap = np.asarray(matplotlib.colormaps["viridis"](np.linspace(0, 1, 256)))[:, :3]
+    distance = np.abs(colours[:, None, :] - cmap).max(-1)
+    low = (distance.min(-1) < 0.02) & (distance.argmin(-1) < 0.15 * 255)
+    ys, xs = np.nonzero(low[which.reshape(rgb.shape[:2])])
+    assert xs.size > 100
+    return xs.mean(), ys.mean()
+
+
+def test_contour_draws_the_minimum_where_it_is():
+    """alpha runs left to right and beta bottom to top: moving the minimum from (-0.5, 0.5) to
+    (0.5, -0.5) moves the darkest band right and down (the colour bar, the same in both, cancels)."""
+    before, after = paraboloid(-0.5, 0.5).plot("contour"), paraboloid(0.5, -0.5).plot("contour")
+    height, width = pixels(before).shape[:2]
+    (x0, y0), (x1, y1) = low_band_centre(before), low_band_centre(after)
+    assert x1 - x0 > 0.15 * width and y1 - y0 > 0.15 * height
+
+
+def test_plots_are_pngs_one_panel_per_image():
     land = input_landscape(small_cnn().double(), images(2), torch.tensor([0, 1]), span=3.0, steps=7, progress=False)
-    paths = [
-        land.plot(tmp_path / "c.png", "contour", [0, 1]),
-        land.plot(tmp_path / "sub" / "s.png", "surface", 1),
-        land.plot_slices(tmp_path / "sl.png", 0),
-    ]
-    for path in paths:
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(ValueError, match="kind"):
-        land.plot(tmp_path / "x.png", "heatmap")
+    for draw in (lambda index: land.plot("contour", index), lambda index: land.plot("surface", index),
+                 lambda index: land.plot_slices(index)):
+        one, two = pixels(draw(1)), pixels(draw([0, 1]))
+        assert one.shape[0] > 150 and 1.7 < two.shape[1] / one.shape[1] < 2.3  # same height, twice as wide
+        assert one.std() > 0.05 and two.std() > 0.05  # drawn, not blank
+    with pytest.raises(ValueError, match="kind must be one of 'contour', 'surface'"):
+        land.plot("heatmap")
     with pytest.raises(ValueError, match="index"):
-        land.plot(tmp_path / "x.png", "contour", 2)
+        land.plot("contour", 2)
 
 
-def test_plot_text_is_drawn_literally(tmp_path):
+def test_plot_text_is_drawn_literally():
     land = input_landscape(small_cnn().double(), images(2), torch.tensor([0, 1]), span=1.0, steps=3, progress=False)
     land = dataclasses.replace(land, direction_names=("conv$^$", "$_$"))
     titles = ["a$\\foo$", "$x^$"]
-    paths = [land.plot(tmp_path / f"{kind}.png", kind, [0, 1], titles=titles) for kind in ("contour", "surface")]
-    paths.append(land.plot_slices(tmp_path / "slices.png", [0, 1], titles=titles))
-    for path in paths:  # mathtext would fail on every one of these strings
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pngs = [land.plot(kind, [0, 1], titles=titles) for kind in ("contour", "surface")]
+    pngs.append(land.plot_slices([0, 1], titles=titles))
+    for png in pngs:  # mathtext would fail on every one of these strings
+        assert pixels(png).std() > 0.05
 
 
 def test_boundary_helpers_locate_sign_changes():
@@ -186,23 +228,6 @@ def test_boundary_helpers_locate_sign_changes():
     margin = np.array([[1.0, 1.0, -1.0], [1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]])
     edge = _boundary_mask(margin)
     assert edge.tolist() == [[False, True, False], [True, False, False], [False, False, False]]
-
-
-def test_command_line_writes_plots(tmp_path, capsys):
-    from robustx.models import DigitsCNN
-
-    weights = tmp_path / "w.pt"
-    torch.manual_seed(0)
-    torch.save(DigitsCNN().state_dict(), weights)
-    status = main(["landscape", "--weights", str(weights), "--images", "0", "3", "--steps", "5",
-                   "--surface", "margin", "--out", str(tmp_path / "out"), "--no-progress"])
-    assert status == 0
-    names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert names == sorted(f"digits_{i}_margin_{k}.png" for i in (0, 3) for k in ("contour", "surface", "slices"))
-    assert sorted(capsys.readouterr().out.split()) == sorted(str(p) for p in (tmp_path / "out").iterdir())
-    with pytest.raises(SystemExit) as err:
-        main(["landscape", "--images", "400", "--out", str(tmp_path / "bad"), "--no-progress"])
-    assert err.value.code == 2 and "images must be an int in [0, 358]" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

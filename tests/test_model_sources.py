@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from robustx import models
-from robustx.cli import main
+from robustx.commands import main
 from robustx.data import digits
 from robustx.pipeline import sources
 
@@ -60,7 +60,7 @@ def _user_module(folder: Path):
 
 def _robustx(cwd: Path, *argv, launcher=None) -> subprocess.CompletedProcess:
     """``robustx ARGV`` in a fresh process started in ``cwd``: ``python -m robustx``, or a
-    launcher script that calls robustx.cli:main as the installed console command does."""
+    launcher script that calls robustx.commands:main as the installed console command does."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "ROBUSTX_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     head = [sys.executable, str(launcher)] if launcher else [sys.executable, "-m", "robustx"]
     return subprocess.run([*head, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
@@ -128,7 +128,7 @@ def test_the_console_command_imports_a_factory_from_the_working_directory(user_f
     launcher = bin_dir / "robustx"
     launcher.write_text("import os, sys\n"
                         "assert os.getcwd() not in [os.path.abspath(p or '.') for p in sys.path], sys.path\n"
-                        "from robustx.cli import main\n"
+                        "from robustx.commands import main\n"
                         "sys.exit(main())\n")
     argv = ["--model", "rx_user_models:factory", "--model-args", '{"width": 4}', "--data", "data.npz"]
     assert _ca(user_folder, "run-console", *argv, launcher=launcher) == 11 / 16

@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 import robustx
-from robustx import cli
+from robustx.commands import main
 
 CHEAP_PGD = {"eps": 2 / 255, "norm": "inf", "steps": 2, "step_size": 1 / 255}
 
@@ -31,9 +31,9 @@ def test_torchvision_resnet50_through_the_command_line(tmp_path):
     y = _labels_half_right(model, x)
     np.savez(tmp_path / "data.npz", x=x.numpy(), y=y.numpy())
     (tmp_path / "cfg.toml").write_text("[pgd]\nsteps = 2\nstep_size = 0.004\neps = 0.008\n")
-    status = cli.main(["evaluate", "--model", "torchvision.models:resnet50", "--weights", str(tmp_path / "resnet50.pt"),
-                       "--data", str(tmp_path / "data.npz"), "--metrics", "CA,AA_W,ALD_inf", "--batch-size", "2",
-                       "--config", str(tmp_path / "cfg.toml"), "--out", str(tmp_path / "run"), "--no-progress"])
+    status = main(["evaluate", "--model", "torchvision.models:resnet50", "--weights", str(tmp_path / "resnet50.pt"),
+                   "--data", str(tmp_path / "data.npz"), "--metrics", "CA,AA_W,ALD_inf", "--batch-size", "2",
+                   "--config", str(tmp_path / "cfg.toml"), "--out", str(tmp_path / "run"), "--no-progress"])
     assert status == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     values = {name: m["value"] for name, m in report["metrics"].items()}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustx.pipeline.plots import bars_png, histogram_png, image_grid_png, layer_bars_png
+from robustx.plotting import bars_png, histogram_png, image_grid_png, layer_bars_png
 from robustx.pipeline.report import MetricResult, Report, compare, compare_html
 
 STRUCTURAL = {"html", "head", "body", "main", "section", "table", "thead", "tbody", "tr", "th", "td",

@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tupl
 
 import torch
 
+from robustx.clever import CLEVER_DEFAULTS
 from robustx.metrics.accuracy import success_mask
 from robustx.metrics.behaviour import acac, actc, nte, rgb, ric
 from robustx.metrics.imperceptibility import ald, ass, psd
@@ -363,7 +364,7 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
     Family("EBD", _ebd_update, _ebd_compute, _ebd_merge, table="ebd", defaults={"m": 10, "steps": 16, "bisection": 10},
            target="robustx.metrics.boundary:ebd"),
     Family("CLEVER", _clever_update, _clever_compute, table="clever",
-           defaults={"norm": 2, "radius": 2.0, "n_batches": 50, "n_samples": 64, "n_images": 20},
+           defaults=CLEVER_DEFAULTS,
            target="robustx.clever:clever", extra=frozenset({"n_images"})),
     Family("NS", _ns_update, _layer_means_compute, add, table="ns", target="robustx.sensitivity:neuron_sensitivity"),
     Family("NU", _nu_update, _nu_compute, _nu_merge, table="nu", target="robustx.sensitivity:neuron_moments",

@@ -38,7 +38,7 @@ from robustx.pipeline import distributed
 from robustx.pipeline.config import (DEFAULT_ATTACKS, attack_table, autocast_dtype, check_config, check_outputs,
                                      check_settings, config_sections, jsonable, landscape_settings, metric_names,
                                      table_settings)
-from robustx.pipeline.plots import histogram_png, image_grid_png, layer_bars_png
+from robustx.plotting import histogram_png, image_grid_png, layer_bars_png
 from robustx.pipeline.report import MetricResult, Report
 from robustx.pipeline.run import Run, family_of
 from robustx.pipeline.store import ResultStore, StoreError, json_digest, model_digest
@@ -289,10 +289,8 @@ def _landscape_figures(run: Run, settings: Dict[str, Any]) -> None:
     try:
         land = input_landscape(run.models["model"], x.to(run.device), y.to(run.device), clip_values=run.clip_values,
                                seed=run.seed, progress=False, **settings)
-        with tempfile.TemporaryDirectory() as folder:
-            for kind in ("contour", "surface"):
-                path = land.plot(Path(folder) / f"{kind}.png", kind=kind, index=list(range(x.shape[0])))
-                run.figures[f"{land.surface} landscape ({kind})"] = path.read_bytes()
+        for kind in ("contour", "surface"):
+            run.figures[f"{land.surface} landscape ({kind})"] = land.plot(kind, index=list(range(x.shape[0])))
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as err:  # a figure's failure is reported, not fatal

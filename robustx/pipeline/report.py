@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from robustx.pipeline.plots import bars_png, fmt as _fmt
+from robustx.plotting import bars_png, fmt as _fmt
 
 __all__ = ["MetricResult", "Report", "compare", "compare_html", "per_input_csv"]
 

@@ -1,0 +1,31 @@
+"""``robustx compare``: the metrics several reports share, side by side."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("compare", help="side-by-side table of several reports",
+                              description="Print every metric the reports share, side by side, the better value "
+                              "of each row marked with *; --html writes the same table with bar charts.")
+    p.add_argument("reports", nargs="+", help="report folders or report.json files")
+    p.add_argument("--html", default=None, help="also write a comparison page here")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the comparison table (and write --html); 0."""
+    from robustx.pipeline.report import Report, compare, compare_html
+
+    if len(args.reports) < 2:
+        raise ValueError("compare needs at least two reports")
+    reports = [Report.load(path) for path in args.reports]
+    names = [str(path).rstrip("/").removesuffix("/report.json") for path in args.reports]
+    print(compare(reports, names))
+    if args.html:
+        Path(args.html).write_text(compare_html(reports, names))
+        print(f"wrote {args.html}")
+    return 0

@@ -1,0 +1,79 @@
+"""``robustx landscape`` (robustx/commands/landscape.py): the models and data of robustx
+evaluate, three drawn PNGs per image, ``out_dir`` a deprecated alias of ``out``. The
+landscape and its figures: tests/test_landscape.py."""
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from robustx.commands import main
+from robustx.commands.landscape import DIGITS_SPAN, run_landscape
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    import matplotlib.image
+
+    return matplotlib.image.imread(io.BytesIO(png), format="png")[..., :3]
+
+
+def test_writes_three_pngs_per_image_with_given_weights(tmp_path, capsys):
+    from robustx.models import DigitsCNN
+
+    weights = tmp_path / "w.pt"
+    torch.manual_seed(0)
+    torch.save(DigitsCNN().state_dict(), weights)
+    status = main(["landscape", "--weights", str(weights), "--images", "0", "3", "--steps", "5",
+                   "--surface", "margin", "--out", str(tmp_path / "out"), "--no-progress"])
+    assert status == 0
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == sorted(f"digits_{i}_margin_{k}.png" for i in (0, 3) for k in ("contour", "surface", "slices"))
+    assert sorted(capsys.readouterr().out.split()) == sorted(str(p) for p in (tmp_path / "out").iterdir())
+    for path in (tmp_path / "out").iterdir():
+        rgb = _pixels(path.read_bytes())
+        assert rgb.shape[0] > 150 and rgb.shape[1] > 150 and rgb.std() > 0.05  # a drawn figure, not blank
+
+
+def test_bad_image_index_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["landscape", "--images", "400", "--out", str(tmp_path / "bad"), "--no-progress"])
+    assert err.value.code == 2 and "images must be an int in [0, 358], got 400" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_model_file_on_npz_data_and_the_deprecated_out_dir(tmp_path):
+    """A model named by its TorchScript file (the file name in the PNGs' names) on .npz data;
+    the figures are written under ``out_dir``, with a DeprecationWarning."""
+    import warnings
+
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).eval()
+    x = torch.rand(3, 1, 4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still read by robustx
+        torch.jit.save(torch.jit.trace(net, x[:2]), tmp_path / "lin.pt")
+    np.savez(tmp_path / "d.npz", x=x.numpy(), y=np.array([0, 1, 1]))
+    assert run_landscape.__deprecated_aliases__ == {"out_dir": "out"}
+    with pytest.warns(DeprecationWarning, match="'out_dir' is deprecated, use 'out'"):
+        paths = run_landscape(out_dir=tmp_path / "old", model=str(tmp_path / "lin.pt"), data=str(tmp_path / "d.npz"),
+                              images=[2], steps=5, surface="margin", progress=False)
+    assert [p.name for p in paths] == [f"lin_pt_2_margin_{k}.png" for k in ("contour", "surface", "slices")]
+    assert all(p.parent == tmp_path / "old" and p.is_file() for p in paths)
+
+
+def test_span_defaults_to_half_on_digits(monkeypatch, tmp_path):
+    """The grid half-width the command passes to input_landscape: DIGITS_SPAN on digits."""
+    import robustx.landscape
+
+    seen = {}
+    real = robustx.landscape.input_landscape
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(robustx.landscape, "input_landscape", spy)
+    run_landscape(tmp_path, images=[1], steps=3, progress=False)
+    assert seen["span"] == DIGITS_SPAN == 0.5

@@ -99,17 +99,18 @@ def agreed(zoo: dict, x, y) -> torch.Tensor:
 
 
 def pictures(name_prefix: str, zoo: dict, x, y, span: float, figures: Path) -> list:
-    paths = []
+    pngs = {}
     titles = [f"label {int(t)}" for t in y]
     for name, model in zoo.items():
         land = input_landscape(model, x, y, span=span, steps=41, surface="loss", progress=False)
         tag = f"{name_prefix}_{name.lower().replace('-', '').replace(' ', '').replace('.', '')}"
-        paths.append(land.plot(figures / f"{tag}_loss_contour.png", "contour", list(range(len(y))),
-                               [f"{name}, {t}" for t in titles]))
-        paths.append(land.plot(figures / f"{tag}_loss_surface.png", "surface", 0, [f"{name}, {titles[0]}"]))
-        paths.append(land.plot_slices(figures / f"{tag}_slices.png", list(range(len(y))),
-                                      [f"{name}, {t}" for t in titles]))
-    return paths
+        pngs[f"{tag}_loss_contour.png"] = land.plot("contour", list(range(len(y))), [f"{name}, {t}" for t in titles])
+        pngs[f"{tag}_loss_surface.png"] = land.plot("surface", 0, [f"{name}, {titles[0]}"])
+        pngs[f"{tag}_slices.png"] = land.plot_slices(list(range(len(y))), [f"{name}, {t}" for t in titles])
+    figures.mkdir(parents=True, exist_ok=True)
+    for file, png in pngs.items():
+        (figures / file).write_bytes(png)
+    return [figures / file for file in pngs]
 
 
 def divergence_vs_pgd(zoo: dict, x, y, eps_list, settings, divergences=("kl",), plain=False) -> list:

@@ -25,7 +25,7 @@ from typing import Dict, Iterable, Iterator, NamedTuple, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from robustx import checks
+from robustx import checks, plotting
 from robustx.modelutil import LayerOutputs, LayerSpec, chunks, frozen_eval, model_device, progress_bar, resolve_layers
 from robustx.neurons import AxisSpec, RunningMoments, neuron_axes, neuron_view
 from robustx.plotting import literal_text
@@ -127,10 +127,8 @@ class LayerScores(Mapping):
     def plot(self, path: Union[str, Path], *, title: Optional[str] = None) -> Path:
         """Save a figure of the per-neuron distribution (box) and the mean (dot) of each
         layer to ``path`` (format from its suffix); returns the path."""
-        from matplotlib.figure import Figure  # no pyplot: no global backend state
-
         names = list(self.scores)
-        fig = Figure(figsize=(max(4.0, 0.6 * len(names) + 2.0), 3.5), layout="constrained")
+        fig = plotting.figure(max(4.0, 0.6 * len(names) + 2.0), 3.5)
         ax = fig.add_subplot()
         positions = range(1, len(names) + 1)
         ax.boxplot([self.scores[n].numpy() for n in names], positions=positions, showfliers=True)

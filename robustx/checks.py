@@ -123,7 +123,16 @@ def norm(value, name: str = "norm", allowed: Sequence[float] = (1.0, 2.0, math.i
 
 
 def clip_range(clip_values, name: str = "clip_values") -> Optional[Tuple[float, float]]:
-    """``None`` (no data domain) or a pair (lo, hi) of finite floats with lo < hi."""
+    """``None`` (no data domain) or a pair (lo, hi) of finite floats with lo < hi.
+
+    Every public function defaults to ``clip_values=(0, 1)``: images as floats in [0, 1]
+    with any normalisation inside the model. An input outside the box is then a
+    ValueError naming ``clip_values`` (checked by :func:`images`) instead of adversarial or
+    sampled points silently leaving the image domain; pass ``None`` for data without a
+    box (features, normalised tensors), ``(lo, hi)`` for another range. The ART-compatible
+    API (:mod:`robustx.compat.art`) keeps ART's ``None``, as ART takes the box from the
+    classifier.
+    """
     if clip_values is None:
         return None
     try:

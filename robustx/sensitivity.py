@@ -17,6 +17,7 @@ benign and one over the adversarial inputs, uncertainty one pass over the inputs
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from robustx import checks
 from robustx.modelutil import LayerOutputs, LayerSpec, chunks, frozen_eval, model_device, progress_bar, resolve_layers
 from robustx.neurons import AxisSpec, RunningMoments, neuron_axes, neuron_view
 from robustx.plotting import literal_text
+from robustx.results import Result
 
 __all__ = [
     "neuron_moments",
@@ -74,9 +76,13 @@ def top_k_indices(scores: torch.Tensor, count: int) -> torch.Tensor:
 
 
 @dataclass(eq=False)
-class LayerScores(Mapping):
+class LayerScores(Result, Mapping):
     """Per-neuron scores of every chosen layer: ``result[name]`` is a 1-D float64 tensor
     with one entry per neuron (channel or unit), in the model's layer order.
+
+    ``value``: the mean over every neuron of every chosen layer (lower = more robust, for
+    sensitivity and uncertainty alike); ``per_sample`` is None (the scores are per neuron,
+    not per input).
 
     ``quantity`` names what the scores are ("sensitivity", "uncertainty"); ``n_inputs``
     is the number of inputs (or benign/adversarial pairs) they average over.
@@ -85,6 +91,7 @@ class LayerScores(Mapping):
     scores: Dict[str, torch.Tensor]
     n_inputs: int
     quantity: str
+    per_sample = None
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.scores[name]
@@ -96,9 +103,9 @@ class LayerScores(Mapping):
         return len(self.scores)
 
     def to_dict(self) -> dict:
-        """JSON-able: quantity, n_inputs, mean, layer_means and the per-neuron scores as lists."""
+        """JSON-able: value, quantity, n_inputs, layer_means and the per-neuron scores as lists."""
         return {
-            "quantity": self.quantity, "n_inputs": self.n_inputs, "mean": self.mean(),
+            "value": self.value, "quantity": self.quantity, "n_inputs": self.n_inputs,
             "layer_means": self.layer_means(), "scores": {n: s.tolist() for n, s in self.scores.items()},
         }
 
@@ -110,9 +117,16 @@ class LayerScores(Mapping):
         """Mean over the neurons of each layer."""
         return {n: s.mean().item() for n, s in self.scores.items()}
 
-    def mean(self) -> float:
-        """Mean over every neuron of every chosen layer."""
+    @property
+    def value(self) -> float:
+        """Mean over every neuron of every chosen layer (lower = more robust)."""
         return torch.cat(list(self.scores.values())).mean().item()
+
+    def mean(self) -> float:
+        """Deprecated (one release): :attr:`value`."""
+        warnings.warn("LayerScores.mean() is deprecated, use .value; the old name goes in the next release",
+                      DeprecationWarning, stacklevel=2)
+        return self.value
 
     def top_k(self, top_k: Union[int, float] = 0.1) -> Dict[str, TopK]:
         """Per layer, the ``top_k`` highest-scoring neurons (the *sensitive* neurons for

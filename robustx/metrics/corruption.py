@@ -33,6 +33,7 @@ from torch import nn
 
 from robustx import checks
 from robustx.modelutil import chunks, frozen_eval, model_device, progress_bar
+from robustx.results import Result
 
 __all__ = [
     "BENCHMARK",
@@ -635,8 +636,9 @@ def rmce(
 
 
 @dataclass
-class CorruptionScore:
-    """A corruption summary and what it is. ``value`` (lower is better); ``name``: "mCE" /
+class CorruptionScore(Result):
+    """A corruption summary and what it is. ``value`` (lower is better; ``per_sample`` is
+    None: the score summarises error rates over the set); ``name``: "mCE" /
     "relative mCE" when normalised (followed by "over k of 15 benchmark corruptions" when
     not all 15 were run), "mean corruption error (unnormalised)" / "relative mean
     corruption error (unnormalised)" otherwise; ``normalisation``: "baseline model",
@@ -646,6 +648,7 @@ class CorruptionScore:
     name: str
     normalisation: str
     corruptions: Tuple[str, ...]
+    per_sample = None
 
 
 def _alexnet_score(table: Dict[str, np.ndarray], clean: Optional[float]) -> float:

@@ -20,12 +20,13 @@ from torch import nn
 
 from robustx import checks
 from robustx.modelutil import chunks, frozen_eval, model_device, progress_bar
+from robustx.results import Result
 
 __all__ = ["ENIResult", "eps_eni"]
 
 
 @dataclass
-class ENIResult:
+class ENIResult(Result):
     """``value``: mean of ``per_sample`` over the inputs where it is defined.
     ``per_sample`` (N,): mean over the noise draws of |l(x) - l(x')| / ||x - x'||_inf;
     NaN where every draw left the input unchanged (distance 0: the ratio is undefined).

@@ -246,7 +246,7 @@ def _ebd_update(batch, settings, name: str) -> State:
     with warnings.catch_warnings():  # a batch whose inputs are all censored has no weight
         warnings.simplefilter("ignore", RuntimeWarning)
         value = res.value
-    return {"distances": res.distances.double().cpu(), **weighted_mean(value, res.averaged),
+    return {"distances": res.per_sample.double().cpu(), **weighted_mean(value, res.averaged),
             "censored": torch.tensor([res.censored], dtype=torch.long)}
 
 
@@ -285,7 +285,7 @@ def _clever_update(batch, settings, name: str) -> State:
     if rows:
         res = clever(batch.net("model"), batch.x[rows].to(batch.device), clip_values=batch.clip_values,
                      seed=batch.seed, progress=False, **settings)
-        values[rows], reliable[rows] = res.scores.double().cpu(), res.reliable.cpu()
+        values[rows], reliable[rows] = res.per_sample.double().cpu(), res.reliable.cpu()
     return {"values": values, "reliable": reliable}
 
 

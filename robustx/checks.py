@@ -202,7 +202,7 @@ def images(x, name: str = "x", clip_values: Optional[Tuple[float, float]] = None
         raise ValueError(f"{name} contains NaN or infinite values")
     if clip_values is not None:
         lo, hi = clip_values
-        if x.min() < lo or x.max() > hi:
+        if x.numel() and (x.min() < lo or x.max() > hi):
             raise ValueError(
                 f"{name} has values in [{x.min().item():.4g}, {x.max().item():.4g}], outside "
                 f"clip_values=({lo}, {hi})"

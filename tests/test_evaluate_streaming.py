@@ -84,7 +84,7 @@ def _direct(model, defended, other, x, y, profile) -> dict:
     rows = clever_rows(N, settings.pop("n_images"))
     assert rows == [0, 12]  # spread over the set
     out["CLEVER"] = float(clever(model, x[rows], clip_values=CLIP, seed=SEED, progress=False,
-                                 **{"norm": 2, "radius": 2.0, **settings}).scores.mean())
+                                 **{"norm": 2, "radius": 2.0, **settings}).value)
     return out
 
 

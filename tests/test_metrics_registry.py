@@ -41,7 +41,7 @@ def test_metadata():
     assert metrics.get("mCE").to_dict()["function"] == "robustx.metrics.corruption:mce"
     assert metrics.get("EBD").to_dict()["function"] == "robustx.metrics.boundary:ebd"
     assert metrics.get("eps-ENI").to_dict()["function"] == "robustx.metrics.eni:eps_eni"
-    assert metrics.get("ALD_inf").to_dict()["options"] == {"p": "inf"}
+    assert metrics.get("ALD_inf").to_dict()["options"] == {"norm": "inf"}
 
 
 def test_entries_are_frozen_and_checked():

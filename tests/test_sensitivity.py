@@ -196,7 +196,7 @@ def test_top_k_summaries(digits_pairs):
         np.testing.assert_array_equal(top[name].indices.numpy(), order)
         torch.testing.assert_close(top[name].values, s[order])
     assert sens.top_k(0.25)["classifier.1"].indices.numel() == 16  # 25 % of 64 units
-    assert sens.mean() == pytest.approx(torch.cat(list(sens.values())).mean().item())
+    assert sens.value == pytest.approx(torch.cat(list(sens.values())).mean().item())
     assert top_k_count(0.1, 10) == 1 and top_k_count(0.01, 10) == 1 and top_k_count(50, 10) == 10
     for bad in (0, 1.5, -0.1, "3"):
         with pytest.raises((ValueError, TypeError), match="top_k must be"):
@@ -218,7 +218,9 @@ def test_to_dict_is_json(digits_pairs):
     sens = neuron_sensitivity(model, x, x_adv, progress=False)
     d = json.loads(json.dumps(sens.to_dict()))
     assert d["quantity"] == "sensitivity" and d["n_inputs"] == 23
-    assert d["mean"] == pytest.approx(sens.mean()) and d["layer_means"] == pytest.approx(sens.layer_means())
+    every_neuron = torch.cat([sens[n] for n in sens])
+    assert d["value"] == pytest.approx(every_neuron.mean().item(), rel=1e-12) and d["value"] == sens.value
+    assert d["layer_means"] == pytest.approx(sens.layer_means())
     assert {n: len(v) for n, v in d["scores"].items()} == {"features.0": 16, "features.2": 32,
                                                            "classifier.1": 64, "classifier.3": 10}
     assert d["scores"]["classifier.3"] == pytest.approx(sens["classifier.3"].tolist(), rel=0, abs=0)
@@ -291,9 +293,9 @@ def test_real_cifar_models_agree_with_the_papers_claims(aisafety_dir):
     for name in ("resnet20_cifar.pt", "CIFAR10_PAT_enhanced.pt"):
         model = resnet20_cifar(aisafety_dir / name)
         x_adv = pgd(model, x, y, eps, steps=5, step_size=2 / 255, seed=0)
-        sigma[name] = neuron_sensitivity(model, x, x_adv).mean()
+        sigma[name] = neuron_sensitivity(model, x, x_adv).value
         if name == "resnet20_cifar.pt":
             sign = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
-            noise = neuron_sensitivity(model, x, (x + eps * sign).clamp(0, 1)).mean()
+            noise = neuron_sensitivity(model, x, (x + eps * sign).clamp(0, 1)).value
             assert sigma[name] > 1.2 * noise  # 4.5 vs 2.9 on these 20 images
     assert sigma["CIFAR10_PAT_enhanced.pt"] < 0.5 * sigma["resnet20_cifar.pt"]

@@ -65,7 +65,7 @@ def exp_case():
     print(f"exp(w.x): true local Lipschitz constants {[round(v, 2) for v in lipschitz.tolist()]}, "
           f"true-constant CLEVER scores {[round(v, 5) for v in (torch.exp(x.flatten(1) @ w) / lipschitz).tolist()]}")
     return [(f"exp(w.x) margin, 3 images, L2 radius 2, {nb} x {ns}", model, x, dict(norm=2, radius=2.0, n_batches=nb,
-                                                                                  n_samples=ns))
+                                                                                  n_samples=ns, clip_values=None))
             for nb, ns in ((100, 128), (20, 16))]
 
 

@@ -153,13 +153,14 @@ def clever(
     has no finite end point; taking it would send the score to 0, the honest side.)
 
     ``clip_values=(lo, hi)`` (default (0, 1)) is the data domain: x must lie inside and
-    samples are clipped to it; None: no domain, no clipping. Sampling unit u (image u, or pair u = i T + t with independent
-    samples) draws batch b < N_b from point ``(u N_b + b) N_s`` of the counter-based
-    stream ``seed``, resampled batches b >= N_b from ``(u + 1) 2^40 + (b - N_b) N_s``, so
-    results do not depend on chunking. ``device``: where to compute (default: the
-    model's). ``batch_size``: points (inputs) per forward pass (each followed by one backward pass
-    per target, the graph retained in between); by default sized from the model's
-    measured activation memory. Larger scores = more robust.
+    samples are clipped to it; None: no domain, no clipping. Sampling unit u (image u, or
+    pair u = i T + t with independent samples) draws batch b < N_b from point
+    ``(u N_b + b) N_s`` of the counter-based stream ``seed``, resampled batches b >= N_b
+    from ``(u + 1) 2^40 + (b - N_b) N_s``, so results do not depend on chunking.
+    ``device``: where to compute (default: the model's). ``batch_size``: points (inputs)
+    per forward pass (each followed by one backward pass per target, the graph retained
+    in between); by default sized from the model's measured activation memory. Larger
+    scores = more robust.
     """
     checks.model(model)
     p = checks.norm(norm)

@@ -41,7 +41,8 @@ def run_clever_table(
     echo: Callable[[str], None] = print,
 ) -> dict:
     """Compute, print and save (into the folder ``out``) the demo's CLEVER scores; returns
-    the JSON document. ``max_batches``: resampling budget of ill-conditioned fits (default 4 x n_batches)."""
+    the JSON document. ``max_batches``: resampling budget of ill-conditioned fits
+    (default 4 x n_batches)."""
     from robustx.data import digits
     from robustx.models import digits_cnn
 

@@ -40,8 +40,8 @@ class SNSLoss:
     runs the model (in whatever mode it is) on ``x`` and on ``x_adv``; gradients flow
     through both. ``top_k`` is a neuron count or a fraction of each layer's neurons.
     After a call, ``sensitive[name]`` holds the current sensitive-neuron indices and
-    ``last`` the float values of "loss", "ce" and "penalty". With ``sns_lambda=0`` the loss is
-    exactly the adversarial cross-entropy.
+    ``last`` the float values of "loss", "ce" and "penalty". With ``sns_lambda=0`` the
+    loss is exactly the adversarial cross-entropy.
     """
 
     lam = deprecated_attribute("lam", "sns_lambda")
@@ -203,7 +203,8 @@ def train_adversarial(
                                              clip_values=clip_values))
     train_data = _check_train_data(train_data)
     opt = _optimizer(model, optimizer, checks.positive_float(lr, "lr"), weight_decay)
-    sns = SNSLoss(model, sns_layers, sns_lambda=sns_lambda, top_k=sns_top_k, refresh_every=refresh_every) if method == "sns" else None
+    sns = (SNSLoss(model, sns_layers, sns_lambda=sns_lambda, top_k=sns_top_k, refresh_every=refresh_every)
+           if method == "sns" else None)
     generator = torch.Generator().manual_seed(seed)
     was_training = model.training
     history: List[Dict[str, float]] = []

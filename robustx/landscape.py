@@ -286,8 +286,8 @@ def input_landscape(
     ``axis = linspace(-span, span, steps)`` along two directions per image (see the module
     docstring; directions[1] random uses ``seed + 1``). ``clip_values`` (default (0, 1)) is
     the data domain: x must lie inside and grid points are clipped to it; None: no domain,
-    no clipping. ``batch_size`` grid points go through the model per forward call. Flatter loss and a boundary farther from the origin
-    mean more robust. Returns a :class:`Landscape`.
+    no clipping. ``batch_size`` grid points go through the model per forward call. Flatter
+    loss and a boundary farther from the origin mean more robust. Returns a :class:`Landscape`.
     """
     checks.model(model)
     clip_values = checks.clip_range(clip_values)

@@ -50,8 +50,9 @@ class EBDResult(Result):
 @checks.renamed(n="n_images")
 def orthonormal_directions(n_images: int, d: int, m: int, generator: torch.Generator,
                            dtype=torch.float32) -> torch.Tensor:
-    """(n_images, m, d): for each of n_images inputs, m orthonormal directions in R^d, the columns of Q
-    in the QR decomposition of a d x m standard Gaussian matrix (one per input, batched)."""
+    """(n_images, m, d): for each of n_images inputs, m orthonormal directions in R^d, the
+    columns of Q in the QR decomposition of a d x m standard Gaussian matrix (one per
+    input, batched)."""
     if m > d:
         raise ValueError(f"m must be <= the input dimension {d} (orthonormal directions), got {m}")
     gauss = torch.randn(n_images, d, m, generator=generator, dtype=torch.float64, device=generator.device)

@@ -41,8 +41,8 @@ def ald(x: torch.Tensor, x_adv: torch.Tensor, success: torch.Tensor, norm, *, cl
 
     ALD_p = (1/|S|) sum_{i in S} ||x'_i - x_i||_p for ``norm`` p in {1, 2, inf} ("inf",
     math.inf), in data units (DEEPSEC divides by ||x_i||_p; the design here does not).
-    ALD_0 (``norm`` = 0) = (1/|S|) sum_{i in S} |{j : q(x'_i)_j != q(x_i)_j}| / d, the fraction of
-    the d elements whose 8-bit level q(v) = round(255 (v - lo) / (hi - lo)) changes, with
+    ALD_0 (``norm`` = 0) = (1/|S|) sum_{i in S} |{j : q(x'_i)_j != q(x_i)_j}| / d, the
+    fraction of the d elements whose 8-bit level q(v) = round(255 (v - lo) / (hi - lo)) changes, with
     (lo, hi) = ``clip_values`` (both images must lie inside it). NaN with a RuntimeWarning
     when S is empty.
     """

@@ -332,8 +332,8 @@ def neuron_uncertainty(
     per-layer mean over neurons, NU_l = (1/|l|) sum_m u_l^m. Lower = more stable outputs.
 
     A conv neuron is its whole feature map (as for sensitivity): its outputs are every
-    element e of the map for every input, u^m = Var_{i,e}[F^{m,e}(x_i)] (mean over the
-    N dim(F^m) values, ddof 0). The AISafety platform (Guo et al.'s own; class ``NU`` of
+    element e of the map for every input, u^m = Var_{i,e}[F^{m,e}(x_i)] (the population
+    variance of its N dim(F^m) values). The AISafety platform (Guo et al.'s own; class ``NU`` of
     its ``EvalBox.Evaluation`` package, DIG-Beihang/AISafety) runs it on the
     *adversarial examples* (``adv_xs``) and gathers each neuron's maps over the inputs
     for ``np.var``; so does ``robustx.evaluate``'s NU (the primary attack's examples;

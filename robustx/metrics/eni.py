@@ -75,6 +75,12 @@ def eni_from_terms(loss_change: torch.Tensor, distance: torch.Tensor) -> float:
     return abs(float(loss_change.double().sum())) / (loss_change.numel() * (largest if largest > 0 else 1.0))
 
 
+def _within(x: torch.Tensor, x_other: torch.Tensor, eps: float, name: str) -> None:
+    """``x_other`` within L-inf distance ``eps`` of ``x`` (up to float rounding), else ValueError."""
+    if (x_other - x).abs().amax() > eps * (1 + 1e-6):
+        raise ValueError(f"{name} must lie within L-inf distance eps={eps} of x")
+
+
 @checks.renamed(epsilon="eps")
 def eps_eni(
     model: nn.Module,
@@ -117,9 +123,7 @@ def eps_eni(
     if x_adv.shape != x.shape:
         raise ValueError(f"x_adv must have the shape of x {tuple(x.shape)}, got {tuple(x_adv.shape)}")
     if eps is not None:
-        eps = checks.positive_float(eps, "eps")
-        if (x_adv - x).abs().amax() > eps * (1 + 1e-6):
-            raise ValueError(f"x_adv must lie within L-inf distance eps={eps} of x")
+        _within(x, x_adv, checks.positive_float(eps, "eps"), "x_adv")
     size = checks.integer(batch_size, "batch_size")
     device = model_device(net)
     clean, adversarial = [], []
@@ -187,8 +191,7 @@ def eps_eni_noise(
             raise ValueError(f"x_noisy must have the shape of x {tuple(x.shape)}, got {tuple(x_noisy.shape)}")
         if draws != 1:
             raise ValueError(f"draws must be 1 when x_noisy is given, got {draws}")
-        if (x_noisy - x).abs().amax() > eps * (1 + 1e-6):
-            raise ValueError(f"x_noisy must lie within L-inf distance eps={eps} of x")
+        _within(x, x_noisy, eps, "x_noisy")
     n = x.shape[0]
     device = model_device(net)
     gen = torch.Generator(device=device).manual_seed(checks.seed(seed))

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from robustx import checks
 from robustx.attacks import pgd
@@ -21,7 +22,7 @@ from robustx.defenses import SNSLoss
 from robustx.divergence import divergence_bound
 from robustx.metrics.boundary import ebd, orthonormal_directions
 from robustx.metrics.corruption import corruption_errors, corruption_score
-from robustx.metrics.eni import eps_eni
+from robustx.metrics.eni import eps_eni, eps_eni_noise
 from robustx.metrics.imperceptibility import ald
 from robustx.models import digits_cnn
 from robustx.pipeline.evaluate import evaluate
@@ -48,7 +49,6 @@ OLD_NAMES = {"epsilon": "eps", "out_dir": "out", "lam": "sns_lambda", "p": "norm
 # Renames in flight on other branches: the merge that renames each one deletes its line
 # here (until then its strict xfail passes; afterwards a leftover line fails as XPASS).
 PENDING = {
-    "robustx.metrics.eni.eps_eni": "epsilon -> eps: renamed with the eps-ENI rewrite (developer C)",
     "robustx.landscape.run_landscape": "out_dir -> out: moved into robustx/commands/ and renamed (developer E)",
 }
 
@@ -137,9 +137,15 @@ def make_results(model, x, y):
         res = ebd(model, x, y, m=2, steps=4, bisection=2, progress=False)
         distances = res.per_sample
         out["EBDResult"] = res, finite_mean(distances[res.correct]), distances
-        res = eps_eni(model, x, y, 0.05, progress=False)
-        out["ENIResult"] = res, finite_mean(res.per_sample), res.per_sample
+        res = eps_eni_noise(model, x, y, eps=0.05, progress=False)
+        out["NoiseENIResult"] = res, finite_mean(res.per_sample), res.per_sample
     x_adv = pgd(model, x, y, 0.1, steps=2, progress=False)
+    res = eps_eni(model, x, y, x_adv, progress=False)
+    with torch.no_grad():
+        change = (F.cross_entropy(model(x_adv).double(), y, reduction="none")
+                  - F.cross_entropy(model(x).double(), y, reduction="none")).numpy()
+    largest = float((x_adv - x).abs().flatten(1).amax(1).max())
+    out["ENIResult"] = res, abs(float(change.sum())) / (len(change) * largest), None
     res = neuron_sensitivity(model, x, x_adv, progress=False)
     out["LayerScores"] = res, float(np.mean(np.concatenate([res[n].numpy() for n in res]))), None
     res = NeuronCoverage(model, progress=False).profile(x).update(x).result()
@@ -173,7 +179,7 @@ def test_every_public_result_class_is_covered(results):
     assert classes - set(NOT_RESULTS) == set(results)
 
 
-@pytest.mark.parametrize("name", ["CleverResult", "DivergenceResult", "EBDResult", "ENIResult", "LayerScores",
+@pytest.mark.parametrize("name", ["CleverResult", "DivergenceResult", "EBDResult", "ENIResult", "NoiseENIResult", "LayerScores",
                                   "CoverageResult", "LayerCoverage", "CorruptionScore", "MetricResult"])
 def test_result_has_value_per_sample_and_to_dict(results, name):
     res, value, per_sample = results[name]
@@ -195,7 +201,8 @@ def test_result_has_value_per_sample_and_to_dict(results, name):
 #: (callable, old keyword) of every deprecated alias: the walk must find exactly these
 ALIASES = [("robustx.clever.clever", "max_chunk"), ("robustx.clever_table.run_clever_table", "out_dir"),
            ("robustx.defenses.SNSLoss", "lam"), ("robustx.metrics.boundary.orthonormal_directions", "n"),
-           ("robustx.metrics.imperceptibility.ald", "p")]
+           ("robustx.metrics.imperceptibility.ald", "p"), ("robustx.metrics.eni.eps_eni", "epsilon"),
+           ("robustx.metrics.eni.eps_eni_noise", "epsilon")]
 
 
 def alias_cases(model, x, y, tmp_path):
@@ -219,6 +226,12 @@ def alias_cases(model, x, y, tmp_path):
         ("robustx.metrics.boundary.orthonormal_directions", "n"): (lambda: directions(n=2),
                                                                    lambda: directions(n_images=2)),
         ("robustx.defenses.SNSLoss", "lam"): (lambda: sns(lam=0.5), lambda: sns(sns_lambda=0.5)),
+        ("robustx.metrics.eni.eps_eni", "epsilon"): (
+            lambda: eps_eni(model, x, y, x_adv, epsilon=0.05, progress=False).value,
+            lambda: eps_eni(model, x, y, x_adv, eps=0.05, progress=False).value),
+        ("robustx.metrics.eni.eps_eni_noise", "epsilon"): (
+            lambda: eps_eni_noise(model, x, y, epsilon=0.05, progress=False).per_sample,
+            lambda: eps_eni_noise(model, x, y, eps=0.05, progress=False).per_sample),
         ("robustx.clever_table.run_clever_table", "out_dir"): (
             lambda: run_clever_table(out_dir=tmp_path / "old", **table)["clever"]["L2"]["result"]["per_sample"],
             lambda: run_clever_table(out=tmp_path / "new", **table)["clever"]["L2"]["result"]["per_sample"]),

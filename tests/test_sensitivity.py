@@ -9,6 +9,9 @@ from torch import nn
 
 from robustx.models import DigitsCNN, ResNet20
 from robustx.sensitivity import (
+    merge_moments,
+    moments_uncertainty,
+    neuron_moments,
     neuron_sensitivity,
     neuron_sensitivity_stream,
     neuron_uncertainty,
@@ -247,11 +250,12 @@ def test_uncertainty_hand_computed():
     model = conv_linear_model()
     x = torch.tensor([[[[0.0, 0.0], [0.0, 0.0]]], [[[2.0, 0.0], [0.0, 0.0]]], [[[1.0, 1.0], [1.0, 1.0]]]])
     unc = neuron_uncertainty(model, x)
-    # channel 0 pixel values over the 3 inputs: (0,2,1), (0,0,1) x3 -> variances 2/3, 2/9 x3
-    var0 = (2 / 3 + 3 * 2 / 9) / 4
+    # channel 0 (weight 1): the 12 values of its 2x2 map over the 3 inputs, 0 x4, (2, 0, 0, 0),
+    # 1 x4 (plus the bias): mean 1/2, mean square 8/12, variance 2/3 - 1/4 = 5/12; channel 1: 9 x that
+    var0 = 5 / 12
     torch.testing.assert_close(unc["0"], torch.tensor([var0, 9 * var0], dtype=torch.float64))
     # the Linear output is sum(x + 0.5) + sum(-3x + 2) - 1 = -2 sum(x) + const: (0, -4, -8) + const
-    torch.testing.assert_close(unc["2"], torch.tensor([np.var([0.0, -4.0, -8.0])], dtype=torch.float64))
+    torch.testing.assert_close(unc["2"], torch.tensor([32 / 3], dtype=torch.float64))
     assert unc.layer_means()["0"] == pytest.approx(5 * var0)
 
 
@@ -265,17 +269,40 @@ def test_uncertainty_streaming_is_stable_and_matches_numpy():
     with torch.no_grad():
         outs = digits_layer_outputs(model, x)
     for name in unc:
-        a = outs[name].numpy().reshape(37, outs[name].shape[1], -1)
-        ref = a.var(axis=0).mean(axis=1)  # two-pass
+        a = outs[name].numpy()
+        ref = [np.var([a[i, c] for i in range(37)]) for c in range(a.shape[1])]  # neuron c's maps over the inputs
         np.testing.assert_allclose(unc[name].numpy(), ref, rtol=1e-6)
     labelled = torch.utils.data.TensorDataset(x, torch.zeros(37, dtype=torch.long))
     loader = torch.utils.data.DataLoader(labelled, batch_size=8)
     streamed = neuron_uncertainty_stream(model, loader, ["features.0", "classifier.3"])
     for name in unc:
         torch.testing.assert_close(streamed[name], unc[name], rtol=1e-6, atol=0)
-    # the same input 5 times: zero variance (up to the rounding of batched float64 convs)
-    constant = neuron_uncertainty(DigitsCNN().double(), x[:1].expand(5, -1, -1, -1).contiguous())
-    assert all(v.abs().max() < 1e-28 for v in constant.values())
+    # the same input 5 times: each neuron's variance is that of its one map over its positions
+    # (0 for a Linear unit), up to the rounding of batched float64 convs
+    net = DigitsCNN().double()
+    constant = neuron_uncertainty(net, x[:1].expand(5, -1, -1, -1).contiguous(), ["features.0", "classifier.3"])
+    with torch.no_grad():
+        one = digits_layer_outputs(net, x[:1])
+    for name in constant:
+        ref = one[name][0].reshape(one[name].shape[1], -1).var(dim=1, correction=0)
+        torch.testing.assert_close(constant[name], ref, rtol=1e-9, atol=1e-28)
+    assert constant["classifier.3"].abs().max() < 1e-28
+
+
+def test_uncertainty_states_of_parts_merge_to_the_whole():
+    """merge_moments of the moments of uneven parts (in order) gives the whole set's
+    uncertainty: Chan et al.'s pairwise update is exact up to float64 rounding (rel 1e-12)."""
+    torch.manual_seed(1)
+    model = DigitsCNN().double()
+    x = torch.rand(23, 1, 8, 8, dtype=torch.float64)
+    whole = neuron_uncertainty(model, x, progress=False)
+    parts = [neuron_moments(model, x[a:b], batch_size=4) for a, b in ((0, 1), (1, 12), (12, 23))]
+    merged = merge_moments(parts)
+    assert int(merged["n"]) == 23 and int(merged["count:features.0"]) == 23 * 8 * 8
+    merged_u = moments_uncertainty(merged)
+    assert list(merged_u) == list(whole)
+    for name in whole:
+        torch.testing.assert_close(merged_u[name], whole[name], rtol=1e-12, atol=0)
 
 
 def test_real_cifar_models_agree_with_the_papers_claims(aisafety_dir):

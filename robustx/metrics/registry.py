@@ -117,9 +117,12 @@ def _entries() -> Tuple[MetricInfo, ...]:
         m("mCE", "corruption", False, frozenset({"corruptions"}), _HERE + "corruption:mce"),
         m("rmCE", "corruption", False, frozenset({"corruptions"}), _HERE + "corruption:rmce"),
         m("EBD", "boundary", True, _CLEAN, _HERE + "boundary:ebd", definition="EBD"),
-        m("eps-ENI", "boundary", False, _CLEAN, _HERE + "eni:eps_eni", definition="eps-ENI"),
+        m("eps-ENI", "boundary", False, _ATTACKED, _HERE + "eni:eps_eni", definition="eps-ENI"),  # the platform's
+        m("eps-ENI_noise", "boundary", False, _CLEAN, _HERE + "eni:eps_eni_noise", definition="eps-ENI_noise"),
         m("NS", "neuron", False, frozenset({"adversarial examples"}), "robustx.sensitivity:neuron_sensitivity", definition="NS"),
-        m("NU", "neuron", False, _CLEAN, "robustx.sensitivity:neuron_uncertainty", definition="NU"),
+        m("NU", "neuron", False, frozenset({"adversarial examples"}), "robustx.sensitivity:neuron_uncertainty",
+          definition="NU"),  # on adversarial examples, as the platform
+        m("NU_clean", "neuron", False, _CLEAN, "robustx.sensitivity:neuron_uncertainty", definition="NU"),
         *coverage,
         m("CLEVER", "bound", True, _CLEAN, "robustx.clever:clever", definition="CLEVER"),
         m("DIV", "bound", False, _CLEAN, "robustx.divergence:divergence_bound", definition="DIV"),

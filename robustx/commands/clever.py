@@ -105,7 +105,7 @@ def run_clever_table(
 def _document(results: Dict[str, Tuple[CleverResult, float]], y: torch.Tensor, model: str, data: str) -> dict:
     doc = {"model": model, "data": data, "labels": y.tolist(), "clever": {}}
     for name, (res, seconds) in results.items():
-        scores = res.scores
+        scores = res.per_sample
         doc["clever"][name] = {
             "seconds": round(seconds, 3),
             "mean": float(scores.mean()),
@@ -127,7 +127,7 @@ def _table(results: Dict[str, Tuple[CleverResult, float]], y: torch.Tensor) -> s
         cells = " ".join(_cell(results[n][0], i) for n in names)
         lines.append(f"{i:5d} {int(y[i]):5d} {int(first.predicted[i]):4d} {cells}")
     lines.append("-" * len(head))
-    lines.append(f"{'mean':>16} " + " ".join(f"{float(results[n][0].scores.mean()):11.4f} " for n in names))
+    lines.append(f"{'mean':>16} " + " ".join(f"{float(results[n][0].per_sample.mean()):11.4f} " for n in names))
     for n in names:
         res, seconds = results[n]
         s = res.settings
@@ -139,14 +139,14 @@ def _table(results: Dict[str, Tuple[CleverResult, float]], y: torch.Tensor) -> s
 
 def _cell(res: CleverResult, i: int) -> str:
     """Score of image i, width 12, marked * where it is not reliable."""
-    return f"{float(res.scores[i]):11.4f}" + (" " if res.reliable[i] else "*")
+    return f"{float(res.per_sample[i]):11.4f}" + (" " if res.reliable[i] else "*")
 
 
 def _histograms(results: Dict[str, Tuple[CleverResult, float]], model: str) -> bytes:
     """PNG: one histogram of the scores per norm."""
     from robustx.plotting import histograms_png
 
-    n = next(iter(results.values()))[0].scores.numel()
-    panels = [(res.scores.tolist(), f"{model}, untargeted CLEVER {name}",
+    n = next(iter(results.values()))[0].per_sample.numel()
+    panels = [(res.per_sample.tolist(), f"{model}, untargeted CLEVER {name}",
                f"CLEVER {name} score (radius {res.settings['radius']})") for name, (res, _) in results.items()]
     return histograms_png(panels, bins=min(20, max(5, n // 2)))

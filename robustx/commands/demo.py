@@ -11,7 +11,7 @@ __all__ = ["add_parser", "run", "DEMO_CONFIG"]
 DEMO_CONFIG = {
     "pgd": {"eps": 0.1, "step_size": 0.025},
     "div": {"eps": 0.1},
-    "eps-eni": {"epsilon": 0.1},
+    "eps-eni_noise": {"eps": 0.1},
 }
 
 

@@ -1,6 +1,7 @@
 """``robustx clever`` (robustx/commands/clever.py): the table, clever.json and clever_hist.png;
 exact scores for a linear model named on the command line; reliability marks; the defaults
-are robustx.clever.CLEVER_DEFAULTS; ``out_dir`` is a deprecated alias of ``out``."""
+are robustx.clever.CLEVER_DEFAULTS. (``out_dir``, the deprecated alias of ``out``:
+tests/test_api.py.)"""
 import inspect
 import io
 import json
@@ -35,9 +36,9 @@ def test_writes_a_table_json_and_two_histograms(tmp_path, capsys):
         entry = doc["clever"][name]
         res = entry["result"]
         assert res["settings"]["radius"] == radius and res["settings"]["n_batches"] == 6
-        scores = res["scores"]
+        scores = res["per_sample"]
         assert len(scores) == 3 and all(0.0 < s <= radius for s in scores)
-        assert entry["mean"] == pytest.approx(sum(scores) / 3)
+        assert entry["mean"] == pytest.approx(sum(scores) / 3) and res["value"] == pytest.approx(entry["mean"])
         assert len(res["targets"][0]) == 9  # untargeted: every other class of the digits CNN
         # the score is g0 / Lipschitz estimate (capped at R), and the estimate is >= the largest sampled norm
         for i in range(3):
@@ -72,7 +73,7 @@ def test_a_linear_model_file_gets_its_exact_boundary_distance(tmp_path, capsys):
     for name, q in (("L2", 2), ("Linf", 1)):
         exact = [min(((f[i, c] - f[i, j]) / torch.linalg.vector_norm(w[c] - w[j], ord=q)).item()
                      for j in range(4) if j != c) for i, c in enumerate(f.argmax(1).tolist())]
-        assert doc["clever"][name]["result"]["scores"] == pytest.approx(exact, rel=1e-4)
+        assert doc["clever"][name]["result"]["per_sample"] == pytest.approx(exact, rel=1e-4)
         assert all(doc["clever"][name]["reliable"])  # constant maxima: exact, not a suspect fallback
 
 
@@ -93,14 +94,6 @@ def test_table_marks_unreliable_scores(tmp_path):
         marks = [row.split()[3 + col].endswith("*") for row in rows]
         assert marks == [not ok for ok in expected]
     assert not all(doc["clever"]["Linf"]["reliable"])  # 4 x 4 samples: some fits are ill-conditioned
-
-
-def test_out_dir_is_a_deprecated_alias_of_out(tmp_path):
-    assert run_clever_table.__deprecated_aliases__ == {"out_dir": "out"}
-    with pytest.warns(DeprecationWarning, match="'out_dir' is deprecated, use 'out'"):
-        run_clever_table(out_dir=tmp_path / "old", n_images=1, n_batches=2, n_samples=2, progress=False,
-                         echo=lambda line: None)
-    assert (tmp_path / "old" / "clever.json").is_file() and (tmp_path / "old" / "clever_hist.png").is_file()
 
 
 def test_the_command_and_the_suite_share_one_default_set():

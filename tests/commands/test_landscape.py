@@ -1,6 +1,6 @@
 """``robustx landscape`` (robustx/commands/landscape.py): the models and data of robustx
-evaluate, three drawn PNGs per image, ``out_dir`` a deprecated alias of ``out``. The
-landscape and its figures: tests/test_landscape.py."""
+evaluate, three drawn PNGs per image. The landscape and its figures: tests/test_landscape.py;
+``out_dir``, the deprecated alias of ``out``: tests/test_api.py."""
 import io
 
 import numpy as np
@@ -41,9 +41,8 @@ def test_bad_image_index_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
-def test_a_model_file_on_npz_data_and_the_deprecated_out_dir(tmp_path):
-    """A model named by its TorchScript file (the file name in the PNGs' names) on .npz data;
-    the figures are written under ``out_dir``, with a DeprecationWarning."""
+def test_a_model_file_on_npz_data(tmp_path):
+    """A model named by its TorchScript file (the file name in the PNGs' names) on .npz data."""
     import warnings
 
     from torch import nn
@@ -55,12 +54,10 @@ def test_a_model_file_on_npz_data_and_the_deprecated_out_dir(tmp_path):
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still read by robustx
         torch.jit.save(torch.jit.trace(net, x[:2]), tmp_path / "lin.pt")
     np.savez(tmp_path / "d.npz", x=x.numpy(), y=np.array([0, 1, 1]))
-    assert run_landscape.__deprecated_aliases__ == {"out_dir": "out"}
-    with pytest.warns(DeprecationWarning, match="'out_dir' is deprecated, use 'out'"):
-        paths = run_landscape(out_dir=tmp_path / "old", model=str(tmp_path / "lin.pt"), data=str(tmp_path / "d.npz"),
-                              images=[2], steps=5, surface="margin", progress=False)
+    paths = run_landscape(tmp_path / "out", model=str(tmp_path / "lin.pt"), data=str(tmp_path / "d.npz"),
+                          images=[2], steps=5, surface="margin", progress=False)
     assert [p.name for p in paths] == [f"lin_pt_2_margin_{k}.png" for k in ("contour", "surface", "slices")]
-    assert all(p.parent == tmp_path / "old" and p.is_file() for p in paths)
+    assert all(p.parent == tmp_path / "out" and _pixels(p.read_bytes()).std() > 0.05 for p in paths)
 
 
 def test_span_defaults_to_half_on_digits(monkeypatch, tmp_path):

@@ -4,9 +4,9 @@ Scores the first test inputs of a model (default: the built-in digits CNN on its
 prints a table, and writes ``clever.json`` and ``clever_hist.png`` to the output folder. The
 defaults are :data:`robustx.clever.CLEVER_DEFAULTS` (radii :data:`robustx.clever.CLEVER_RADII`),
 a CPU budget (the digits CNN: about 3 CPU-minutes for both norms, bench/RESULTS.md); the paper
-uses N_b x N_s = 500 x 1024 samples per image (``--n-batches 500 --n-samples 1024``). A score marked ``*`` is not reliable: a Weibull
-fit of the image fell back to the largest sampled gradient norm even after resampling, so it
-over-states robustness (``CleverResult.reliable``).
+uses N_b x N_s = 500 x 1024 samples per image (``--n-batches 500 --n-samples 1024``). A score
+marked ``*`` is not reliable: a Weibull fit of the image fell back to the largest sampled
+gradient norm even after resampling, so it over-states robustness (``CleverResult.reliable``).
 """
 from __future__ import annotations
 

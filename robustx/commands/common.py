@@ -9,8 +9,8 @@ from typing import Callable, Sequence, Tuple
 
 import torch
 
-__all__ = ["add_output", "add_model_and_data", "load_model_and_data", "n_inputs", "inputs", "file_stem", "floats", "summary",
-           "failures_summarised", "failures"]
+__all__ = ["add_output", "add_model_and_data", "load_model_and_data", "n_inputs", "inputs", "file_stem", "floats",
+           "summary", "failures_summarised", "failures"]
 
 
 def add_output(parser: argparse.ArgumentParser, out: str, run: Callable[[argparse.Namespace], int]) -> None:

@@ -74,3 +74,38 @@ def test_span_defaults_to_half_on_digits(monkeypatch, tmp_path):
     monkeypatch.setattr(robustx.landscape, "input_landscape", spy)
     run_landscape(tmp_path, images=[1], steps=3, progress=False)
     assert seen["span"] == DIGITS_SPAN == 0.5
+
+
+def test_an_image_folder_is_read_by_index(tmp_path, monkeypatch):
+    """--data an image folder (a Dataset, not tensors): image i of the folder's order is the one drawn."""
+    import warnings
+
+    from PIL import Image
+    from torch import nn
+
+    import robustx.landscape
+
+    seen = {}
+    real = robustx.landscape.input_landscape
+
+    def spy(model, x, y, **kwargs):
+        seen.update(x=x, y=y)
+        return real(model, x, y, **kwargs)
+
+    monkeypatch.setattr(robustx.landscape, "input_landscape", spy)
+
+    for k, name in enumerate(("cat", "dog")):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        Image.fromarray(np.full((8, 8, 3), 60 + 120 * k, dtype=np.uint8)).save(tmp_path / "data" / name / "a.png")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 2)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still read by robustx
+        torch.jit.save(torch.jit.trace(net, torch.rand(1, 3, 8, 8)), tmp_path / "pool.pt")
+    paths = run_landscape(tmp_path / "out", model=str(tmp_path / "pool.pt"), data=str(tmp_path / "data"), images=[1],
+                          steps=3, progress=False)
+    assert [p.name for p in paths] == [f"pool_pt_1_loss_{k}.png" for k in ("contour", "surface", "slices")]
+    assert seen["y"].tolist() == [1] and seen["x"].shape == (1, 3, 224, 224)  # dog: class 1, resized and cropped
+    torch.testing.assert_close(seen["x"], torch.full_like(seen["x"], 180 / 255))  # the uniform dog image
+    with pytest.raises(ValueError, match=r"images must be an int in \[0, 1\], got 2"):
+        run_landscape(tmp_path / "bad", model=str(tmp_path / "pool.pt"), data=str(tmp_path / "data"), images=[2])

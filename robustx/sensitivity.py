@@ -325,7 +325,7 @@ def neuron_uncertainty(
     population variance over the inputs of each element of the map, averaged over the
     map's elements, u^m = (1/dim F^m) sum_e Var_i[F^{m,e}(x_i)]. Lower = more stable
     outputs. The AISafety platform's code pools every neuron of a layer into one
-    variance; following DESIGN.md and the paper, this computes it per neuron.
+    variance; following docs/design.md and the paper, this computes it per neuron.
     """
     checks.images(x, "x")
     size = checks.integer(batch_size, "batch_size")

@@ -254,7 +254,7 @@ def test_get_attack_rejects_unknown_names_and_settings():
     assert {"eps", "steps", "seed"} <= set(attack_settings("pgd")) and "y" not in attack_settings("deepfool")
     with pytest.raises(ValueError, match="attack must be one of"):
         get_attack("bim", eps=0.1)
-    with pytest.raises(TypeError, match="attack must be a name"):
+    with pytest.raises(TypeError, match="attack must be one of"):
         get_attack(3)
     with pytest.raises(TypeError, match=r"no setting\(s\) \['epsilon'\]"):
         get_attack("pgd", epsilon=0.1)

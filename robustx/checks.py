@@ -127,7 +127,7 @@ def parse_norm(norm, name: str = "norm") -> float:
 
 
 def norm(value, name: str = "norm", allowed: Sequence[float] = (1.0, 2.0, math.inf)) -> float:
-    """A norm exponent (see :func:`robustx.geometry.parse_norm`) restricted to ``allowed``."""
+    """A norm exponent (see :func:`parse_norm`) restricted to ``allowed``."""
     p = parse_norm(value, name)
     if p not in allowed:
         names = ", ".join("inf" if math.isinf(a) else str(int(a)) for a in allowed)

@@ -49,8 +49,7 @@ ON_FALLBACK = ("resample", "max", "raise")
 RESAMPLE_STRIDE = 1 << 40  # stream offset between the resampled batches of consecutive units
 UNRELIABLE = FALLBACK_REASONS.index("ks_rejected")  # reasons from here on are ill-conditioned fits
 ZERO_GRAD_WARN_FRACTION = 0.1  # warn (gradient masking?) above this fraction of zero gradients
-CPU_CHUNK_BYTES = 512 << 20  # memory of one pass on CPU (a quarter of the free memory on CUDA):
-# half saved activations, half gradients
+CPU_CHUNK_BYTES = 512 << 20  # one pass's memory on CPU (CUDA: a quarter of the free memory), half activations
 CPU_MAX_ROWS = 1024  # points per forward chosen automatically, at most, on CPU
 DEVICE_MAX_ROWS = 8192  # ... and on accelerators
 

@@ -9,8 +9,10 @@ Reading also accepts the bare ``NaN`` / ``Infinity`` tokens older files may hold
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from collections.abc import Mapping
 
 import torch
 
@@ -22,13 +24,16 @@ NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 def encode(value):
     """``value`` as strict JSON data: non-finite floats as their :data:`NONFINITE` string,
-    tensors as (nested) lists, tuples as lists; everything else unchanged."""
+    tensors as (nested) lists, tuples as lists, mapping keys as strings, a result object
+    (a dataclass with ``to_dict``) as its ``to_dict()``; everything else unchanged."""
     if isinstance(value, torch.Tensor):
         value = value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {k: encode(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type) and hasattr(value, "to_dict"):
+        return encode(value.to_dict())
+    if isinstance(value, Mapping):
+        return {str(k): encode(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [encode(v) for v in value]
     return value

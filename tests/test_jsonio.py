@@ -68,10 +68,11 @@ def test_clever_result_to_dict_is_strict_json_of_its_tensors():
     assert torch.isnan(res.ks_pvalue).any()
     doc = _strict(json.dumps(res.to_dict()))
     back = jsonio.decode(doc)
-    for name in ("scores", "g0", "lipschitz", "ks_pvalue", "shape", "fallback", "reason"):
+    for name in ("per_sample", "g0", "lipschitz", "ks_pvalue", "shape", "fallback", "reason"):
         torch.testing.assert_close(torch.tensor(back[name], dtype=getattr(res, name).dtype), getattr(res, name),
                                    equal_nan=True, rtol=0, atol=0)
     assert back["reliable"] == res.reliable.tolist() and back["settings"]["norm"] == "2"
+    assert back["value"] == pytest.approx(float(res.per_sample.mean()), rel=1e-12)
 
 
 def test_store_meta_keeps_nan_and_reads_the_previous_format(tmp_path):

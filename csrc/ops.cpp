@@ -1,6 +1,6 @@
 // Schemas of every robustx operator (torch.ops.robustx.*). Kernels live in
 // cpu/<op>.cpp and cuda/<op>.cu; Python wrappers, fake kernels and references in
-// robustx/ops.py.
+// the package robustx/ops/ (one module per op).
 #include <Python.h>
 #include <torch/library.h>
 

@@ -17,14 +17,16 @@ gradients are taken w.r.t. the inputs only. Inputs are processed in chunks of
 **The attack protocol.** Code that needs adversarial examples (adversarial training,
 evaluation) takes an :class:`Attack`: any callable ``attack(model, x, y) -> x_adv``.
 :func:`get_attack` turns a built-in attack, named in :data:`ATTACKS`, and its settings
-into one: ``get_attack("pgd", eps=8 / 255, steps=10)``.
+into one: ``get_attack("pgd", eps=8 / 255, steps=10)``; :func:`run_attack` runs one on a
+frozen model and checks what it returns. Evaluation, training and the transfer
+examples of AA_B all build and run their attacks through these two.
 """
 from __future__ import annotations
 
 import functools
 import inspect
 import math
-from typing import Callable, Dict, Optional, Protocol
+from typing import Any, Callable, Dict, Optional, Protocol, Union
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +37,7 @@ from robustx.autoattack import autoattack
 from robustx.geometry import logit_margin, project_ball, project_box, steepest_ascent
 from robustx.modelutil import chunks, frozen_eval, model_device, progress_bar
 
-__all__ = ["Attack", "ATTACKS", "get_attack", "attack_settings", "fgsm", "pgd", "deepfool", "carlini_wagner_l2"]
+__all__ = ["Attack", "ATTACKS", "get_attack", "run_attack", "attack_settings", "fgsm", "pgd", "deepfool", "carlini_wagner_l2"]
 
 _TINY = 1e-12  # floor of DeepFool's gradient-difference norms before dividing by them
 DEEPFOOL_MARGIN = 1e-4  # added to each DeepFool step's length so it crosses the linearised boundary
@@ -311,27 +313,44 @@ ATTACKS = {"fgsm": fgsm, "pgd": pgd, "deepfool": deepfool, "cw": carlini_wagner_
 
 def attack_settings(name: str) -> Dict[str, inspect.Parameter]:
     """The settings of the built-in attack ``name``: its parameters besides model, x and y, by name."""
-    if not isinstance(name, str):
-        raise TypeError(f"attack must be a name in {tuple(ATTACKS)} or a callable attack(model, x, y), "
-                        f"got {type(name).__name__}")
-    if name not in ATTACKS:
-        raise ValueError(f"attack must be one of {tuple(ATTACKS)} or a callable attack(model, x, y), got {name!r}")
+    checks.choice(name, "attack", tuple(ATTACKS), also="or a callable attack(model, x, y)")
     params = inspect.signature(ATTACKS[name]).parameters
     return {k: v for k, v in params.items() if k not in ("model", "x", "y")}
 
 
-def get_attack(name: str, **settings) -> Attack:
+def get_attack(name: Union[str, Attack], defaults: Optional[Dict[str, Any]] = None, **settings) -> Attack:
     """The built-in attack ``name`` (a key of :data:`ATTACKS`: "fgsm", "pgd", "deepfool",
     "cw" for :func:`carlini_wagner_l2`, or "autoattack") with ``settings`` fixed, as an :class:`Attack`
-    ``attack(model, x, y) -> x_adv``. Unknown or missing settings raise TypeError naming them.
+    ``attack(model, x, y) -> x_adv``; a callable ``name`` is the attack itself (given no settings).
+    ``defaults``: settings that apply where the attack accepts them (e.g. a run's
+    ``clip_values``, ``progress=False``, a batch's ``seed``), under ``settings``. Unknown or
+    missing ``settings`` raise TypeError naming them.
 
     ``get_attack("pgd", eps=0.1, steps=20)(model, x, y)`` is ``pgd(model, x, y, eps=0.1, steps=20)``.
     """
+    if callable(name):
+        if settings:
+            raise TypeError(f"a callable attack takes no settings, got {sorted(settings)}")
+        return name
     accepted = attack_settings(name)
     unknown = sorted(set(settings) - set(accepted))
     if unknown:
         raise TypeError(f"attack {name!r} has no setting(s) {unknown}; it accepts {sorted(accepted)}")
+    settings = {**{k: v for k, v in (defaults or {}).items() if k in accepted}, **settings}
     missing = [k for k, v in accepted.items() if v.default is inspect.Parameter.empty and k not in settings]
     if missing:
         raise TypeError(f"attack {name!r} needs the setting(s) {missing}")
     return functools.partial(_deepfool_attack if name == "deepfool" else ATTACKS[name], **settings)
+
+
+def run_attack(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``attack(model, x, y)`` with the model in eval mode and frozen, checked to return a
+    tensor of the shape of ``x``; detached, with the dtype and device of ``x``."""
+    if not callable(attack):
+        raise TypeError(f"attack must be a callable (model, x, y) -> x_adv, got {type(attack).__name__}")
+    with frozen_eval(model):
+        x_adv = attack(model, x, y)
+    if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
+        got = tuple(x_adv.shape) if isinstance(x_adv, torch.Tensor) else type(x_adv).__name__
+        raise ValueError(f"attack must return a tensor of the shape of x {tuple(x.shape)}, got {got}")
+    return x_adv.detach().to(device=x.device, dtype=x.dtype)

@@ -55,8 +55,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 
     checks.model(model)
     eps = checks.positive_float(eps, "eps")
     p = checks.norm(norm)
-    if version not in VERSIONS:
-        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+    checks.choice(version, "version", VERSIONS)
     if (attacks is not None) != (version == "custom"):
         raise ValueError("attacks (a list of AutoAttack's attacks) goes with version='custom' and only with it")
     clip = checks.clip_range(clip_values)

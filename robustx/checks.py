@@ -15,8 +15,6 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from robustx.geometry import parse_norm
-
 __all__ = [
     "choice",
     "renamed",
@@ -26,10 +24,13 @@ __all__ = [
     "seed",
     "model",
     "norm",
+    "parse_norm",
     "clip_range",
     "device",
     "device_unavailable",
     "floating_tensor",
+    "not_probabilities",
+    "PROBABILITY_TOLERANCE",
     "images",
     "labels",
     "data_labels",
@@ -113,8 +114,20 @@ def model(value, name: str = "model") -> nn.Module:
     return value
 
 
+_NORMS = {1: 1.0, 2: 2.0, math.inf: math.inf, "1": 1.0, "2": 2.0, "inf": math.inf, "l1": 1.0, "l2": 2.0,
+          "linf": math.inf}
+
+
+def parse_norm(norm, name: str = "norm") -> float:
+    """Normalise a norm given as 1, 2, inf, np.inf or "1"/"2"/"inf"/"l2"... to 1.0, 2.0 or inf."""
+    if isinstance(norm, bool):
+        raise TypeError(f"{name} must be a norm such as 2 or 'inf', got bool {norm!r}")
+    key = norm.strip().lower() if isinstance(norm, str) else norm
+    return _NORMS[choice(key, name, tuple(_NORMS))]
+
+
 def norm(value, name: str = "norm", allowed: Sequence[float] = (1.0, 2.0, math.inf)) -> float:
-    """A norm exponent (see :func:`robustx.geometry.parse_norm`) restricted to ``allowed``."""
+    """A norm exponent (see :func:`parse_norm`) restricted to ``allowed``."""
     p = parse_norm(value, name)
     if p not in allowed:
         names = ", ".join("inf" if math.isinf(a) else str(int(a)) for a in allowed)
@@ -190,6 +203,29 @@ def floating_tensor(value, name: str) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise TypeError(f"{name} must be a floating tensor (float16, bfloat16, float32, float64), got {value.dtype}")
+    return value
+
+
+#: Rows whose entries all lie in [0, 1] and whose sums are within this of 1 are taken for
+#: probabilities (softmax outputs) where logits are expected.
+PROBABILITY_TOLERANCE = 1e-3
+
+
+def not_probabilities(value: torch.Tensor, name: str, action: str = "raise", hint: str = "") -> torch.Tensor:
+    """``value`` (N, K) unless it looks like probabilities: non-empty, every entry in
+    [0, 1] and every row summing to 1 within :data:`PROBABILITY_TOLERANCE`. Then
+    ``action`` "raise" raises ValueError, "warn" warns RuntimeWarning (at the caller's
+    caller); ``hint`` is added to the message."""
+    action = choice(action, "action", ("raise", "warn"))
+    rows = value.detach().double()
+    if not (value.numel() and bool(((rows >= 0) & (rows <= 1)).all())
+            and bool(((rows.sum(1) - 1).abs() <= PROBABILITY_TOLERANCE).all())):
+        return value
+    message = (f"{name} looks like probabilities (every row in [0, 1] summing to 1); logits (pre-softmax "
+               f"scores) are expected{hint}")
+    if action == "raise":
+        raise ValueError(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
     return value
 
 

@@ -36,9 +36,9 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 from torch import nn
 
-from robustx import checks, ops
+from robustx import checks, jsonio, ops
 from robustx.geometry import dual_norm, norm_name
-from robustx.modelutil import chunks, frozen_eval, progress_bar
+from robustx.modelutil import chunks, frozen_eval, input_bytes, memory_budget, progress_bar
 from robustx.results import Result, deprecated_attribute
 from robustx.weibull import FALLBACK_REASONS, ReverseWeibullFit, fit_reverse_weibull
 
@@ -57,8 +57,7 @@ ON_FALLBACK = ("resample", "max", "raise")
 RESAMPLE_STRIDE = 1 << 40  # stream offset between the resampled batches of consecutive units
 UNRELIABLE = FALLBACK_REASONS.index("ks_rejected")  # reasons from here on are ill-conditioned fits
 ZERO_GRAD_WARN_FRACTION = 0.1  # warn (gradient masking?) above this fraction of zero gradients
-CPU_CHUNK_BYTES = 512 << 20  # memory of one pass on CPU: half saved activations, half gradients
-CUDA_CHUNK_FRACTION = 0.25  # ... and on CUDA, this fraction of the free GPU memory
+CPU_CHUNK_BYTES = 512 << 20  # one pass's memory on CPU (CUDA: a quarter of the free memory), half activations
 CPU_MAX_ROWS = 1024  # points per forward chosen automatically, at most, on CPU
 DEVICE_MAX_ROWS = 8192  # ... and on accelerators
 
@@ -111,9 +110,9 @@ class CleverResult(Result):
         return ~(self.reason >= UNRELIABLE).any(1)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict: ``value``, settings, ``reliable`` and every field as nested lists
-        (NaN -> None, inf -> "inf")."""
-        return {**super().to_dict(), "settings": dict(self.settings), "reliable": self.reliable.tolist()}
+        """Strict-JSON dict: ``value``, settings, ``reliable`` and every field as nested lists,
+        NaN and infinities as :mod:`robustx.jsonio` writes them (``jsonio.decode`` reads them back)."""
+        return jsonio.encode({**super().to_dict(), "settings": dict(self.settings), "reliable": self.reliable})
 
 
 @checks.renamed(max_chunk="batch_size")
@@ -175,8 +174,8 @@ def clever(
     n_batches = checks.integer(n_batches, "n_batches", 2)
     n_samples = checks.integer(n_samples, "n_samples", 1)
     max_batches = checks.integer(4 * n_batches if max_batches is None else max_batches, "max_batches", n_batches)
-    target_samples = _choice(target_samples, "target_samples", TARGET_SAMPLES)
-    on_fallback = _choice(on_fallback, "on_fallback", ON_FALLBACK)
+    target_samples = checks.choice(target_samples, "target_samples", TARGET_SAMPLES)
+    on_fallback = checks.choice(on_fallback, "on_fallback", ON_FALLBACK)
     seed = checks.seed(seed)
     if batch_size is not None:
         batch_size = checks.integer(batch_size, "batch_size", 1)
@@ -187,6 +186,8 @@ def clever(
         raise ValueError("x must hold at least one image, got an empty batch")
     with frozen_eval(model):
         logits = _logits(model, x, batch_size or DEVICE_MAX_ROWS)
+        checks.not_probabilities(logits, "the model's output", "warn",
+                                 ": CLEVER is defined on logits; remove the final softmax for meaningful scores")
         predicted = logits.argmax(1)
         tgt = _resolve_targets(targets, logits, predicted, seed)
         g0 = logits.gather(1, predicted[:, None]) - logits.gather(1, tgt)
@@ -230,29 +231,13 @@ def clever(
     )
 
 
-def _choice(value, name: str, allowed: Tuple[str, ...]) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be one of {allowed}, got {type(value).__name__}")
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    return value
-
-
 # ------------------------------------------------------------------ logits and targets
 def _logits(model: nn.Module, x: torch.Tensor, rows: int) -> torch.Tensor:
-    """Logits (N, K) of the clean images, checked: 2-D, K >= 2, finite; probability warning."""
+    """Logits (N, K) of the clean images, checked: 2-D, K >= 2, finite."""
     with torch.no_grad():
         out = torch.cat([_check_output(model(x[s]), s.stop - s.start) for s in chunks(x.shape[0], rows)])
     if not torch.isfinite(out).all():
         raise ValueError("the model returned NaN or infinite outputs on x")
-    rows_sum = out.sum(1)
-    if (out >= 0).all() and (out <= 1).all() and torch.allclose(rows_sum, torch.ones_like(rows_sum), atol=1e-3):
-        warnings.warn(
-            "the model's outputs look like probabilities (in [0, 1], rows sum to 1): CLEVER is "
-            "defined on logits; remove the final softmax for meaningful scores",
-            RuntimeWarning,
-            stacklevel=3,
-        )
     return out
 
 
@@ -271,6 +256,8 @@ def _resolve_targets(targets, logits: torch.Tensor, predicted: torch.Tensor, see
     """Target classes (N, T): all j != c, runner-up, random j != c, least likely, or given."""
     n, k = logits.shape
     dev = logits.device
+    if not (isinstance(targets, torch.Tensor) and targets.dtype in (torch.int32, torch.int64)):
+        targets = checks.choice(targets, "targets", TARGET_MODES, also="or an integer tensor (N,) or (N, T)")
     if isinstance(targets, str):
         if targets == "untargeted":
             others = torch.arange(k, device=dev).expand(n, k)
@@ -279,13 +266,9 @@ def _resolve_targets(targets, logits: torch.Tensor, predicted: torch.Tensor, see
             return logits.topk(2, dim=1).indices[:, 1:]
         if targets == "least_likely":
             return logits.argmin(1, keepdim=True)
-        if targets == "random":
-            gen = torch.Generator().manual_seed(seed)
-            r = torch.randint(0, k - 1, (n, 1), generator=gen).to(dev)
-            return r + (r >= predicted[:, None]).long()
-        raise ValueError(f"targets must be one of {TARGET_MODES} or an integer tensor, got {targets!r}")
-    if not isinstance(targets, torch.Tensor) or targets.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"targets must be one of {TARGET_MODES} or an integer tensor (N,) or (N, T)")
+        gen = torch.Generator().manual_seed(seed)  # "random"
+        r = torch.randint(0, k - 1, (n, 1), generator=gen).to(dev)
+        return r + (r >= predicted[:, None]).long()
     tgt = targets.to(dev, torch.int64)
     tgt = tgt[:, None] if tgt.dim() == 1 else tgt
     if tgt.dim() != 2 or tgt.shape[0] != n or tgt.shape[1] < 1:
@@ -310,44 +293,23 @@ class _Rows(NamedTuple):
     gradients: int
 
 
-def _budget(device: torch.device) -> int:
-    """Bytes of one pass: 512 MiB on CPU, a quarter of the free memory on CUDA."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0] * CUDA_CHUNK_FRACTION)
-    return CPU_CHUNK_BYTES
-
-
 def _auto_chunk(model: nn.Module, x1: torch.Tensor) -> int:
     """Points per forward pass: half the memory budget over the bytes a point keeps alive.
 
-    The activations the model saves for backward (the difference of the bytes saved by
-    batches of 2 and 1 points) stay alive through the backward pass of every target, plus
-    the point and its copy; the other half of the budget holds the pass's gradients
-    (:func:`_gradient_rows`). At most 1024 points on CPU (larger passes ran 1.5-2.7x
-    slower per row on the digits CNN) and 8192 elsewhere.
+    The activations the model saves for backward (:func:`robustx.modelutil.input_bytes`,
+    the probe of ``--batch-size auto``) stay alive through the backward pass of every
+    target, plus the point and its copy; the other half of the budget holds the pass's
+    gradients (:func:`_gradient_rows`). At most 1024 points on CPU (larger passes ran
+    1.5-2.7x slower per row on the digits CNN) and 8192 elsewhere.
     """
-    per_row = max(_saved_bytes(model, x1.expand(2, *x1.shape[1:])) - _saved_bytes(model, x1), 1)
-    per_row += 2 * x1.numel() * x1.element_size()
+    per_row = input_bytes(model, x1) + 2 * x1.numel() * x1.element_size()
     cap = CPU_MAX_ROWS if x1.device.type == "cpu" else DEVICE_MAX_ROWS
-    return int(min(max(_budget(x1.device) // 2 // per_row, 1), cap))
+    return int(min(max(memory_budget(x1.device, CPU_CHUNK_BYTES) // 2 // per_row, 1), cap))
 
 
 def _gradient_rows(x1: torch.Tensor) -> int:
     """Gradient rows (point x target) one pass holds: half the memory budget over one row."""
-    return max(1, _budget(x1.device) // 2 // (x1.numel() * x1.element_size()))
-
-
-def _saved_bytes(model: nn.Module, rows: torch.Tensor) -> int:
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(rows.clone().requires_grad_(True))
-    return total
+    return max(1, memory_budget(x1.device, CPU_CHUNK_BYTES) // 2 // (x1.numel() * x1.element_size()))
 
 
 def _units(x, predicted, tgt, target_samples: str):

@@ -30,7 +30,7 @@ default), or every element of the output is a neuron (``neuron="element"``). Wit
 ``position="post"`` the axis is still the chosen module's.
 
 Choices where the reference implementations differ (this module follows the papers and
-../shared/DESIGN.md):
+docs/design.md):
 
 * KMNC edges: dnn-tip uses half-open sections [t_i, t_{i+1}), so a value equal to
   high_n hits nothing; NeuraL-Coverage indexes sections by ceil((phi - low) k /
@@ -91,6 +91,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from robustx import checks, ops
@@ -280,10 +281,8 @@ class NeuronCoverage:
         progress: bool = True,
     ):
         checks.model(model)
-        if neuron not in _NEURONS:
-            raise ValueError(f"neuron must be one of {_NEURONS}, got {neuron!r}")
-        if position not in _POSITIONS:
-            raise ValueError(f"position must be one of {_POSITIONS}, got {position!r}")
+        checks.choice(neuron, "neuron", _NEURONS)
+        checks.choice(position, "position", _POSITIONS)
         if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
             raise TypeError(f"threshold must be a finite number, got {threshold!r}")
         if not math.isfinite(threshold):
@@ -571,7 +570,38 @@ class NeuronCoverage:
         mine = [data[b] for i, b in enumerate(chunks(data.shape[0], batch_size)) if i % size == rank]
         self.profile(mine or data[:1])
         if size > 1:
-            distributed.all_reduce_profile(self, has_data=bool(mine))
+            self._all_reduce_profile(has_data=bool(mine))
+        return self
+
+    def _all_reduce_profile(self, has_data: bool) -> None:
+        """Every layer's profile reduced over the ranks, on every rank: each neuron's minimum
+        and maximum over all ranks and its moments merged in rank order; a rank that
+        profiled no data of its own (``has_data`` False) contributes nothing."""
+        from robustx.pipeline import distributed
+
+        for layer in self._layers:
+            if not has_data:
+                layer.reset_profile()
+            dist.all_reduce(layer.vmin, op=dist.ReduceOp.MIN)
+            dist.all_reduce(layer.vmax, op=dist.ReduceOp.MAX)
+            distributed.all_reduce_moments(layer.moments)
+
+    def all_reduce(self) -> "NeuronCoverage":
+        """:meth:`merge` across the ranks of a multi-process run (``torch.distributed``), in
+        place on every rank: the bitmaps OR-ed, the TKNP patterns united, the input counts
+        added, so every rank holds the coverage of one pass over the union of the ranks'
+        inputs. Every rank needs the same layers and profile. A no-op in one process."""
+        from robustx.pipeline import distributed
+
+        if distributed.world()[1] == 1:
+            return self
+        for layer in self._layers or ():
+            for state in layer.states.values():
+                flags = state.to(torch.uint8)
+                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                state.copy_(flags.bool())
+        self.patterns = set().union(*distributed.all_gather(self.patterns))
+        self.n_inputs = sum(distributed.all_gather(self.n_inputs))
         return self
 
     # ------------------------------------------------------------------ merging

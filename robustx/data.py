@@ -14,6 +14,8 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
+from robustx import checks
+
 __all__ = ["digits", "aisafety_cifar10", "aisafety_dir", "DIGITS_SPLIT_SEED", "DIGITS_TEST_FRACTION"]
 
 DIGITS_SPLIT_SEED = 0
@@ -37,10 +39,7 @@ def digits(split: str = "train") -> Tuple[torch.Tensor, torch.Tensor]:
     ``split`` is "train" (1,438 images) or "test" (359 images); the split is stratified
     by class and the same on every call.
     """
-    if not isinstance(split, str):
-        raise TypeError(f"split must be one of {_SPLITS}, got {split!r}")
-    if split not in _SPLITS:
-        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+    checks.choice(split, "split", _SPLITS)
     from sklearn.datasets import load_digits
 
     bunch = load_digits()

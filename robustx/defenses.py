@@ -21,7 +21,7 @@ from torch import nn
 
 from robustx import attacks, checks
 from robustx.attacks import Attack
-from robustx.modelutil import LayerOutputs, LayerSpec, frozen_eval, model_device, progress_bar, resolve_layers
+from robustx.modelutil import LayerOutputs, LayerSpec, model_device, progress_bar, resolve_layers
 from robustx.neurons import default_axis, neuron_view
 from robustx.results import deprecated_attribute
 from robustx.sensitivity import neuron_distance, top_k_count, top_k_indices
@@ -121,36 +121,19 @@ def _check_train_data(train_data):
     return train_data
 
 
-def _attack_maker(attack: Union[str, Attack], settings: dict) -> Callable[[int], Attack]:
-    """Batch seed -> the attack to run on that batch. A callable is used as given; a built-in
-    name gets the ``settings`` it accepts, no progress bar, and the batch seed if it takes one."""
-    if callable(attack):
-        return lambda seed: attack
-    accepted = attacks.attack_settings(attack)
-    fixed = {k: v for k, v in {**settings, "progress": False}.items() if k in accepted}
-    if "seed" in accepted:
-        return lambda seed: attacks.get_attack(attack, **fixed, seed=seed)
-    built = attacks.get_attack(attack, **fixed)
-    return lambda seed: built
-
-
-def _adversarial(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """attack(model, x, y) with the model in eval mode and frozen, detached and shape-checked."""
-    with frozen_eval(model):
-        x_adv = attack(model, x, y)
-    if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
-        raise ValueError(f"attack must return a tensor of the inputs' shape {tuple(x.shape)}, got "
-                         f"{tuple(x_adv.shape) if isinstance(x_adv, torch.Tensor) else type(x_adv).__name__}")
-    return x_adv.detach().to(device=x.device, dtype=x.dtype)
+def _attack_maker(attack: Union[str, Attack], defaults: dict) -> Callable[[int], Attack]:
+    """Batch seed -> the attack to run on that batch (:func:`robustx.attacks.get_attack`: a
+    callable as given; a built-in name with those of ``defaults`` it accepts, no progress
+    bar and the batch seed). The attack is built once here, so a bad one fails before training."""
+    attacks.get_attack(attack, defaults)
+    return lambda seed: attacks.get_attack(attack, {**defaults, "progress": False, "seed": seed})
 
 
 def _optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    if name == "adam":
+    if checks.choice(name, "optimizer", ("adam", "sgd")) == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    raise ValueError(f"optimizer must be 'adam' or 'sgd', got {name!r}")
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
 
 
 def train_adversarial(
@@ -194,8 +177,7 @@ def train_adversarial(
     re-iterable of (x, y) batches such as a DataLoader. Same seed, same model.
     """
     checks.model(model)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    checks.choice(method, "method", METHODS)
     epochs = checks.integer(epochs, "epochs")
     batch_size = checks.integer(batch_size, "batch_size")
     seed = checks.seed(seed)
@@ -229,7 +211,7 @@ def _epoch(model, batches, opt, make_attack: Optional[Callable[[int], Attack]], 
     n = 0
     for step, (x, y) in enumerate(batches):
         x, y = x.to(device), y.to(device)
-        x_train = x if make_attack is None else _adversarial(model, make_attack((seed + step) % 2**63), x, y)
+        x_train = x if make_attack is None else attacks.run_attack(make_attack((seed + step) % 2**63), model, x, y)
         model.train()
         if sns is None:
             logits = model(x_train)

@@ -169,8 +169,7 @@ def divergence_bound(
     seed = checks.seed(seed)
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize must be True or False, got {normalize!r}")
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    checks.choice(divergence, "divergence", DIVERGENCES)
     step_size = 2.5 * eps / max(steps, 1) if step_size is None else checks.positive_float(step_size, "step_size")
     div_fn = _DIVERGENCE_FNS[divergence]
     device = model_device(model)

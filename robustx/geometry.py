@@ -11,6 +11,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from robustx.checks import parse_norm
+
 __all__ = [
     "parse_norm",
     "dual_norm",
@@ -20,20 +22,6 @@ __all__ = [
     "project_box",
     "logit_margin",
 ]
-
-_NORM_NAMES = {"1": 1.0, "2": 2.0, "inf": math.inf, "linf": math.inf, "l1": 1.0, "l2": 2.0}
-
-
-def parse_norm(norm, name: str = "norm") -> float:
-    """Normalise a norm given as 1, 2, inf, np.inf or "1"/"2"/"inf"/"l2"... to 1.0, 2.0 or inf."""
-    if isinstance(norm, str):
-        key = norm.strip().lower()
-        if key in _NORM_NAMES:
-            return _NORM_NAMES[key]
-    elif isinstance(norm, (int, float)) and not isinstance(norm, bool):
-        if norm in (1, 2) or math.isinf(norm) and norm > 0:
-            return float(norm)
-    raise ValueError(f"{name} must be one of 1, 2, inf (or '1', '2', 'inf'), got {norm!r}")
 
 
 def dual_norm(p: float) -> float:

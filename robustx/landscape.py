@@ -226,11 +226,10 @@ def _resolve_direction(spec, k: int, model, x, y, p, seed) -> Tuple[torch.Tensor
             )
         checks.images(spec, f"directions[{k}]")
         return spec.to(device=x.device, dtype=x.dtype), "given"
+    checks.choice(spec, f"directions[{k}]", DIRECTIONS, also="or a tensor")
     if spec == "adversarial":
         return adversarial_direction(model, x, y, p), spec
-    if spec == "random":
-        return random_direction(tuple(x.shape), p, seed + k, x.dtype, x.device), spec
-    raise ValueError(f"directions[{k}] must be one of {DIRECTIONS} or a tensor, got {spec!r}")
+    return random_direction(tuple(x.shape), p, seed + k, x.dtype, x.device), spec
 
 
 # ------------------------------------------------------------------------ landscape
@@ -274,8 +273,7 @@ def input_landscape(
     span = checks.positive_float(span, "span")
     steps = checks.integer(steps, "steps", minimum=2)
     seed = checks.seed(seed)
-    if surface not in SURFACES:
-        raise ValueError(f"surface must be one of {SURFACES}, got {surface!r}")
+    checks.choice(surface, "surface", SURFACES)
     if isinstance(directions, (str, torch.Tensor)) or len(directions) != 2:
         raise ValueError(f"directions must be a pair of {DIRECTIONS} names or tensors, got {directions!r}")
     batch_size = checks.integer(batch_size, "batch_size")

@@ -169,8 +169,7 @@ def _first_keys(keys: Sequence[str], shown: int = 3) -> str:
 
 def digits_weights(variant: str = "standard") -> Path:
     """The shipped weight file of a digits CNN variant (a key of :data:`DIGITS_VARIANTS`)."""
-    if variant not in DIGITS_VARIANTS:
-        raise ValueError(f"variant must be one of {', '.join(DIGITS_VARIANTS)}, got {variant!r}")
+    checks.choice(variant, "variant", tuple(DIGITS_VARIANTS))
     return DIGITS_WEIGHTS.with_name(DIGITS_VARIANTS[variant])
 
 

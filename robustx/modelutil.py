@@ -35,6 +35,36 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
+def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the tensors one forward pass on ``x`` (gradients recorded, as attacks and
+    CLEVER take them) saves for backward, each storage counted once, plus its output."""
+    seen = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        seen[(storage.device, storage.data_ptr())] = storage.nbytes()
+        return t
+
+    with frozen_eval(model), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x.detach().clone().requires_grad_(True))
+    return sum(seen.values()) + out.numel() * out.element_size()
+
+
+def input_bytes(model: nn.Module, x1: torch.Tensor) -> int:
+    """The activation memory one more input like ``x1`` (a batch of one) costs a
+    forward-backward pass: :func:`activation_bytes` of two such inputs minus that of one
+    (at least 1). Lower = more inputs per pass."""
+    two = x1.expand(2, *x1.shape[1:])
+    return max(activation_bytes(model, two) - activation_bytes(model, x1), 1)
+
+
+def memory_budget(device: torch.device, cpu_bytes: int) -> int:
+    """Bytes a pass may take: a quarter of the free memory of a CUDA device, else ``cpu_bytes``."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 4
+    return cpu_bytes
+
+
 def model_device(model: nn.Module) -> torch.device:
     """Device of the model's first parameter or buffer (CPU for a parameter-free model)."""
     for t in list(model.parameters()) + list(model.buffers()):

@@ -2,9 +2,9 @@
 
 * ``value``: the headline number (each class's docstring says which direction is better);
 * ``per_sample``: one value per input (a tensor) where such values exist, else None;
-* ``to_dict()``: a JSON-ready dict holding ``value`` and the other fields, with tensors as
-  nested lists, NaN as None and +-inf as "inf" / "-inf" (``json.dumps(..., allow_nan=False)``
-  accepts it).
+* ``to_dict()``: a strict-JSON dict holding ``value`` and the other fields, with tensors as
+  nested lists and NaN / +-inf as :mod:`robustx.jsonio` writes them ("NaN", "Infinity",
+  "-Infinity"; ``json.dumps(..., allow_nan=False)`` accepts it, ``jsonio.decode`` reads it back).
 
 Old attribute names stay for one release as deprecated properties
 (:func:`deprecated_attribute`), as old keyword names do (:func:`robustx.checks.renamed`).
@@ -12,13 +12,12 @@ Old attribute names stay for one release as deprecated properties
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 from typing import Any
 
-import torch
+from robustx import jsonio
 
-__all__ = ["Result", "deprecated_attribute", "jsonable"]
+__all__ = ["Result", "deprecated_attribute"]
 
 
 class Result:
@@ -26,11 +25,8 @@ class Result:
     without per-input values sets ``per_sample = None`` (a class attribute, not a field)."""
 
     def to_dict(self) -> dict:
-        """JSON-ready dict: ``value`` then every field (tensors as lists, NaN as None, inf as "inf")."""
-        out = {"value": jsonable(self.value)}
-        for f in dataclasses.fields(self):
-            out[f.name] = jsonable(getattr(self, f.name))
-        return out
+        """Strict-JSON dict: ``value`` then every field (:func:`robustx.jsonio.encode`)."""
+        return jsonio.encode({"value": self.value, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}})
 
 
 def deprecated_attribute(old: str, new: str) -> property:
@@ -41,19 +37,3 @@ def deprecated_attribute(old: str, new: str) -> property:
                       "release", DeprecationWarning, stacklevel=2)
         return getattr(self, new)
     return property(get, doc=f"Deprecated alias of ``{new}`` (one release).")
-
-
-def jsonable(value) -> Any:
-    """``value`` as JSON-ready data: tensors and tuples as lists, mappings with string keys,
-    NaN as None, +-inf as "inf" / "-inf"; other leaves unchanged."""
-    if isinstance(value, torch.Tensor):
-        value = value.tolist()
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if dataclasses.is_dataclass(value) and hasattr(value, "to_dict"):
-        return value.to_dict()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value

@@ -353,7 +353,7 @@ def neuron_uncertainty(
     indexing (``features[key][k]`` for every neuron c) hands each neuron the whole
     layer's output, so it reports one pooled variance per layer, from the first batch
     of 64 inputs only, over the model's top-level children; this computes the variance
-    per neuron (DESIGN.md), over every input, on the Conv/Linear layers (or ``layers``).
+    per neuron (docs/design.md), over every input, on the Conv/Linear layers (or ``layers``).
     """
     checks.images(x, "x")
     size = checks.integer(batch_size, "batch_size")

@@ -14,7 +14,7 @@ Levenberg-Marquardt Newton solver maximises the profile likelihood over
 (log shape, log (a - max m)) for all sets and all initial shapes together. Because the
 end point is kept above the largest maximum, every fit has all data in its support.
 
-Robustness (DESIGN.md): every set is fitted from several initial shapes (0.1, 1, 5, 10,
+Robustness (docs/design.md, "Metric definitions"): every set is fitted from several initial shapes (0.1, 1, 5, 10,
 20, 50, 100, with the method-of-moments location and scale scipy starts from), and the
 fit with the best Kolmogorov-Smirnov p-value (scipy's exact ``kstwo`` distribution, as
 ``scipy.stats.kstest``) is kept. A fit is ill-conditioned when its p-value is below

@@ -28,7 +28,7 @@ def blocks(out: Path) -> None:
     x = torch.randn(12, 4, generator=torch.Generator().manual_seed(1))
     cov = NeuronCoverage(model, top_k=1, progress=False).profile(x)
     cov.update(x[rank::size])
-    distributed.all_reduce_coverage(cov)
+    cov.all_reduce()
     gathered = distributed.gather_in_order({i: i * i for i in distributed.owned(7)})
     result = {"n": moments.n, "mean": moments.mean.tolist(), "var": moments.variance().tolist(),
               "coverage": cov.result().to_dict(), "gathered": list(gathered.items())}

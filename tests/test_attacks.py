@@ -1,13 +1,14 @@
 """Attacks against foolbox 3.3.4 (same algorithms; skipped without foolbox), analytic
 linear-model cases, the attack protocol and invariants."""
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustx.attacks import ATTACKS, attack_settings, carlini_wagner_l2, deepfool, fgsm, get_attack, pgd
+from robustx.attacks import ATTACKS, attack_settings, carlini_wagner_l2, deepfool, fgsm, get_attack, pgd, run_attack
 from robustx.data import digits
 from robustx.models import digits_cnn
 
@@ -254,9 +255,63 @@ def test_get_attack_rejects_unknown_names_and_settings():
     assert {"eps", "steps", "seed"} <= set(attack_settings("pgd")) and "y" not in attack_settings("deepfool")
     with pytest.raises(ValueError, match="attack must be one of"):
         get_attack("bim", eps=0.1)
-    with pytest.raises(TypeError, match="attack must be a name"):
+    with pytest.raises(TypeError, match="attack must be one of"):
         get_attack(3)
     with pytest.raises(TypeError, match=r"no setting\(s\) \['epsilon'\]"):
         get_attack("pgd", epsilon=0.1)
     with pytest.raises(TypeError, match=r"needs the setting\(s\) \['eps'\]"):
         get_attack("fgsm")
+
+
+def test_get_attack_applies_defaults_only_where_accepted(cnn, batch):
+    """A run's defaults (seed, clip_values, progress) reach the attacks that take them, under
+    the attack's own settings; an attack without a seed simply does not get one."""
+    x, y = batch[0][:6], batch[1][:6]
+    defaults = {"seed": 4, "clip_values": (0.0, 1.0), "progress": False, "eps": 0.9}
+    made = get_attack("pgd", defaults, eps=0.1, steps=3)
+    assert made.keywords == {"seed": 4, "clip_values": (0.0, 1.0), "progress": False, "eps": 0.1, "steps": 3}
+    torch.testing.assert_close(made(cnn, x, y), pgd(cnn, x, y, 0.1, steps=3, seed=4, progress=False),
+                               rtol=0, atol=0)
+    assert not torch.equal(made(cnn, x, y), pgd(cnn, x, y, 0.1, steps=3, seed=5, progress=False))  # the seed counts
+    fool = get_attack("deepfool", defaults, steps=3)  # no seed, no eps: dropped
+    assert fool.keywords == {"clip_values": (0.0, 1.0), "progress": False, "steps": 3}
+    torch.testing.assert_close(fool(cnn, x, y), deepfool(cnn, x, steps=3, clip_values=(0.0, 1.0), progress=False),
+                               rtol=0, atol=0)
+
+    def own(model, x, y):
+        return x
+
+    assert get_attack(own, defaults) is own
+    with pytest.raises(TypeError, match="callable attack takes no settings"):
+        get_attack(own, eps=0.1)
+
+
+def test_every_caller_runs_attacks_through_run_attack(cnn, batch):
+    """One check of what an attack returns, met by evaluation, training and AA_B's transfer
+    examples alike; and the model is frozen in eval mode while the attack runs."""
+    from robustx.defenses import train_adversarial
+    from robustx.metrics import transfer_examples
+    from robustx.pipeline.evaluate import evaluate
+
+    x, y = batch[0][:8], batch[1][:8]
+    seen = []
+
+    def short(model, x, y):
+        seen.append((model.training, any(p.requires_grad for p in model.parameters())))
+        return x[:1]
+
+    message = r"attack must return a tensor of the shape of x \(8, 1, 8, 8\), got \(1, 1, 8, 8\)"
+    with pytest.raises(ValueError, match=message):
+        run_attack(short, cnn, x, y)
+    with pytest.raises(ValueError, match=message):
+        transfer_examples(short, cnn, x, y)
+    model = digits_cnn().train()
+    with pytest.raises(ValueError, match=message):
+        train_adversarial(model, (x, y), attack=short, epochs=1, batch_size=8, progress=False)
+    assert model.training and all(p.requires_grad for p in model.parameters())  # restored
+    with pytest.warns(RuntimeWarning, match="AA_W failed"):
+        report = evaluate(cnn, (x, y), metrics=["CA", "AA_W"], attacks=short, progress=False)
+    assert re.search(message, report.failed["AA_W"])
+    assert set(seen) == {(False, False)}
+    with pytest.raises(TypeError, match="attack must be a callable"):
+        run_attack("pgd", cnn, x, y)

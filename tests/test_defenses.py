@@ -206,7 +206,7 @@ def test_dataloader_input(digits_subset):
         (dict(epochs=0), ValueError, "epochs"),
         (dict(optimizer="lbfgs"), ValueError, "optimizer"),
         (dict(attack="bim"), ValueError, "attack must be one of"),
-        (dict(attack=3), TypeError, "attack must be a name"),
+        (dict(attack=3), TypeError, "attack must be one of"),
         (dict(attack=lambda m, x, y: x[:1], epochs=1), ValueError, "attack must return a tensor"),
     ],
 )

@@ -108,8 +108,8 @@ def _counting_attacks(monkeypatch) -> list:
     0.1 s more, so its unit's compute time is clearly longer than reading it back."""
     made, real = [], attacks.get_attack
 
-    def get_attack(name, **kw):
-        attack = _slow(real(name, **kw))
+    def get_attack(name, defaults=None, **kw):
+        attack = _slow(real(name, defaults, **kw))
 
         def counted(*args):
             x_adv = attack(*args)

@@ -21,8 +21,11 @@ def test_norm_names_and_duals():
                                                                               math.inf, 2.0]
     assert [dual_norm(p) for p in (1, 2, "inf")] == [math.inf, 2.0, 1.0]
     assert [norm_name(p) for p in (1.0, 2, math.inf)] == ["1", "2", "inf"]
-    for bad in (3, 0.5, "fro", True, None):
+    for bad in (3, 0.5, "fro", -math.inf):
         with pytest.raises(ValueError, match="norm must be one of 1, 2, inf"):
+            parse_norm(bad)
+    for bad in (True, None):
+        with pytest.raises(TypeError, match="norm must be"):
             parse_norm(bad)
 
 

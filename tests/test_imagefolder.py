@@ -14,7 +14,8 @@ from torch import nn
 
 from robustx.commands import main
 from robustx.pipeline import sources
-from robustx.pipeline.batchsize import activation_bytes, auto_batch_size
+from robustx.modelutil import activation_bytes
+from robustx.pipeline.batchsize import auto_batch_size
 from robustx.pipeline.evaluate import evaluate
 from robustx.pipeline.run import Run
 from robustx.pipeline.stream import InputStream

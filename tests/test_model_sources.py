@@ -316,7 +316,7 @@ def test_shipped_digits_variants():
             robust[v] = (net(x_adv).argmax(1) == y).double().mean().item()
     assert acc == pytest.approx({"standard": 0.9833, "seed1": 0.9721, "pgd": 0.9359}, abs=6e-4)
     assert robust["pgd"] > robust["standard"] + 0.15 and robust["pgd"] > robust["seed1"] + 0.15
-    with pytest.raises(ValueError, match="variant must be one of standard, seed1, pgd"):
+    with pytest.raises(ValueError, match="variant must be one of 'standard', 'seed1', 'pgd'"):
         models.digits_cnn(variant="robust")
 
 

@@ -18,9 +18,9 @@ namespace {
 // One point: L-inf writes each coordinate straight from its Philox block; L1/L2 keep the
 // direction z in `z` between the norm pass and the write (the CUDA kernel recomputes it).
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
-void sample_point(const scalar_t* center, scalar_t* out, int64_t d, BallNorm norm, const PointStream& stream,
+void sample_point(const scalar_t* center, scalar_t* out, int64_t d, Norm norm, const PointStream& stream,
                   acc_t radius, Box<acc_t> box, std::vector<acc_t>& z) {
-  if (norm == BallNorm::Linf) {
+  if (norm == Norm::Linf) {
     write_point_share<scalar_t, acc_t>(norm, stream, center, out, d, radius, acc_t(0), box, 0, 1);
     return;
   }
@@ -43,7 +43,7 @@ void sample_point(const scalar_t* center, scalar_t* out, int64_t d, BallNorm nor
 at::Tensor ball_sample_cpu(const at::Tensor& centers, int64_t n, double radius, double p,
                            std::optional<double> clip_min, std::optional<double> clip_max, int64_t seed,
                            int64_t offset) {
-  const BallNorm norm = check_ball_sample_args(centers, n, radius, p, seed, offset);
+  const Norm norm = check_ball_sample_args(centers, n, radius, p, seed, offset);
   const at::Tensor c = centers.contiguous();
   const int64_t n_centers = c.size(0), d = c.size(1);
   at::Tensor out = at::empty({n_centers, n, d}, c.options());
@@ -56,7 +56,7 @@ at::Tensor ball_sample_cpu(const at::Tensor& centers, int64_t n, double radius, 
                          static_cast<acc_t>(clip_max.value_or(0))};
     const int64_t grain = std::max<int64_t>(1, 4096 / d);
     at::parallel_for(0, n_centers * n, grain, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> z(norm == BallNorm::Linf ? 0 : d);
+      std::vector<acc_t> z(norm == Norm::Linf ? 0 : d);
       for (int64_t point = begin; point < end; ++point) {
         const int64_t i = point / n, s = offset + point % n;
         const PointStream stream(static_cast<uint64_t>(seed), static_cast<uint64_t>(s), static_cast<uint32_t>(i));

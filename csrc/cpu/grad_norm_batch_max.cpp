@@ -20,7 +20,7 @@ namespace {
 // ||a - b||_q (or ||b||_q when a is null) over d entries: differences in acc_t (as the
 // reference), accumulated in double over eight independent lanes (D reaches 150528).
 template <typename scalar_t, typename acc_t>
-acc_t row_norm(DualNorm q, const scalar_t* a, const scalar_t* b, int64_t d) {
+acc_t row_norm(Norm q, const scalar_t* a, const scalar_t* b, int64_t d) {
   constexpr int kLanes = 8;
   double lane[kLanes] = {};
   int64_t k = 0;
@@ -40,7 +40,7 @@ acc_t row_norm(DualNorm q, const scalar_t* a, const scalar_t* b, int64_t d) {
 std::tuple<at::Tensor, at::Tensor> grad_norm_batch_max_cpu(const at::Tensor& jac, const std::optional<at::Tensor>& source,
                                                            const at::Tensor& targets, double q_value, int64_t batch_size,
                                                            bool return_norms) {
-  const DualNorm q = check_grad_norm_args(jac, source, targets, q_value, batch_size);
+  const Norm q = check_grad_norm_args(jac, source, targets, q_value, batch_size);
   const at::Tensor g = jac.contiguous(), tgt = targets.contiguous();
   const int64_t m_count = g.size(0), s_count = g.size(1), k_count = g.size(2), d = g.size(3);
   const int64_t t_count = tgt.size(1), n_batches = s_count / batch_size;

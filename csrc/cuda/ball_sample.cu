@@ -23,7 +23,7 @@ namespace {
 template <typename scalar_t, int kThreads>
 __global__ void __launch_bounds__(kThreads)
     ball_sample_kernel(const scalar_t* __restrict__ centers, scalar_t* __restrict__ out, int64_t points, int64_t n,
-                       int64_t d, BallNorm norm, double radius, Box<double> clip_box, uint64_t seed, int64_t offset) {
+                       int64_t d, Norm norm, double radius, Box<double> clip_box, uint64_t seed, int64_t offset) {
   using acc_t = at::opmath_type<scalar_t>;
   const Box<acc_t> box{clip_box.has_min, clip_box.has_max, static_cast<acc_t>(clip_box.lo),
                        static_cast<acc_t>(clip_box.hi)};
@@ -34,7 +34,7 @@ __global__ void __launch_bounds__(kThreads)
 at::Tensor ball_sample_cuda(const at::Tensor& centers, int64_t n, double radius, double p,
                             std::optional<double> clip_min, std::optional<double> clip_max, int64_t seed,
                             int64_t offset) {
-  const BallNorm norm = check_ball_sample_args(centers, n, radius, p, seed, offset);
+  const Norm norm = check_ball_sample_args(centers, n, radius, p, seed, offset);
   const c10::cuda::CUDAGuard guard(centers.device());
   const at::Tensor c = centers.contiguous();
   const int64_t n_centers = c.size(0), d = c.size(1), points = n_centers * n;

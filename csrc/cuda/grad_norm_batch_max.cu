@@ -32,7 +32,7 @@ __global__ void __launch_bounds__(kThreads)
     grad_norm_batch_max_kernel(const scalar_t* __restrict__ jac, const int64_t* __restrict__ source,
                                const int64_t* __restrict__ targets, out_t* __restrict__ maxima,
                                out_t* __restrict__ norms, int64_t tasks, int64_t t_count, int64_t s_count,
-                               int64_t k_count, int64_t d, int64_t batch_size, DualNorm q) {
+                               int64_t k_count, int64_t d, int64_t batch_size, Norm q) {
   grad_norm_batch_max_body<scalar_t, at::opmath_type<scalar_t>, out_t>(
       CudaBlock<kThreads>{}, jac, source, targets, maxima, norms, tasks, t_count, s_count, k_count, d, batch_size, q);
 }
@@ -41,7 +41,7 @@ std::tuple<at::Tensor, at::Tensor> grad_norm_batch_max_cuda(const at::Tensor& ja
                                                             const std::optional<at::Tensor>& source,
                                                             const at::Tensor& targets, double q_value,
                                                             int64_t batch_size, bool return_norms) {
-  const DualNorm q = check_grad_norm_args(jac, source, targets, q_value, batch_size);
+  const Norm q = check_grad_norm_args(jac, source, targets, q_value, batch_size);
   const c10::cuda::CUDAGuard guard(jac.device());
   const at::Tensor g = jac.contiguous(), tgt = targets.contiguous();
   const int64_t m_count = g.size(0), s_count = g.size(1), k_count = g.size(2), d = g.size(3), t_count = tgt.size(1);

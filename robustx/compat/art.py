@@ -61,6 +61,7 @@ __all__ = ["clever", "clever_u", "clever_t", "weibull_min_fit", "patch", "unpatc
 # --------------------------------------------------------------------------- public API
 
 
+# art.metrics.clever's parameters in ART's order (a drop-in), then robustx's keywords.
 def clever(
     classifier,
     x,
@@ -85,11 +86,8 @@ def clever(
     (``None`` where the target is the predicted class, making it an object array).
     Higher = more robust. See :func:`clever_u` for the other arguments.
     """
-    model = _as_model(classifier, clip_values)
-    sample = _check_sample(x, model)
-    args = _check_estimator_args(nb_batches, batch_size, radius, norm, c_init, pool_factor)
-    logits = model.predict(sample)
-    pred = int(np.argmax(logits[None], axis=1)[0])
+    model, sample, args, logits, pred = _setup(classifier, x, clip_values, nb_batches, batch_size, radius, norm,
+                                               c_init, pool_factor)
     if target is None:
         if target_sort:
             classes = list(np.argsort(logits[None])[0][:-1])
@@ -105,6 +103,7 @@ def clever(
     return np.array([None if j == pred else next(found) for j in classes])
 
 
+# art.metrics.clever_u's parameters in ART's order (a drop-in), then robustx's keywords.
 def clever_u(
     classifier,
     x,
@@ -138,15 +137,13 @@ def clever_u(
     estimate -loc is not positive or more than 10 times the largest sampled norm. ART
     returns such scores silently; they are meaningless and change with float rounding.
     """
-    model = _as_model(classifier, clip_values)
-    sample = _check_sample(x, model)
-    args = _check_estimator_args(nb_batches, batch_size, radius, norm, c_init, pool_factor)
-    logits = model.predict(sample)
-    pred = int(np.argmax(logits[None], axis=1)[0])
+    model, sample, args, logits, pred = _setup(classifier, x, clip_values, nb_batches, batch_size, radius, norm,
+                                               c_init, pool_factor)
     targets = [j for j in range(model.nb_classes) if j != pred]
     return np.min(_scores(model, sample, logits, pred, targets, *args, max_chunk, verbose))
 
 
+# art.metrics.clever_t's parameters in ART's order (a drop-in), then robustx's keywords.
 def clever_t(
     classifier,
     x,
@@ -164,11 +161,8 @@ def clever_t(
     """Targeted CLEVER score of one sample towards ``target_class``, as
     ``art.metrics.clever_t`` (ValueError when it is the predicted class). Higher = more
     robust. Other arguments as in :func:`clever_u`."""
-    model = _as_model(classifier, clip_values)
-    sample = _check_sample(x, model)
-    args = _check_estimator_args(nb_batches, batch_size, radius, norm, c_init, pool_factor)
-    logits = model.predict(sample)
-    pred = int(np.argmax(logits[None], axis=1)[0])
+    model, sample, args, logits, pred = _setup(classifier, x, clip_values, nb_batches, batch_size, radius, norm,
+                                               c_init, pool_factor)
     target_class = checks.integer(target_class, "target_class", 0, model.nb_classes - 1)
     if target_class == pred:
         raise ValueError(f"target_class={target_class} is the predicted class of x")
@@ -634,6 +628,17 @@ def _check_sample(x, model: _Model) -> np.ndarray:
         if (x < lo).any() or (x > hi).any():
             raise ValueError(f"x has values in [{x.min():.4g}, {x.max():.4g}], outside the classifier's clip_values")
     return x
+
+
+def _setup(classifier, x, clip_values, *estimator_args) -> Tuple[_Model, np.ndarray, tuple, np.ndarray, int]:
+    """What every ART entry point starts from: the model, the checked sample and estimator
+    arguments (nb_batches, batch_size, radius, norm, c_init, pool_factor), the sample's
+    outputs and its predicted class."""
+    model = _as_model(classifier, clip_values)
+    sample = _check_sample(x, model)
+    args = _check_estimator_args(*estimator_args)
+    logits = model.predict(sample)
+    return model, sample, args, logits, int(np.argmax(logits))
 
 
 def _check_estimator_args(nb_batches, batch_size, radius, norm, c_init, pool_factor):

@@ -1,4 +1,4 @@
-"""The evaluation suite's metrics (DESIGN.md, "The evaluation suite") as pure functions of
+"""The evaluation suite's metrics (docs/design.md, "The evaluation suite") as pure functions of
 tensors: inputs, logits, labels and masks in, a Python float (or a dict of floats) out.
 The caller runs each model once per input set and feeds every metric from those outputs.
 

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from robustx.attacks import run_attack
 from robustx.checks import labels, model
 from robustx.metrics.arguments import logits as check_logits
 
@@ -60,13 +61,8 @@ def transfer_examples(attack: Callable[[nn.Module, torch.Tensor, torch.Tensor], 
 
     ``attack`` is any callable (model, x, y) -> x_adv (e.g. ``functools.partial`` of an
     attack of :mod:`robustx.attacks` with its settings); it only ever sees the
-    ``surrogate``. AA_B of a target model f is then ``accuracy(f(x_adv), y)``.
+    ``surrogate`` (:func:`robustx.attacks.run_attack`: frozen, the result's shape checked).
+    AA_B of a target model f is then ``accuracy(f(x_adv), y)``.
     """
-    if not callable(attack):
-        raise TypeError(f"attack must be a callable (model, x, y) -> x_adv, got {type(attack).__name__}")
     model(surrogate, "surrogate")
-    x_adv = attack(surrogate, x, y)
-    if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
-        got = tuple(x_adv.shape) if isinstance(x_adv, torch.Tensor) else type(x_adv).__name__
-        raise ValueError(f"attack must return a tensor of the shape of x {tuple(x.shape)}, got {got}")
-    return x_adv
+    return run_attack(attack, surrogate, x, y)

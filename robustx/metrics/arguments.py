@@ -12,13 +12,9 @@ from typing import Optional
 
 import torch
 
-from robustx.checks import floating_tensor, images
+from robustx.checks import PROBABILITY_TOLERANCE, floating_tensor, images, not_probabilities
 
 __all__ = ["PROBABILITY_TOLERANCE", "logits", "mask", "image_pair", "empty", "mean_over"]
-
-#: Rows whose entries all lie in [0, 1] and whose sums are within this of 1 are taken for
-#: probabilities (softmax outputs) and rejected where logits are expected.
-PROBABILITY_TOLERANCE = 1e-3
 
 
 def logits(value, name: str = "logits", n: Optional[int] = None) -> torch.Tensor:
@@ -26,7 +22,8 @@ def logits(value, name: str = "logits", n: Optional[int] = None) -> torch.Tensor
 
     Probabilities are refused: a non-empty tensor whose entries all lie in [0, 1] and
     whose rows all sum to 1 within :data:`PROBABILITY_TOLERANCE` raises ``ValueError``
-    (the metrics apply the softmax themselves).
+    (:func:`robustx.checks.not_probabilities`, the rule CLEVER warns by; the metrics
+    apply the softmax themselves).
     """
     floating_tensor(value, name)
     if value.dim() != 2 or value.shape[1] < 2:
@@ -35,15 +32,7 @@ def logits(value, name: str = "logits", n: Optional[int] = None) -> torch.Tensor
         raise ValueError(f"{name} must have {n} rows to match the other inputs, got {value.shape[0]}")
     if not torch.isfinite(value).all():
         raise ValueError(f"{name} contains NaN or infinite values")
-    rows = value.double()
-    if value.numel() and bool(((rows >= 0) & (rows <= 1)).all()) and bool(
-        ((rows.sum(1) - 1).abs() <= PROBABILITY_TOLERANCE).all()
-    ):
-        raise ValueError(
-            f"{name} looks like probabilities (every row in [0, 1] summing to 1); "
-            "logits (pre-softmax scores) are expected"
-        )
-    return value
+    return not_probabilities(value, name)
 
 
 def mask(value, n: int, name: str = "success") -> torch.Tensor:

@@ -23,7 +23,6 @@ the NOTICE there).
 from __future__ import annotations
 
 import functools
-import io
 import math
 import warnings
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from PIL import Image
 from torch import nn
 
 from robustx import checks
+from robustx.metrics.transforms import jpeg_8bit
 from robustx.modelutil import chunks, frozen_eval, model_device, progress_bar
 from robustx.results import Result
 
@@ -683,22 +683,9 @@ def _pixelate(u: torch.Tensor, c: float, gen: torch.Generator) -> torch.Tensor:
 
 
 def _jpeg(u: torch.Tensor, c: float, gen: torch.Generator) -> torch.Tensor:
-    """Pillow JPEG at quality c (default 4:2:0 chroma subsampling) of the 8-bit image
-    round(255 u), decoded and divided by 255. One Pillow encode/decode per image (the
-    codec has no batched form)."""
-    channels = u.shape[1]
-    if channels not in (1, 3):
-        raise ValueError(f"jpeg_compression needs 1 (grey) or 3 (RGB) channels, got {channels}")
-    pixels = (u * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    mode = "L" if channels == 1 else "RGB"
-
-    def roundtrip(image: np.ndarray) -> np.ndarray:
-        buffer = io.BytesIO()
-        Image.fromarray(image.squeeze(-1) if channels == 1 else image, mode).save(buffer, "JPEG", quality=int(c))
-        return np.asarray(Image.open(buffer)).reshape(image.shape)
-
-    decoded = np.stack([roundtrip(image) for image in pixels])
-    return torch.from_numpy(decoded).to(u.device, u.dtype).permute(0, 3, 1, 2) / 255.0
+    """Pillow JPEG at quality c of the 8-bit image round(255 u), decoded and divided by 255
+    (:func:`robustx.metrics.transforms.jpeg_8bit`)."""
+    return jpeg_8bit(u, int(c))
 
 
 _CORRUPTION_FUNCTIONS: Dict[str, Callable[[torch.Tensor, object, torch.Generator], torch.Tensor]] = {
@@ -788,8 +775,7 @@ def corrupt(
     checks.choice(name, "name", CORRUPTIONS + EXTRA_CORRUPTIONS)
     severity = checks.integer(severity, "severity", 1, 5)
     constants = constants_for(x.shape) if constants is None else constants
-    if constants not in SEVERITY_CONSTANTS:
-        raise ValueError(f"constants must be one of {', '.join(SEVERITY_CONSTANTS)} or None, got {constants!r}")
+    checks.choice(constants, "constants", tuple(SEVERITY_CONSTANTS), also="or None")
     gen = torch.Generator(device=x.device).manual_seed(checks.seed(seed))
     work = torch.promote_types(x.dtype, torch.float32)
     u = (x.to(work) - lo) / (hi - lo)

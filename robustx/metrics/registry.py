@@ -1,4 +1,4 @@
-"""The catalogue of every metric of the evaluation suite (DESIGN.md, "The evaluation
+"""The catalogue of every metric of the evaluation suite (docs/design.md, "The evaluation
 suite"): name, family, direction, what a run must provide, and the function computing it.
 
 Functions are named as "module:attribute" and imported only when
@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+
+from robustx import checks
 
 __all__ = ["NEEDS", "MetricInfo", "available", "get", "direction"]
 
@@ -138,8 +140,7 @@ def available(family: Optional[str] = None) -> List[str]:
     neuron, coverage, bound."""
     names = [name for name, info in _REGISTRY.items() if family is None or info.family == family]
     if family is not None and not names:
-        families = sorted({info.family for info in _REGISTRY.values()})
-        raise ValueError(f"family must be one of {families}, got {family!r}")
+        checks.choice(family, "family", sorted({info.family for info in _REGISTRY.values()}))
     return names
 
 

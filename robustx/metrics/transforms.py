@@ -115,7 +115,8 @@ def jpeg_8bit(x: torch.Tensor, quality: int = 90, clip_values=(0.0, 1.0)) -> tor
     quality = integer(quality, "quality", 1, 100)
     q = to_8bit(x, clip_values)
     if q.dim() != 4 or q.shape[1] not in (1, 3):
-        raise ValueError(f"x must have shape (N, C, H, W) with C = 1 or 3 for JPEG, got {tuple(x.shape)}")
+        raise ValueError(f"x must have shape (N, C, H, W) with C = 1 or 3 channels (grey or RGB) for JPEG, "
+                         f"got {tuple(x.shape)}")
     pixels = q.permute(0, 2, 3, 1).cpu().numpy()
     if pixels.shape[-1] == 1:
         pixels = pixels[..., 0]

@@ -13,6 +13,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from robustx import checks
 from robustx.ops.loader import compiled, source
 
 __all__ = ["OPS", "BACKENDS", "backends", "missing", "main"]
@@ -30,8 +31,7 @@ def backends() -> Dict[str, List[str]]:
 def missing(required: List[str]) -> List[str]:
     """"op: backend" for every required backend some op lacks (all of them without a compiled library)."""
     for key in required:
-        if key not in BACKENDS:
-            raise ValueError(f"required backend must be one of {', '.join(BACKENDS)}, got {key!r}")
+        checks.choice(key, "required backend", BACKENDS)
     have = backends() if compiled() else {op: [] for op in OPS}
     return [f"{op}: {key}" for op in OPS for key in required if key not in have[op]]
 

@@ -25,7 +25,7 @@ from robustx.metrics.families import FAMILIES
 from robustx.modelutil import frozen_eval, resolve_layers
 from robustx.neurons import neuron_axes
 
-__all__ = ["DEFAULT_ATTACKS", "config_sections", "check_config", "attack_table", "attack_arguments", "metric_names",
+__all__ = ["DEFAULT_ATTACKS", "config_sections", "check_config", "attack_table", "attack_defaults", "metric_names",
            "table_settings", "landscape_settings", "check_settings", "check_outputs", "autocast_dtype", "jsonable"]
 
 #: The white-box attack of a run when none is given: PGD L-inf, eps 8/255, 10 steps of 2/255.
@@ -134,11 +134,11 @@ def _callable_name(attack) -> str:
     return getattr(fn, "__name__", type(fn).__name__)
 
 
-def attack_arguments(name: str, settings: Mapping[str, Any], clip_values) -> Dict[str, Any]:
-    """The settings attack ``name`` is made with: the run's clip_values, no progress bar, then its own."""
-    accepted = attack_lib.attack_settings(name)
-    base = {"clip_values": clip_values, "progress": False}
-    return {**{k: v for k, v in base.items() if k in accepted}, **settings}
+def attack_defaults(clip_values, seed: int) -> Dict[str, Any]:
+    """What a run gives each built-in attack that accepts it, under the attack's own table
+    (``robustx.attacks.get_attack(name, defaults, **table)``): the run's clip_values and
+    seed, no progress bar."""
+    return {"clip_values": clip_values, "progress": False, "seed": seed}
 
 
 def landscape_settings(table: Mapping[str, Any], attacks: Mapping[str, Any], clip) -> Dict[str, Any]:
@@ -240,9 +240,8 @@ def check_settings(model: nn.Module, x1: torch.Tensor, y1: torch.Tensor, tables:
     for name, settings in attacks.items():
         if callable(settings):  # the user's own attack: nothing of robustx's to check
             continue
-        seeded = {"seed": seed} if "seed" in attack_lib.attack_settings(name) else {}
-        arguments = {**attack_arguments(name, settings, clip), **seeded}
-        _probe(f"[{name}]", lambda: attack_lib.get_attack(name, **arguments)(given["model"], x1, y1))
+        defaults = attack_defaults(clip, seed)
+        _probe(f"[{name}]", lambda: attack_lib.get_attack(name, defaults, **settings)(given["model"], x1, y1))
 
 
 def check_outputs(model: nn.Module, x1: torch.Tensor, y: torch.Tensor, device: torch.device) -> None:

@@ -1,20 +1,19 @@
 """Content keys: sha256 digests of models, data and JSON settings, which name the units of
 an evaluation's store (:mod:`robustx.pipeline.store`) and the runs they belong to.
 
-JSON is canonical (sorted keys, no NaN or infinity, only plain data), so equal settings
-give equal digests whatever their order.
+JSON is canonical (sorted keys, only plain data, strict: non-finite floats as
+:mod:`robustx.jsonio` writes them), so equal settings give equal digests whatever their order.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import numbers
 from typing import Optional
 
 import torch
 from torch import nn
 
-from robustx import checks
+from robustx import checks, jsonio
 
 __all__ = ["canonical_json", "model_digest", "data_digest", "json_digest"]
 
@@ -60,11 +59,11 @@ def _plain(value):
 def canonical_json(value, name: str = "settings") -> str:
     """``value`` as canonical JSON (sorted keys, no spaces); TypeError names a bad key.
 
-    Tuples count as lists; non-finite floats are written as ``NaN``/``Infinity``
-    (Python's JSON reads them back).
+    Tuples count as lists; non-finite floats are written as :mod:`robustx.jsonio` writes
+    them (``"NaN"``, ``"Infinity"``; :func:`robustx.jsonio.loads` reads them back).
     """
     _check_json(value, name)
-    return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return jsonio.dumps(_plain(value), sort_keys=True, separators=(",", ":"))
 
 
 def _feed(h, *parts: bytes) -> None:

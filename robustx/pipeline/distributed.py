@@ -7,22 +7,22 @@ for users who write their own loops.
 * :func:`owned` - the fixed sharding: unit i belongs to rank i mod world size.
 * :func:`gather_in_order` - every rank's {index: result} merged on all ranks, so results
   come back in input order whatever rank made them.
-* :func:`all_reduce_coverage` - coverage bitmaps merged by OR, TKNP patterns united.
+* :func:`all_gather` - every rank's value (any picklable object), in rank order.
 * :func:`all_reduce_moments` - running moments merged exactly (Chan et al.'s parallel
   mean / variance update, in rank order).
+* Coverage merges itself: :meth:`robustx.coverage.NeuronCoverage.all_reduce`.
 * :func:`agree` - refuse to go on when the ranks were given different settings.
 """
 from __future__ import annotations
 
 import atexit
-import math
 import os
 from typing import Any, Dict, List, Tuple, TypeVar
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["world", "init_from_env", "owned", "gather_in_order", "all_reduce_coverage", "all_reduce_moments", "agree"]
+__all__ = ["world", "init_from_env", "owned", "gather_in_order", "all_gather", "all_reduce_moments", "agree"]
 
 T = TypeVar("T")
 
@@ -70,12 +70,12 @@ def gather_in_order(parts: Dict[int, T]) -> Dict[int, T]:
     if size == 1:
         return dict(sorted(parts.items()))
     merged: Dict[int, T] = {}
-    for part in _all_gather({i: _to_cpu(v) for i, v in parts.items()}):
+    for part in all_gather({i: _to_cpu(v) for i, v in parts.items()}):
         merged.update(part)
     return dict(sorted(merged.items()))
 
 
-def _all_gather(value) -> List[Any]:
+def all_gather(value) -> List[Any]:
     """Every rank's ``value`` (any picklable object), in rank order, on every rank."""
     values: List[Any] = [None] * world()[1]
     dist.all_gather_object(values, value)
@@ -90,37 +90,6 @@ def _to_cpu(value):
     return value
 
 
-def all_reduce_coverage(cov) -> None:
-    """OR every rank's coverage bitmaps into every rank's :class:`NeuronCoverage` (in place),
-    unite the TKNP patterns and add the input counts: the result equals one pass over the
-    union of the ranks' inputs (every rank needs the same layers and profile)."""
-    size = world()[1]
-    if size == 1:
-        return
-    for layer in cov._layers or ():
-        for name, state in layer.states.items():
-            flags = state.to(torch.uint8)
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-            layer.states[name].copy_(flags.bool())
-    cov.patterns = set().union(*_all_gather(cov.patterns))
-    cov.n_inputs = sum(_all_gather(cov.n_inputs))
-
-
-def all_reduce_profile(cov, has_data: bool) -> None:
-    """Reduce every rank's coverage profile in place, on every rank: each neuron's minimum
-    and maximum over all ranks and its moments merged in rank order; a rank that profiled
-    no data of its own (``has_data`` False) contributes nothing."""
-    from robustx.neurons import RunningMoments
-
-    for layer in cov._layers:
-        if not has_data:
-            layer.vmin.fill_(math.inf), layer.vmax.fill_(-math.inf)
-            layer.moments = RunningMoments()
-        dist.all_reduce(layer.vmin, op=dist.ReduceOp.MIN)
-        dist.all_reduce(layer.vmax, op=dist.ReduceOp.MAX)
-        all_reduce_moments(layer.moments)
-
-
 def all_reduce_moments(moments) -> None:
     """Merge every rank's :class:`robustx.neurons.RunningMoments` (in place, on every rank):
     n, mean and M2 of all the ranks' values together, folded in rank order."""
@@ -130,7 +99,7 @@ def all_reduce_moments(moments) -> None:
     if size == 1:
         return
     total = RunningMoments()
-    for n, mean, m2 in _all_gather((moments.n, _to_cpu(moments.mean), _to_cpu(moments.m2))):
+    for n, mean, m2 in all_gather((moments.n, _to_cpu(moments.mean), _to_cpu(moments.m2))):
         total.merge(RunningMoments(n, mean, m2))
     moments.n, moments.mean, moments.m2 = total.n, total.mean, total.m2
 
@@ -140,7 +109,7 @@ def agree(value: str, what: str) -> None:
     size = world()[1]
     if size == 1:
         return
-    values = _all_gather(value)
+    values = all_gather(value)
     if len(set(values)) > 1:
         raise ValueError(f"the ranks disagree on {what}: every process must get the same model, data and "
                          f"settings ({len(set(values))} different values over {size} ranks)")

@@ -2,7 +2,8 @@
 the plots it embeds, and side-by-side comparison of reports.
 
 ``report.json`` is strict JSON: non-finite floats are written as the strings ``"NaN"``,
-``"Infinity"`` and ``"-Infinity"`` and read back as floats by :meth:`Report.load`.
+``"Infinity"`` and ``"-Infinity"`` and read back as floats by :meth:`Report.load`
+(:mod:`robustx.jsonio`, the convention of every file robustx writes).
 Figures (PNG bytes) live in the HTML page only.
 """
 from __future__ import annotations
@@ -12,13 +13,13 @@ import contextlib
 import csv
 import html
 import io
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from robustx import jsonio
 from robustx.plotting import bars_png, fmt as _fmt
 
 __all__ = ["MetricResult", "Report", "compare", "compare_html", "per_input_csv"]
@@ -26,7 +27,6 @@ __all__ = ["MetricResult", "Report", "compare", "compare_html", "per_input_csv"]
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 REPORT_CSV = "report.csv"
-_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
 # ---------------------------------------------------------------------------------------
@@ -89,7 +89,7 @@ class Report:
 
     def to_json(self) -> str:
         """:meth:`to_dict` as strict JSON text (see the module docstring for NaN/inf)."""
-        return json.dumps(_encode_nonfinite(self.to_dict()), indent=2, allow_nan=False)
+        return jsonio.dumps(self.to_dict(), indent=2)
 
     def to_html(self) -> str:
         """The self-contained HTML page of this report."""
@@ -116,7 +116,7 @@ class Report:
         path = Path(path)
         if path.is_dir():
             path = path / REPORT_JSON
-        data = _decode_nonfinite(json.loads(path.read_text(encoding="utf-8")))
+        data = jsonio.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
             raise ValueError(f"{path} is not a robustx report (no 'metrics' object)")
         metrics = {k: MetricResult(**v) for k, v in data["metrics"].items()}
@@ -140,26 +140,6 @@ def per_input_csv(report: Report) -> str:
 
 def _csv_cell(value):
     return "" if isinstance(value, float) and math.isnan(value) else value
-
-
-def _encode_nonfinite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {k: _encode_nonfinite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_encode_nonfinite(v) for v in value]
-    return value
-
-
-def _decode_nonfinite(value):
-    if isinstance(value, str):
-        return _NONFINITE.get(value, value)
-    if isinstance(value, dict):
-        return {k: _decode_nonfinite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode_nonfinite(v) for v in value]
-    return value
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -231,7 +211,7 @@ def _run_table(run: dict) -> str:
         return ""
     rows = []
     for key, value in run.items():
-        shown = value if isinstance(value, str) else json.dumps(_encode_nonfinite(value), allow_nan=False)
+        shown = value if isinstance(value, str) else jsonio.dumps(value)
         rows.append(f"<tr><th>{_esc(key)}</th><td>{_esc(shown)}</td></tr>\n")
     return f'<section id="run">\n<h2>Run</h2>\n<table>\n<tbody>\n{"".join(rows)}</tbody>\n</table>\n</section>\n'
 

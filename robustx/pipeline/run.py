@@ -29,7 +29,7 @@ from robustx import metrics as suite
 from robustx.metrics.families import FAMILIES, Family, State, concatenate
 from robustx.modelutil import chunks, frozen_eval, progress_bar
 from robustx.pipeline import distributed
-from robustx.pipeline.config import attack_arguments, jsonable
+from robustx.pipeline.config import attack_defaults, jsonable
 from robustx.pipeline.store import ResultStore, json_digest
 from robustx.pipeline.batch import _NOT_ISOLATED, Batch, SharedFailure, _attack_clock
 from robustx.pipeline.stream import InputStream
@@ -261,15 +261,11 @@ class Run:
         """The examples of attack ``name`` against the ``on`` model for one batch (``seed``: the
         run's seed plus the batch's first index; a table's own seed replaces the run's)."""
         given = self.attacks[name]
-        if callable(given):
-            attack = given
-        else:
-            settings = attack_arguments(name, given, self.clip_values)
-            seed = seed - self.seed + settings.pop("seed", self.seed)
-            seeded = {"seed": seed} if "seed" in attack_lib.attack_settings(name) else {}
-            attack = attack_lib.get_attack(name, **settings, **seeded)
-        with frozen_eval(self.models[on]):
-            x_adv = attack(self.models[on], x.to(self.device), y.to(self.device)).detach().cpu()
+        settings = {} if callable(given) else dict(given)
+        seed += settings.pop("seed", self.seed) - self.seed
+        attack = attack_lib.get_attack(given if callable(given) else name, attack_defaults(self.clip_values, seed),
+                                       **settings)
+        x_adv = attack_lib.run_attack(attack, self.models[on], x.to(self.device), y.to(self.device)).cpu()
         if self.save_adversarial == "float16":  # the examples every metric sees are the ones stored
             x_adv = x_adv.half().to(x_adv.dtype)
         return x_adv

@@ -55,8 +55,7 @@ def load_model(spec: str, weights: Optional[str] = None, normalize: Optional[str
     (per channel): the model sees ``(x - mean) / std``. ``name`` names the option in errors."""
     model = _named_model(spec, weights, args, name)
     if normalize is not None:
-        if normalize not in NORMALIZATIONS:
-            raise ValueError(f"--normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
+        checks.choice(normalize, "--normalize", tuple(NORMALIZATIONS))
         if mean is not None or std is not None:
             raise ValueError("give either --normalize or --mean and --std, not both")
         mean, std = NORMALIZATIONS[normalize]
@@ -86,8 +85,7 @@ def _named_model(spec: str, weights: Optional[str], args: Optional[Mapping[str, 
     elif ":" in spec:
         model = _factory_model(spec, args or {}, name)
     else:
-        raise ValueError(f"{name} must be one of {', '.join(BUILT_IN_MODELS)}, module:factory, or a TorchScript / "
-                         f".pt2 file, got {spec!r}")
+        checks.choice(spec, name, BUILT_IN_MODELS, also="module:factory, or a TorchScript / .pt2 file")  # raises
     if weights is not None:
         models.load_weights(model, weights, weights_option)
     return models.returning_logits(model, f"{name} {spec}").eval()
@@ -195,8 +193,7 @@ def load_data(spec: str, model: nn.Module, n: Optional[int] = None, resize: int 
 
 def _checked_file(path: Path, name: str) -> Path:
     if path.suffix not in (".npz", ".npy"):
-        raise ValueError(f"{name} must be one of {', '.join(BUILT_IN_DATA)}, an image folder or a .npz / .npy file, "
-                         f"got {str(path)!r}")
+        checks.choice(str(path), name, BUILT_IN_DATA, also="an image folder or a .npz / .npy file")  # raises
     if not path.is_file():
         raise FileNotFoundError(f"{name}: no such file: {path}")
     return path

@@ -16,11 +16,12 @@ consistent on power loss; only then may the last few commits roll back, which co
 recomputing those units (results are deterministic), not a wrong report. ``FULL``
 would add an fsync per unit for no gain in what a report shows.
 
-Tensors are stored as raw bytes with their dtype and shape, metadata as JSON: nothing
-is ever pickled. Each unit carries a sha256 checksum of its tensors, metadata and
-seconds, verified on every read: a unit whose bytes changed is reported and computed
-again. A store file that SQLite cannot read or write raises :class:`StoreError` (a
-RuntimeError) with one line naming the file and what to do.
+Tensors are stored as raw bytes with their dtype and shape, metadata as JSON
+(:mod:`robustx.jsonio`, NaN and infinities included): nothing is ever pickled. Each unit
+carries a sha256 checksum of its tensors, metadata and seconds, verified on every read:
+a unit whose bytes changed is reported and computed again. A store file that SQLite
+cannot read or write raises :class:`StoreError` (a RuntimeError) with one line naming
+the file and what to do.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
+from robustx import jsonio
 from robustx.pipeline.digests import _expect, _feed, _raw, canonical_json, data_digest, json_digest, model_digest
 
 __all__ = ["model_digest", "data_digest", "json_digest", "canonical_json", "ResultStore", "Stored", "StoreError",
@@ -254,7 +256,7 @@ class ResultStore:
                           "damaged); computing it again", RuntimeWarning, stacklevel=2)
             self._delete(unit)
             return None
-        return Stored({name: _decode(dt, shape, data) for name, dt, shape, data in rows}, json.loads(meta), seconds)
+        return Stored({name: _decode(dt, shape, data) for name, dt, shape, data in rows}, jsonio.loads(meta), seconds)
 
     def get(self, unit: str) -> Result:
         """(tensors, meta) of a finished, intact unit (fresh CPU tensors); KeyError if there is none."""
@@ -311,7 +313,7 @@ def _claim(conn: sqlite3.Connection, path: Path, fingerprint: Dict[str, str], re
                              f"format {fmt}; this one reads format {_FORMAT}); {_ELSEWHERE}")
         n_units = conn.execute("SELECT count(*) FROM units").fetchone()[0]
         if n_units:
-            stored = json.loads(conn.execute("SELECT fingerprint FROM run").fetchone()[0])
+            stored = jsonio.loads(conn.execute("SELECT fingerprint FROM run").fetchone()[0])
             differ = [f"{k} differ" for k in fingerprint if k in stored and stored[k] != fingerprint[k]]
             if differ:
                 raise ValueError(f"{path} holds the results of another run: {'; '.join(differ)}. "

@@ -61,9 +61,6 @@ int64_t launch(int64_t blocks, int64_t threads, Body body) {
   return failed;
 }
 
-BallNorm ball_norm(int code) { return code == 1 ? BallNorm::L1 : (code == 2 ? BallNorm::L2 : BallNorm::Linf); }
-DualNorm dual_norm(int code) { return code == 1 ? DualNorm::L1 : (code == 2 ? DualNorm::L2 : DualNorm::Linf); }
-
 template <typename T>
 void ball_sample_grid(const T* centers, T* out, int64_t n_centers, int64_t n, int64_t d, int norm, double radius,
                       Box<double> clip, uint64_t seed, int64_t offset, int threads, int64_t blocks) {
@@ -71,7 +68,7 @@ void ball_sample_grid(const T* centers, T* out, int64_t n_centers, int64_t n, in
   const Box<T> box{clip.has_min, clip.has_max, static_cast<T>(clip.lo), static_cast<T>(clip.hi)};
   launch(blocks ? blocks : blocks_for(points, 1, kMaxBlocks), threads ? threads : threads_for((d + 3) / 4),
          [&](const HostGroup& g) {
-           ball_sample_body<T, T>(g, centers, out, points, n, d, ball_norm(norm), static_cast<T>(radius), box, seed,
+           ball_sample_body<T, T>(g, centers, out, points, n, d, norm_of(norm), static_cast<T>(radius), box, seed,
                                   offset);
          });
 }
@@ -85,7 +82,7 @@ int64_t grad_norm_grid(const T* jac, const int64_t* source, const int64_t* targe
   return launch(blocks ? blocks : blocks_for(tasks, 1, kMaxBlocks), threads ? threads : threads_for(d),
                 [&](const HostGroup& g) {
                   grad_norm_batch_max_body<T, T, T>(g, jac, source, targets, maxima, norms, tasks, t, s, k, d,
-                                                    batch_size, dual_norm(q));
+                                                    batch_size, norm_of(q));
                 });
 }
 

@@ -9,8 +9,6 @@
 
 namespace robustx {
 
-enum class BallNorm { L1, L2, Linf };
-
 // L-inf: delta_k = R (2u - 1), coordinate-wise uniform in [-R, R]. The product is rounded on
 // its own (mul_rn), so center + delta rounds identically on CPU and CUDA.
 template <typename acc_t>
@@ -35,10 +33,10 @@ RX_HD void box_muller(acc_t u0, acc_t u1, acc_t& z0, acc_t& z1) {
 
 // The four direction coordinates of one Philox block (L1: Laplace, L2: two Box-Muller pairs).
 template <typename acc_t>
-RX_HD void direction_block(BallNorm norm, const Philox4& bits, acc_t z[4]) {
+RX_HD void direction_block(Norm norm, const Philox4& bits, acc_t z[4]) {
   acc_t u[4];
   for (int w = 0; w < 4; ++w) u[w] = uniform_from_bits<acc_t>(bits.w[w]);
-  if (norm == BallNorm::L2) {
+  if (norm == Norm::L2) {
     box_muller(u[0], u[1], z[0], z[1]);
     box_muller(u[2], u[3], z[2], z[3]);
   } else {
@@ -48,8 +46,8 @@ RX_HD void direction_block(BallNorm norm, const Philox4& bits, acc_t z[4]) {
 
 // Contribution of one direction coordinate to ||z||_p (squared for L2).
 template <typename acc_t>
-RX_HD acc_t norm_term(BallNorm norm, acc_t z) {
-  return norm == BallNorm::L2 ? z * z : std::fabs(z);
+RX_HD acc_t norm_term(Norm norm, acc_t z) {
+  return norm == Norm::L2 ? z * z : std::fabs(z);
 }
 
 // r = R U^(1/d): the radius of a point uniform in a d-dimensional ball.
@@ -79,7 +77,7 @@ struct Box {
 
 // Phase 1 (L1/L2): the thread's share of sum_k norm_term(z_k), in double.
 template <typename acc_t>
-RX_HD double direction_norm_share(BallNorm norm, const PointStream& stream, int64_t d, int64_t tid, int64_t threads) {
+RX_HD double direction_norm_share(Norm norm, const PointStream& stream, int64_t d, int64_t tid, int64_t threads) {
   double share = 0;
   for (int64_t j = tid; j < (d + 3) / 4; j += threads) {
     acc_t z[4];
@@ -92,20 +90,20 @@ RX_HD double direction_norm_share(BallNorm norm, const PointStream& stream, int6
 // The factor r / ||z||_p that maps the direction onto a radius uniform in the ball
 // (`total` is the sum of all shares of phase 1; unused for L-inf).
 template <typename acc_t>
-RX_HD acc_t direction_scale(BallNorm norm, const PointStream& stream, acc_t radius, int64_t d, double total) {
-  if (norm == BallNorm::Linf) return acc_t(0);
-  const acc_t z_norm = static_cast<acc_t>(norm == BallNorm::L2 ? std::sqrt(total) : total);
+RX_HD acc_t direction_scale(Norm norm, const PointStream& stream, acc_t radius, int64_t d, double total) {
+  if (norm == Norm::Linf) return acc_t(0);
+  const acc_t z_norm = static_cast<acc_t>(norm == Norm::L2 ? std::sqrt(total) : total);
   return ball_radius(stream, radius, d) / z_norm;
 }
 
 // Phase 2: the thread writes x = clip(center + delta) for its coordinates.
 template <typename scalar_t, typename acc_t>
-RX_HD void write_point_share(BallNorm norm, const PointStream& stream, const scalar_t* center, scalar_t* x,
+RX_HD void write_point_share(Norm norm, const PointStream& stream, const scalar_t* center, scalar_t* x,
                              int64_t d, acc_t radius, acc_t scale, Box<acc_t> box, int64_t tid, int64_t threads) {
   for (int64_t j = tid; j < (d + 3) / 4; j += threads) {
     const Philox4 bits = stream.block(static_cast<uint32_t>(j));
     acc_t delta[4];
-    if (norm == BallNorm::Linf) {
+    if (norm == Norm::Linf) {
       for (int w = 0; w < 4; ++w) delta[w] = linf_delta(uniform_from_bits<acc_t>(bits.w[w]), radius);
     } else {
       direction_block(norm, bits, delta);
@@ -123,12 +121,12 @@ RX_HD void write_point_share(BallNorm norm, const PointStream& stream, const sca
 // Philox stream, the direction's norm (a group sum) and the scaled write.
 template <typename scalar_t, typename acc_t, typename Group>
 RX_HD void ball_sample_body(const Group& block, const scalar_t* centers, scalar_t* out, int64_t points, int64_t n,
-                            int64_t d, BallNorm norm, acc_t radius, Box<acc_t> box, uint64_t seed, int64_t offset) {
+                            int64_t d, Norm norm, acc_t radius, Box<acc_t> box, uint64_t seed, int64_t offset) {
   for (int64_t point = block.index(); point < points; point += block.count()) {
     const int64_t i = point / n;
     const PointStream stream(seed, static_cast<uint64_t>(offset + point % n), static_cast<uint32_t>(i));
     acc_t scale = acc_t(0);
-    if (norm != BallNorm::Linf) {
+    if (norm != Norm::Linf) {
       const double total = block.reduce(
           [&](int64_t tid) { return direction_norm_share<acc_t>(norm, stream, d, tid, block.size()); },
           [](double a, double b) { return a + b; });

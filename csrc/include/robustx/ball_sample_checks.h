@@ -13,7 +13,7 @@
 
 namespace robustx {
 
-inline BallNorm check_ball_sample_args(const at::Tensor& centers, int64_t n, double radius, double p, int64_t seed,
+inline Norm check_ball_sample_args(const at::Tensor& centers, int64_t n, double radius, double p, int64_t seed,
                                        int64_t offset) {
   TORCH_CHECK(centers.dim() == 2, "ball_sample: centers must be (N, d), got ", centers.sizes());
   TORCH_CHECK(n >= 0 && seed >= 0 && offset >= 0, "ball_sample: n, seed and offset must be >= 0");
@@ -21,7 +21,7 @@ inline BallNorm check_ball_sample_args(const at::Tensor& centers, int64_t n, dou
               "ball_sample: offset + n must fit in int64, got offset ", offset, " and n ", n);
   TORCH_CHECK(radius > 0 && std::isfinite(radius), "ball_sample: radius must be finite and > 0");
   TORCH_CHECK(p == 1.0 || p == 2.0 || (std::isinf(p) && p > 0), "ball_sample: p must be 1, 2 or inf, got ", p);
-  return p == 1.0 ? BallNorm::L1 : (p == 2.0 ? BallNorm::L2 : BallNorm::Linf);
+  return norm_of(p);
 }
 
 }  // namespace robustx

@@ -11,6 +11,13 @@
 
 namespace robustx {
 
+// The Lp norm of an op: the sampling ball of ball_sample (p) or the gradient norm of
+// grad_norm_batch_max (its dual q). norm_of maps the exponent 1, 2 or inf (checked by the
+// caller) to it.
+enum class Norm { L1, L2, Linf };
+
+inline Norm norm_of(double p) { return p == 1.0 ? Norm::L1 : (p == 2.0 ? Norm::L2 : Norm::Linf); }
+
 // Largest CUDA block the kernels launch (their block-wide buffers are sized for it).
 constexpr int kMaxThreads = 256;
 

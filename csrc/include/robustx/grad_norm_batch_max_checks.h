@@ -26,7 +26,7 @@ inline void check_rows_in_range(const at::Tensor& idx, int64_t rows, const char*
   }
 }
 
-inline DualNorm check_grad_norm_args(const at::Tensor& jac, const std::optional<at::Tensor>& source,
+inline Norm check_grad_norm_args(const at::Tensor& jac, const std::optional<at::Tensor>& source,
                                      const at::Tensor& targets, double q, int64_t batch_size) {
   TORCH_CHECK(jac.dim() == 4, "grad_norm_batch_max: jac must be (M, S, K, D), got ", jac.sizes());
   TORCH_CHECK(targets.dim() == 2 && targets.size(0) == jac.size(0) && targets.scalar_type() == at::kLong,
@@ -41,7 +41,7 @@ inline DualNorm check_grad_norm_args(const at::Tensor& jac, const std::optional<
               "grad_norm_batch_max: targets and source must be on jac's device (", jac.device(), ")");
   check_rows_in_range(targets, jac.size(2), "targets");
   if (source.has_value()) check_rows_in_range(*source, jac.size(2), "source");
-  return q == 1.0 ? DualNorm::L1 : (q == 2.0 ? DualNorm::L2 : DualNorm::Linf);
+  return norm_of(q);
 }
 
 }  // namespace robustx

@@ -8,16 +8,14 @@
 
 namespace robustx {
 
-enum class DualNorm { L1, L2, Linf };
-
 // Fold |x| into a running accumulator: sum |x| (q=1), sum x^2 (q=2), max |x| (q=inf).
 template <typename acc_t>
-RX_HD acc_t norm_accumulate(DualNorm q, acc_t acc, acc_t x) {
+RX_HD acc_t norm_accumulate(Norm q, acc_t acc, acc_t x) {
   const acc_t a = std::fabs(x);
   switch (q) {
-    case DualNorm::L1:
+    case Norm::L1:
       return acc + a;
-    case DualNorm::L2:
+    case Norm::L2:
       return acc + a * a;
     default:
       return nan_max(acc, a);
@@ -26,13 +24,13 @@ RX_HD acc_t norm_accumulate(DualNorm q, acc_t acc, acc_t x) {
 
 // Combine two partial accumulators of the same norm.
 template <typename acc_t>
-RX_HD acc_t norm_combine(DualNorm q, acc_t a, acc_t b) {
-  return q == DualNorm::Linf ? nan_max(a, b) : a + b;
+RX_HD acc_t norm_combine(Norm q, acc_t a, acc_t b) {
+  return q == Norm::Linf ? nan_max(a, b) : a + b;
 }
 
 template <typename acc_t>
-RX_HD acc_t norm_finalize(DualNorm q, acc_t acc) {
-  return q == DualNorm::L2 ? std::sqrt(acc) : acc;
+RX_HD acc_t norm_finalize(Norm q, acc_t acc) {
+  return q == Norm::L2 ? std::sqrt(acc) : acc;
 }
 
 // Entry k of the row whose norm is taken: a[k] - b[k] (difference in acc_t), or b[k] when a is null.
@@ -43,7 +41,7 @@ RX_HD acc_t grad_entry(const scalar_t* a, const scalar_t* b, int64_t k) {
 
 // One thread's share of the row's accumulator: entries k = tid, tid + threads, ... (in double).
 template <typename scalar_t, typename acc_t>
-RX_HD double norm_share(DualNorm q, const scalar_t* a, const scalar_t* b, int64_t d, int64_t tid, int64_t threads) {
+RX_HD double norm_share(Norm q, const scalar_t* a, const scalar_t* b, int64_t d, int64_t tid, int64_t threads) {
   double acc = 0;
   for (int64_t k = tid; k < d; k += threads) acc = norm_accumulate<double>(q, acc, grad_entry<scalar_t, acc_t>(a, b, k));
   return acc;
@@ -75,7 +73,7 @@ template <typename scalar_t, typename acc_t, typename out_t, typename Group>
 RX_HD void grad_norm_batch_max_body(const Group& block, const scalar_t* jac, const int64_t* source,
                                     const int64_t* targets, out_t* maxima, out_t* norms, int64_t tasks,
                                     int64_t t_count, int64_t s_count, int64_t k_count, int64_t d, int64_t batch_size,
-                                    DualNorm q) {
+                                    Norm q) {
   for (int64_t task = block.index(); task < tasks; task += block.count()) {
     const GradTask g = grad_task(task, t_count, s_count);
     const int64_t target = targets[g.m * t_count + g.t], src = source ? source[g.m] : 0;

@@ -69,6 +69,9 @@ def _add_run_options(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--attacks", default=None, help="comma-separated attacks: fgsm, pgd, deepfool, cw, autoattack "
                    "(the field's reference, pip install pyautoattack; default: pgd)")
     p.add_argument("--config", default=None, help="TOML file: one table per metric or attack, e.g. [clever]")
+    p.add_argument("--preset", choices=("quick", "paper"), default=None, help="budgets of the tables --config "
+                   "leaves unset: quick (CPU budgets) or paper (each metric at its paper's settings; README: Presets); "
+                   "default: paper on a CUDA device, else quick")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default %(default)s)")
     p.add_argument("--device", default=None, help="torch device the model is moved to (default: the model's)")
     p.add_argument("--batch-size", type=_batch_size, default=256, help="inputs per batch and unit, or auto: the "
@@ -109,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size = distributed.gather_in_order({0: auto_batch_size(model, first, device)} if rank == 0 else {})[0]
     with failures_summarised():
         report = evaluate(model, inputs, metrics=args.metrics, attacks=args.attacks, config=_read_config(args.config),
-                          profile=profile, out=args.out, resume=args.resume, seed=args.seed, device=device,
+                          preset=args.preset, profile=profile, out=args.out, resume=args.resume, seed=args.seed,
+                          device=device,
                           batch_size=batch_size, clip_values=clip, progress=not args.no_progress and rank == 0,
                           name=args.model, channels_last=args.channels_last, autocast=args.autocast,
                           workers=args.workers, save_adversarial=args.save_adversarial, _resume_hint="--resume",

@@ -24,11 +24,14 @@ from robustx import metrics as suite
 from robustx.metrics.families import FAMILIES
 from robustx.modelutil import frozen_eval, resolve_layers
 from robustx.neurons import neuron_axes
+from robustx.pipeline.presets import preset_tables
 
 __all__ = ["DEFAULT_ATTACKS", "config_sections", "check_config", "attack_table", "attack_defaults", "metric_names",
-           "table_settings", "landscape_settings", "check_settings", "check_outputs", "autocast_dtype", "jsonable"]
+           "table_settings", "table_budget", "attack_budget", "landscape_settings", "check_settings", "check_outputs",
+           "autocast_dtype", "jsonable"]
 
-#: The white-box attack of a run when none is given: PGD L-inf, eps 8/255, 10 steps of 2/255.
+#: The white-box attack of a run when none is given: PGD L-inf, eps 8/255, 10 steps of 2/255
+#: (the quick preset's; the paper preset's steps: :mod:`robustx.pipeline.presets`).
 DEFAULT_ATTACKS = {"pgd": {"eps": 8 / 255, "norm": "inf", "steps": 10, "step_size": 2 / 255}}
 
 _LANDSCAPE = "robustx.landscape:input_landscape"
@@ -95,19 +98,45 @@ def check_config(config: Optional[Mapping[str, Mapping[str, Any]]]) -> Dict[str,
     return config
 
 
-def table_settings(config: Mapping[str, Mapping[str, Any]]) -> Dict[str, Dict[str, Any]]:
-    """Every metric family's table: its defaults overridden by the config's table."""
-    return {table: {**f.defaults, **config.get(table, {})} for table, f in _families_with_tables().items()}
+def table_settings(config: Mapping[str, Mapping[str, Any]], preset: str = "quick") -> Dict[str, Dict[str, Any]]:
+    """Every metric family's table: its defaults, overridden by the ``preset``'s table
+    (:mod:`robustx.pipeline.presets`), overridden by the config's table."""
+    tables = preset_tables(preset, config)
+    return {table: {**f.defaults, **tables.get(table, {}), **config.get(table, {})}
+            for table, f in _families_with_tables().items()}
 
 
-def attack_table(attacks, config: Mapping[str, Mapping[str, Any]]) -> Dict[str, Union[Dict[str, Any], Callable]]:
-    """Attack name -> settings of a built-in attack (over its defaults, under the config's
-    attack table; a table's ``seed`` replaces the run's as the base of its batch seeds), or
-    the callable ``attack(model, x, y)`` itself. ``attacks``: None (:data:`DEFAULT_ATTACKS`),
-    names as a comma string or a list (callables allowed in the list), a callable, or a
-    mapping name -> settings or callable."""
+def table_budget(table: str, settings: Mapping[str, Any]) -> Dict[str, Any]:
+    """Everything a family's table resolves to: the keyword arguments of the function it
+    feeds, at their defaults where ``settings`` (the table's resolved settings) leave them."""
+    return {**_defaults(_target(table)), **settings}
+
+
+def attack_budget(name: str, settings: Union[Mapping[str, Any], Callable]) -> Union[Dict[str, Any], Callable]:
+    """The settings a built-in attack runs with (its defaults under ``settings``); a callable
+    attack is itself."""
+    if callable(settings):
+        return settings
+    return {**_defaults(attack_lib.ATTACKS[name]), **settings}
+
+
+def _defaults(fn: Callable) -> Dict[str, Any]:
+    """The keyword defaults of ``fn`` that are settings (not what evaluate passes itself)."""
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items()
+            if p.default is not inspect.Parameter.empty and k not in _DATA_ARGUMENTS | {"device"}}
+
+
+def attack_table(attacks, config: Mapping[str, Mapping[str, Any]],
+                 preset: str = "quick") -> Dict[str, Union[Dict[str, Any], Callable]]:
+    """Attack name -> settings of a built-in attack (:data:`DEFAULT_ATTACKS`' when it has
+    some, under the ``preset``'s table, under the settings given in ``attacks``, under the
+    config's attack table; a table's ``seed`` replaces the run's as the base of its batch
+    seeds), or the callable ``attack(model, x, y)`` itself. ``attacks``: None
+    (:data:`DEFAULT_ATTACKS`), names as a comma string or a list (callables allowed in the
+    list), a callable, or a mapping name -> settings or callable."""
+    tables = preset_tables(preset, config)
     if attacks is None:
-        attacks = {name: dict(settings) for name, settings in DEFAULT_ATTACKS.items()}
+        attacks = {name: {} for name in DEFAULT_ATTACKS}  # their settings below, under the preset's
     elif isinstance(attacks, str):
         attacks = {name.strip(): {} for name in attacks.split(",") if name.strip()}
     elif callable(attacks):
@@ -122,7 +151,8 @@ def attack_table(attacks, config: Mapping[str, Mapping[str, Any]]) -> Dict[str, 
         if name not in attack_lib.ATTACKS:
             raise ValueError(f"attacks: unknown attack {name!r}; built-in: {', '.join(attack_lib.ATTACKS)}, or a "
                              "callable attack(model, x, y) -> x_adv")
-        table[name] = {**DEFAULT_ATTACKS.get(name, {}), **dict(settings), **dict(config.get(name, {}))}
+        table[name] = {**DEFAULT_ATTACKS.get(name, {}), **tables.get(name, {}), **dict(settings),
+                       **dict(config.get(name, {}))}
     return table
 
 

@@ -35,9 +35,10 @@ from torch import nn
 from robustx import checks
 from robustx import metrics as suite
 from robustx.pipeline import distributed
-from robustx.pipeline.config import (DEFAULT_ATTACKS, attack_table, autocast_dtype, check_config, check_outputs,
-                                     check_settings, config_sections, jsonable, landscape_settings, metric_names,
-                                     table_settings)
+from robustx.pipeline.config import (DEFAULT_ATTACKS, attack_budget, attack_table, autocast_dtype, check_config,
+                                     check_outputs, check_settings, config_sections, jsonable, landscape_settings,
+                                     metric_names, table_budget, table_settings)
+from robustx.pipeline.presets import preset_name
 from robustx.plotting import histogram_png, image_grid_png, layer_bars_png
 from robustx.pipeline.report import MetricResult, Report
 from robustx.pipeline.run import Run, family_of
@@ -69,6 +70,7 @@ def evaluate(
     baseline: Optional[nn.Module] = None,
     profile: Optional[torch.Tensor] = None,
     config: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    preset: Optional[str] = None,
     out: Union[str, Path, None] = None,
     resume: bool = False,
     seed: int = 0,
@@ -100,6 +102,11 @@ def evaluate(
     ``profile``: inputs (e.g. training data) giving the neurons' ranges for KMNC / NBC /
     SNAC. ``config``: table -> keyword arguments of the function it names
     (:func:`config_sections`), e.g. ``{"clever": {"n_batches": 20}, "pgd": {"eps": 0.1}}``.
+    ``preset``: the budgets of the tables the config leaves unset
+    (:mod:`robustx.pipeline.presets`): "quick" (CPU budgets) or "paper" (each metric at its
+    paper's settings); None (default) is "paper" when the run's device is CUDA, else
+    "quick". A config table's keys override the preset's; the report states the preset
+    (``run["preset"]``) and every metric's resolved settings (``MetricResult.budget``).
     ``out``: the run folder (``store.sqlite``, ``report.json``, ``report.html``); with
     ``resume=True`` a run of the same model and data reuses every finished unit whose key is
     unchanged (a killed run continues; more or fewer metrics, or changed settings, recompute
@@ -123,6 +130,8 @@ def evaluate(
     ``_resume_hint``: how messages name ``resume=True`` (the command line passes "--resume").
     """
     checks.model(model)
+    if preset is not None:
+        preset_name(preset)  # a bad name is refused before anything else
     names = metric_names(metrics)
     clip = checks.clip_range(clip_values)
     seed = checks.seed(seed)
@@ -136,11 +145,12 @@ def evaluate(
     for role, net in (("defended", defended), ("surrogate", surrogate), ("baseline", baseline)):
         if net is not None:
             models[role] = checks.model(net, role)
-    config = check_config(config)
-    attacks_ = attack_table(attacks, config)
-    settings = table_settings(config)
-    landscape = landscape_settings(config["landscape"], attacks_, clip) if "landscape" in config else None
     dev = checks.device(device, model)
+    preset = preset_name(preset, dev)
+    config = check_config(config)
+    attacks_ = attack_table(attacks, config, preset)
+    settings = table_settings(config, preset)
+    landscape = landscape_settings(config["landscape"], attacks_, clip) if "landscape" in config else None
     x1, y1 = stream.head(stream.batch_size)
     check_outputs(model, x1[:1], y1, dev)
     used = {family_of(m).table for m in names} | ({"landscape"} if landscape else set())
@@ -174,7 +184,7 @@ def evaluate(
             store.close()
     results = {m: _result(run, m, states.get(m), skipped.get(m)) for m in names}
     report = Report(metrics=results, figures=_figures(run, results), inputs=run.per_input(), run=jsonable({
-        "id": rid, "model": name, "inputs": stream.n, "input_shape": list(stream.head(1)[0].shape[1:]), "seed": seed,
+        "id": rid, "preset": preset, "model": name, "inputs": stream.n, "input_shape": list(stream.head(1)[0].shape[1:]), "seed": seed,
         "batch_size": stream.batch_size, "attacks": attacks_, "seconds": time.perf_counter() - start,
         "torch": torch.__version__, "device": str(dev), "processes": size,
         "attack_seconds": {k: v for k, v in run.seconds.items() if k.startswith("attack ")},
@@ -202,9 +212,20 @@ def _skip_reason(run: Run, name: str) -> Optional[str]:
     return None
 
 
+def _budget(run: Run, name: str) -> Dict[str, Any]:
+    """The resolved settings metric ``name`` runs with: its table's (every keyword of the
+    function it feeds) and, for a metric of adversarial examples, every attack's (as its
+    units are keyed)."""
+    family = family_of(name)
+    budget = table_budget(family.table, run.settings[family.table]) if family.table else {}
+    if "adversarial examples" in suite.get(name).needs:
+        budget["attacks"] = {a: attack_budget(a, s) for a, s in run.attacks.items()}
+    return jsonable(budget)
+
+
 def _result(run: Run, name: str, state, skipped: Optional[str]) -> MetricResult:
     info = suite.get(name)
-    base = dict(name=name, higher_is_better=info.higher_is_better, family=info.family)
+    base = dict(name=name, higher_is_better=info.higher_is_better, family=info.family, budget=_budget(run, name))
     if skipped is not None:
         return MetricResult(value=None, skipped=skipped, **base)
     if name in run.failed:

@@ -38,7 +38,9 @@ class MetricResult:
     """One metric's result. ``value`` is None exactly when the metric was ``skipped`` (an
     input it needs was not given; ``skipped`` says which) or ``failed`` (it raised;
     ``failed`` is "ExceptionType: message"); ``per_sample`` holds per-input values where
-    they exist; ``higher_is_better`` None: not ranked (test adequacy, e.g. coverage)."""
+    they exist; ``higher_is_better`` None: not ranked (test adequacy, e.g. coverage);
+    ``budget``: the settings it ran with, resolved (its config table over the preset over
+    the defaults, and the attacks' when it uses adversarial examples)."""
 
     name: str
     value: Optional[float]
@@ -49,6 +51,7 @@ class MetricResult:
     skipped: Optional[str] = None
     family: Optional[str] = None
     failed: Optional[str] = None
+    budget: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.skipped is not None and self.failed is not None:
@@ -225,9 +228,19 @@ def _summary_table(metrics: Dict[str, MetricResult]) -> str:
             f"<tr{cls}><td>{_esc(m.name)}</td><td class=\"num\">{_esc(_cell(m))}</td>"
             f"<td title=\"{_direction_title(m.higher_is_better)}\">{_arrow(m.higher_is_better)}</td>"
             f"<td>{_esc(m.family or '')}</td><td class=\"num\">{m.seconds:.2f} s</td>"
-            f"<td>{_esc(note)}</td></tr>\n")
-    table = _table(["metric", "value", "better", "family", "time", "skipped or failed because"], rows)
+            f"<td>{_esc(_budget_text(m.budget))}</td><td>{_esc(note)}</td></tr>\n")
+    table = _table(["metric", "value", "better", "family", "time", "budget", "skipped or failed because"], rows)
     return f'<section id="metrics">\n<h2>Metrics</h2>\n{table}</section>\n'
+
+
+def _budget_text(budget) -> str:
+    """A budget as one line: ``key=value, ...``, a nested table as ``name(key=value, ...)``."""
+    if isinstance(budget, dict):
+        return ", ".join(f"{k}({_budget_text(v)})" if isinstance(v, dict) else f"{k}={_budget_text(v)}"
+                         for k, v in budget.items())
+    if isinstance(budget, list):
+        return "[" + ", ".join(_budget_text(v) for v in budget) + "]"
+    return _fmt(budget) if isinstance(budget, float) else str(budget)
 
 
 def _img(title: str, png: bytes, caption: bool = True) -> str:

@@ -85,7 +85,7 @@ def test_json_round_trips_through_save_and_load(tmp_path):
     assert raw["metrics"]["ASS"]["value"] is None and raw["metrics"]["ASS"]["skipped"] == "no attack given"
     assert raw["metrics"]["clever_u"]["per_sample"] == [0.02, "Infinity"]
     assert set(raw["metrics"]["ASS"]) == {"name", "value", "higher_is_better", "per_sample", "settings",
-                                          "seconds", "skipped", "family", "failed"}
+                                          "seconds", "skipped", "family", "failed", "budget"}
     for where in (tmp_path / "out", tmp_path / "out" / "report.json"):
         back = Report.load(where)
         assert back.to_dict() == rep.to_dict()

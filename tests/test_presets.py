@@ -74,7 +74,8 @@ def test_paper_clever_runs_and_reports_500_by_1024(data, tmp_path, monkeypatch):
     monkeypatch.setattr(module, "clever", recorded)
     evaluate(digits_cnn(), data, metrics=["CA", "CLEVER"], preset="paper", out=tmp_path, progress=False)
     assert len(calls) == 2  # the settings check (stopped at its first forward pass), then the batch
-    assert (calls[-1]["n_batches"], calls[-1]["n_samples"], calls[-1]["radius"], calls[-1]["norm"]) == (500, 1024, 3.0, 2)
+    run = calls[-1]
+    assert (run["n_batches"], run["n_samples"], run["radius"], run["norm"]) == (500, 1024, 3.0, 2)
     doc = json.loads((tmp_path / "report.json").read_text())
     assert doc["run"]["preset"] == "paper"
     budget = doc["metrics"]["CLEVER"]["budget"]

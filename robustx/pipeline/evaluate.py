@@ -184,7 +184,8 @@ def evaluate(
             store.close()
     results = {m: _result(run, m, states.get(m), skipped.get(m)) for m in names}
     report = Report(metrics=results, figures=_figures(run, results), inputs=run.per_input(), run=jsonable({
-        "id": rid, "preset": preset, "model": name, "inputs": stream.n, "input_shape": list(stream.head(1)[0].shape[1:]), "seed": seed,
+        "id": rid, "preset": preset, "model": name, "inputs": stream.n,
+        "input_shape": list(stream.head(1)[0].shape[1:]), "seed": seed,
         "batch_size": stream.batch_size, "attacks": attacks_, "seconds": time.perf_counter() - start,
         "torch": torch.__version__, "device": str(dev), "processes": size,
         "attack_seconds": {k: v for k, v in run.seconds.items() if k.startswith("attack ")},

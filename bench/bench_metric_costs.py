@@ -47,6 +47,11 @@ def cpu_seconds(model, x, y, profile, preset, metrics, config=None) -> float:
     return time.process_time() - start
 
 
+def shown(seconds: float) -> str:
+    """Seconds to 3 digits; below 0.01 s (differences of runs are then timer noise, even < 0) "< 0.01"."""
+    return "< 0.01" if seconds < 0.01 else f"{seconds:.3g}"
+
+
 def family(name: str) -> str:
     return get(name).definition
 
@@ -94,7 +99,7 @@ def main() -> None:
     print("\n| metric family, one image (CPU s) | " + " | ".join(f"{m} {p}" for m, p in columns) + " |")
     print("|---|" + "---|" * len(columns))
     for row in table[columns[0]]:
-        print(f"| {row} | " + " | ".join(f"{table[c][row]:.3g}" for c in columns) + " |")
+        print(f"| {row} | " + " | ".join(shown(table[c][row]) for c in columns) + " |")
     print("\n" + "\n".join(notes))
 
 

@@ -8,7 +8,7 @@ seconds, so a busy shared machine slows the wall clock but not this much). Every
 includes the pipeline's fixed cost (digests, checks, one clean forward pass, the store):
 the "CA" row is that floor. "attack (pgd)" is the run of AA_W (the attack plus one
 forward pass of its examples); the rows of the families of adversarial examples
-("adversarial means", NS) are their run with AA_W minus the AA_W run. KMNC / NBC / SNAC get a profile of
+("adversarial means", eps-ENI, NS) are their run with AA_W minus the AA_W run. KMNC / NBC / SNAC get a profile of
 --profile-n training inputs (its cost is in the coverage row); the metrics needing a
 second model (defense utility, AA_B, a baseline for mCE) are left out. One pass over the
 digits quick rows first warms up the imports and first calls, and is not reported.
@@ -19,7 +19,7 @@ that many batches) and the seconds above the floor are extrapolated linearly to 
 (its cost is N_b identical batches; resampling after an ill-conditioned fit, up to
 4 N_b, would add to it).
 
-    python3 bench/bench_metric_costs.py [--threads 1] [--clever-batches 5] [--profile-n 64]
+    python3 bench/bench_metric_costs.py [--threads 1] [--clever-batches 5] [--profile-n 64] [--only corruption,...]
 """
 import argparse
 import platform
@@ -35,7 +35,7 @@ from robustx.pipeline.config import table_settings
 from robustx.pipeline.evaluate import evaluate
 
 NEEDS_ANOTHER_MODEL = {"defended model", "surrogate"}
-FAMILIES = ["adversarial means", "corruption", "DIV", "eps-ENI", "EBD", "NS", "NU", "coverage"]
+FAMILIES = ["adversarial means", "corruption", "DIV", "eps-ENI", "eps-ENI_noise", "EBD", "NS", "NU", "coverage"]
 
 
 def cpu_seconds(model, x, y, profile, preset, metrics, config=None) -> float:
@@ -56,17 +56,19 @@ def family(name: str) -> str:
     return get(name).definition
 
 
-def costs(model, x, y, profile, preset, clever_batches):
+def costs(model, x, y, profile, preset, clever_batches, only=None):
     usable = [m for m in available() if not (get(m).needs & NEEDS_ANOTHER_MODEL)]
     run = lambda metrics, config=None: cpu_seconds(model, x, y, profile, preset, metrics, config)  # noqa: E731
     rows = {"CA": run(["CA"]), "attack (pgd)": run(["AA_W"])}
-    for fam in FAMILIES:
+    for fam in [f for f in FAMILIES if only is None or f in only]:
         metrics = [m for m in usable if family(m) == fam]
         if any("adversarial examples" in get(m).needs for m in metrics):  # their cost above the attack's
             rows[fam] = run(["AA_W"] + metrics) - rows["attack (pgd)"]
         else:
             rows[fam] = run(metrics)
     n_b = table_settings({}, preset)["clever"]["n_batches"]
+    if only is not None and "CLEVER" not in only:
+        return rows, 0, n_b
     measured = n_b if preset == "quick" else min(clever_batches, n_b)
     config = {} if measured == n_b else {"clever": {"n_batches": measured, "on_fallback": "max"}}
     rows["CLEVER"] = rows["CA"] + (run(["CLEVER"], config) - rows["CA"]) * n_b / measured
@@ -78,7 +80,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--clever-batches", type=int, default=5)
     parser.add_argument("--profile-n", type=int, default=64)
+    parser.add_argument("--only", default=None, help="comma-separated rows to measure (besides CA and the attack), "
+                        "e.g. corruption,CLEVER (default: all)")
     args = parser.parse_args()
+    only = None if args.only is None else set(args.only.split(","))
     torch.set_num_threads(args.threads)
     xd, yd = digits("test")
     xc, yc = aisafety_cifar10()
@@ -90,11 +95,12 @@ def main() -> None:
     table, notes = {}, []
     for name, (model, x, y, profile) in models.items():
         for preset in ("quick", "paper"):
-            rows, measured, n_b = costs(model, x, y, profile, preset, args.clever_batches)
+            rows, measured, n_b = costs(model, x, y, profile, preset, args.clever_batches, only)
             table[name, preset] = rows
             print(f"{name} {preset}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows.items()), flush=True)
-            notes.append(f"{name} {preset}: CLEVER measured at {measured} of {n_b} batches"
-                         + (f", extrapolated x {n_b / measured:g}" if measured < n_b else ""))
+            if measured:
+                notes.append(f"{name} {preset}: CLEVER measured at {measured} of {n_b} batches"
+                             + (f", extrapolated x {n_b / measured:g}" if measured < n_b else ""))
     columns = [(m, p) for m in models for p in ("quick", "paper")]
     print("\n| metric family, one image (CPU s) | " + " | ".join(f"{m} {p}" for m, p in columns) + " |")
     print("|---|" + "---|" * len(columns))

@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 import torch
 
-from robustx.cli import main
+from robustx.commands import main
 from robustx.data import digits
 from robustx.metrics.families import FAMILIES
 from robustx.models import digits_cnn

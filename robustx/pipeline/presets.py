@@ -15,7 +15,7 @@ Settings of ``paper`` and their sources:
   paper; also the defaults of the authors' ``collect_gradients.py``, github.com/huanzhang12/CLEVER).
   Radius and images from the authors' code: ``estimate_gradient_norm.py`` samples
   perturbations of L2 norm up to 3, L-inf 0.1 and L1 30 around inputs of range 1
-  ([-0.5, 0.5]): :data:`CLEVER_RADIUS`, R for the table's norm (a config's norm without a
+  ([-0.5, 0.5]): :data:`PAPER_CLEVER_RADII`, R for the table's norm (a config's norm without a
   radius gets its norm's R); ``run_networks.sh`` scores 4 x 25 = 100 images per model.
 - ``ebd`` (Guo et al.'s AISafety platform, ``EvalBox/Evaluation/bd.py``): m = 10 random
   orthonormal directions, each searched on a grid of 64 magnitudes (0, 2, ..., 126 / 255
@@ -41,15 +41,15 @@ import torch
 from robustx import checks
 from robustx.geometry import norm_name
 
-__all__ = ["PRESETS", "CLEVER_RADIUS", "preset_name", "preset_tables"]
+__all__ = ["PRESETS", "PAPER_CLEVER_RADII", "preset_name", "preset_tables"]
 
 #: CLEVER's sampling radius R per norm in the authors' code, for inputs of range 1.
-CLEVER_RADIUS = {"1": 30.0, "2": 3.0, "inf": 0.1}
+PAPER_CLEVER_RADII = {"1": 30.0, "2": 3.0, "inf": 0.1}
 
 PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     "quick": {},
     "paper": {
-        "clever": {"norm": 2, "radius": CLEVER_RADIUS["2"], "n_batches": 500, "n_samples": 1024, "n_images": 100},
+        "clever": {"norm": 2, "radius": PAPER_CLEVER_RADII["2"], "n_batches": 500, "n_samples": 1024, "n_images": 100},
         "ebd": {"m": 10, "steps": 64},
         "coverage": {"sections": 1000},
         "pgd": {"eps": 8 / 255, "norm": "inf", "steps": 20, "step_size": 2 / 255},
@@ -73,7 +73,7 @@ def preset_tables(preset: str, config: Optional[Mapping[str, Mapping[str, Any]]]
     clever = dict((config or {}).get("clever", {}))
     if "clever" in tables and "norm" in clever and "radius" not in clever:
         try:
-            tables["clever"]["radius"] = CLEVER_RADIUS[norm_name(clever["norm"])]
+            tables["clever"]["radius"] = PAPER_CLEVER_RADII[norm_name(clever["norm"])]
         except ValueError:
             pass
     return tables

@@ -29,7 +29,7 @@ Settings of ``paper`` and their sources:
 - ``corruption`` (Hendrycks & Dietterich, ICLR 2019): every available benchmark
   corruption at severities 1..5, which :func:`robustx.metrics.corruption.corruption_errors`
   already runs by default (``CORRUPTIONS``, by reference): no table, quick = paper.
-- DIV (Yu et al., IJCAI 2019), eps-ENI (Guo et al.), NS and NU (Zhang et al.): the papers
+- DIV (Yu et al., IJCAI 2019), eps-ENI_noise (Guo et al.), NS and NU (Zhang et al.): the papers
   state no step count, restart count or draw count: no table, quick = paper.
 """
 from __future__ import annotations
@@ -49,7 +49,8 @@ PAPER_CLEVER_RADII = {"1": 30.0, "2": 3.0, "inf": 0.1}
 PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     "quick": {},
     "paper": {
-        "clever": {"norm": 2, "radius": PAPER_CLEVER_RADII["2"], "n_batches": 500, "n_samples": 1024, "n_images": 100},
+        "clever": {"norm": 2, "radius": PAPER_CLEVER_RADII["2"], "n_batches": 500, "n_samples": 1024,
+                   "n_images": 100},
         "ebd": {"m": 10, "steps": 64},
         "coverage": {"sections": 1000},
         "pgd": {"eps": 8 / 255, "norm": "inf", "steps": 20, "step_size": 2 / 255},
@@ -65,7 +66,8 @@ def preset_name(preset: Optional[str], device: Optional[torch.device] = None) ->
     return checks.choice(preset, "preset", tuple(PRESETS), also="or None (paper on CUDA, else quick)")
 
 
-def preset_tables(preset: str, config: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Dict[str, Dict[str, Any]]:
+def preset_tables(preset: str,
+                  config: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Dict[str, Dict[str, Any]]:
     """The tables of ``preset`` (table -> keyword arguments) under ``config``: "paper"
     gives CLEVER the radius of the config's [clever] norm when the config sets a norm and
     no radius (an invalid norm is left to the [clever] check)."""

@@ -86,6 +86,9 @@ def _add_run_options(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--metrics", default="all", help="comma-separated metric names (robustx metrics), or all")
     p.add_argument("--attacks", default=None, help="comma-separated attacks: fgsm, pgd, deepfool, cw, autoattack "
                    "(the field's reference, pip install pyautoattack; default: pgd)")
+    p.add_argument("--minimal-attack", default="deepfool", help="the minimal-perturbation attack whose successful "
+                   "examples ALD, ASS, PSD, ACAC, ACTC and NTE average over: deepfool (default), cw, or one of "
+                   "--attacks; its settings: the --config table of its name")
     p.add_argument("--config", default=None, help="TOML file: one table per metric or attack, e.g. [clever]")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default %(default)s)")
     p.add_argument("--device", default=None, help="torch device the model is moved to (default: the model's)")
@@ -126,6 +129,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         batch_size = distributed.gather_in_order({0: auto_batch_size(model, first, device)} if rank == 0 else {})[0]
     with _failures_summarised():
         report = evaluate(model, inputs, metrics=args.metrics, attacks=args.attacks, config=_read_config(args.config),
+                          minimal_attack=args.minimal_attack,
                           profile=profile, out=args.out, resume=args.resume, seed=args.seed, device=device,
                           batch_size=batch_size, clip_values=clip, progress=not args.no_progress and rank == 0,
                           name=args.model, channels_last=args.channels_last, autocast=args.autocast,
@@ -191,11 +195,12 @@ def _read_config(path: Optional[str]) -> Optional[dict]:
 
 def _summary(report) -> str:
     from robustx.metrics.registry import direction
+    from robustx.pipeline.report import averaged_over
 
     rows = [f"{'metric':<10} {'value':>12}  better  {'seconds':>8}"]
     for name, m in report.metrics.items():
         value = f"{m.value:12.4g}" if m.value is not None else f"{'failed' if m.failed else 'skipped':>12}"
-        note = m.failed or m.skipped
+        note = m.failed or m.skipped or averaged_over(m)
         rows.append(f"{name:<10} {value}  {direction(m.higher_is_better):<6}  {m.seconds:8.2f}"
                     + (f"  ({note.splitlines()[0]})" if note else ""))
     return "\n".join(rows)
@@ -267,9 +272,13 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _add_compare(subparsers) -> None:
     p = subparsers.add_parser("compare", help="side-by-side table of several reports",
                               description="Print every metric the reports share, side by side, the better value "
-                              "of each row marked with *; --html writes the same table with bar charts.")
+                              "of each row marked with *, then the means over the successful examples S again over "
+                              "the inputs every model got right and every model's attack fooled; --html writes the "
+                              "same tables with bar charts.")
     p.add_argument("reports", nargs="+", help="report folders or report.json files")
     p.add_argument("--html", default=None, help="also write a comparison page here")
+    p.add_argument("--no-common", action="store_true", help="leave out the means over S on the inputs every model "
+                   "got right and every model's attack fooled (needed for reports of different inputs)")
     p.set_defaults(run=_run_compare)
 
 
@@ -280,9 +289,9 @@ def _run_compare(args: argparse.Namespace) -> int:
         raise ValueError("compare needs at least two reports")
     reports = [Report.load(path) for path in args.reports]
     names = [str(path).rstrip("/").removesuffix("/report.json") for path in args.reports]
-    print(compare(reports, names))
+    print(compare(reports, names, common=not args.no_common))
     if args.html:
-        Path(args.html).write_text(compare_html(reports, names))
+        Path(args.html).write_text(compare_html(reports, names, common=not args.no_common))
         print(f"wrote {args.html}")
     return 0
 

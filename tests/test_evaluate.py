@@ -550,7 +550,7 @@ def test_real_cifar_models_small_run(tmp_path, capsys):
     if not (folder / "resnet20_cifar.pt").is_file():
         pytest.skip(f"AISafety CIFAR-10 files not found in {folder}")
     x, y = aisafety_cifar10()
-    outs = []
+    outs, ald_inf = [], []
     for weights in ("resnet20_cifar.pt", "CIFAR10_PAT_enhanced.pt"):
         out = tmp_path / weights
         assert main(["evaluate", "--model", "resnet20", "--weights", str(folder / weights), "-n", "8",
@@ -559,11 +559,16 @@ def test_real_cifar_models_small_run(tmp_path, capsys):
             ca = metrics.accuracy(resnet20_cifar(folder / weights)(x[:8]), y[:8])
         values = _values(out)
         assert values["CA"] == pytest.approx(ca)
-        assert values["AA_W"] <= values["CA"] and values["ALD_inf"] <= 8 / 255 + 1e-6
+        assert values["AA_W"] <= values["CA"]
         outs.append(str(out))
+        ald_inf.append(values["ALD_inf"])
+    # DeepFool's distance, not PGD's budget 8/255: larger for the adversarially trained model
+    # (bench/RESULTS.md, 100 images: 0.0135 natural, 0.0711 PAT)
+    assert ald_inf[1] > 2 * ald_inf[0] and abs(ald_inf[0] - 8 / 255) > 0.01
     capsys.readouterr()
     assert main(["compare", *outs]) == 0
-    assert "AA_W" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "AA_W" in text and "over the common set" in text
 
 
 def test_landscape_table_adds_its_plots(tmp_path):

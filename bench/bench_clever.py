@@ -55,7 +55,7 @@ def clever_module():
 
 
 def auto_points(model, x):
-    """The points per forward pass robustx.clever picks by default (max_chunk=None)."""
+    """The points per forward pass robustx.clever picks by default (batch_size=None)."""
     with frozen_eval(model):
         return clever_module()._auto_chunk(model, x[:1])
 
@@ -114,7 +114,7 @@ def compare(model, x, norm, radius, targets, n_batches, n_samples, points, repea
     """Best-of-``repeats`` times of clever, the old floor and the new floor, measured in turn."""
     device = x.device
     kw = dict(norm=norm, radius=radius, n_batches=n_batches, n_samples=n_samples, targets=targets,
-              clip_values=clip, max_chunk=points, on_fallback="max", progress=False)  # no resampling
+              clip_values=clip, batch_size=points, on_fallback="max", progress=False)  # no resampling
 
     def run_clever():
         res = clever(model, x, **kw)

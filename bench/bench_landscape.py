@@ -39,7 +39,7 @@ def all_points(x: torch.Tensor, land) -> torch.Tensor:
 
 
 def bench(name: str, model, x, y, span: float, repeat: int) -> str:
-    kwargs = dict(span=span, steps=STEPS, surface="margin", batch_size=BATCH, progress=False)
+    kwargs = dict(span=span, steps=STEPS, surface="margin", clip_values=None, batch_size=BATCH, progress=False)
     land = input_landscape(model, x, y, **kwargs)
     points = all_points(x, land)
     n_points = points.shape[0]

@@ -10,7 +10,8 @@ fresh process, which reports:
 - the suite overhead: the run's wall time over the time of the model passes the suite
   cannot avoid, measured in the same process right after, on the same batches (already
   decoded): per batch one clean forward, the attack's 3 forward+backward passes, one
-  forward on the adversarial examples, the coverage forward and the NU forward.
+  forward on the adversarial examples, the coverage forward and the NU forward (on the
+  adversarial examples).
 
     python bench/bench_streaming.py [--sizes 256 1024 4096] [--out bench/out/streaming]
 """
@@ -73,7 +74,7 @@ def floor_seconds(model: nn.Module, dataset) -> float:
         with torch.no_grad():
             model(x + delta)  # logits of the adversarial examples
             model(x)  # coverage pass
-            model(x)  # NU pass
+            model(x + delta)  # NU pass (on the adversarial examples)
         total += time.perf_counter() - start
     return total
 

@@ -65,7 +65,7 @@ def exp_case():
     print(f"exp(w.x): true local Lipschitz constants {[round(v, 2) for v in lipschitz.tolist()]}, "
           f"true-constant CLEVER scores {[round(v, 5) for v in (torch.exp(x.flatten(1) @ w) / lipschitz).tolist()]}")
     return [(f"exp(w.x) margin, 3 images, L2 radius 2, {nb} x {ns}", model, x, dict(norm=2, radius=2.0, n_batches=nb,
-                                                                                  n_samples=ns))
+                                                                                  n_samples=ns, clip_values=None))
             for nb, ns in ((100, 128), (20, 16))]
 
 
@@ -83,16 +83,16 @@ def compare(label, model, x, settings):
     before, t_before, w_before = run(model, x, settings, "max")
     after, t_after, w_after = run(model, x, settings, "resample")
     pairs = before.reason.numel()
-    moved = before.scores != after.scores
-    change = (after.scores[moved] / before.scores[moved]).tolist()
+    moved = before.per_sample != after.per_sample
+    change = (after.per_sample[moved] / before.per_sample[moved]).tolist()
     print(f"{label}:\n"
           f"  max:      {int((before.reason >= UNRELIABLE).sum())}/{pairs} ill-conditioned fallbacks, "
-          f"{int((~before.reliable).sum())}/{x.shape[0]} images unreliable, mean score {before.scores.mean():.4f}, "
+          f"{int((~before.reliable).sum())}/{x.shape[0]} images unreliable, mean score {before.per_sample.mean():.4f}, "
           f"{t_before:.1f} s, {w_before} warning(s)\n"
           f"  resample: {int((after.reason >= UNRELIABLE).sum())}/{pairs} left, "
           f"{int((~after.reliable).sum())}/{x.shape[0]} images unreliable, "
           f"{int((after.batches > settings['n_batches']).sum())} pairs resampled (batches "
-          f"{sorted(set(after.batches.flatten().tolist()))}), mean score {after.scores.mean():.4f}, {t_after:.1f} s, "
+          f"{sorted(set(after.batches.flatten().tolist()))}), mean score {after.per_sample.mean():.4f}, {t_after:.1f} s, "
           f"{w_after} warning(s)\n"
           f"  images whose score moved: {int(moved.sum())}, score after / before: {[round(c, 3) for c in change]}")
 

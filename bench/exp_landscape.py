@@ -69,7 +69,7 @@ def boundary_distance(land) -> torch.Tensor:
 
 
 def landscape_stats(model, x, y, span, steps) -> dict:
-    land = input_landscape(model, x, y, span=span, steps=steps, surface="loss", progress=False)
+    land = input_landscape(model, x, y, span=span, steps=steps, surface="loss", clip_values=None, progress=False)
     c = steps // 2
     dist = boundary_distance(land)
     return {
@@ -102,7 +102,7 @@ def pictures(name_prefix: str, zoo: dict, x, y, span: float, figures: Path) -> l
     paths = []
     titles = [f"label {int(t)}" for t in y]
     for name, model in zoo.items():
-        land = input_landscape(model, x, y, span=span, steps=41, surface="loss", progress=False)
+        land = input_landscape(model, x, y, span=span, steps=41, surface="loss", clip_values=None, progress=False)
         tag = f"{name_prefix}_{name.lower().replace('-', '').replace(' ', '').replace('.', '')}"
         paths.append(land.plot(figures / f"{tag}_loss_contour.png", "contour", list(range(len(y))),
                                [f"{name}, {t}" for t in titles]))

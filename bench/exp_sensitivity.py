@@ -64,7 +64,7 @@ def table(rows, layers) -> str:
     for name, secs, clean, robust, sens, rel in rows:
         means = sens.layer_means()
         cells = " | ".join(f"{means[n]:.4f}" for n in layers)
-        lines.append(f"| {name} | {secs} | {clean:.3f} | {robust:.3f} | {cells} | {sens.mean():.4f} | {rel:.3f} |")
+        lines.append(f"| {name} | {secs} | {clean:.3f} | {robust:.3f} | {cells} | {sens.value:.4f} | {rel:.3f} |")
     return "\n".join(lines)
 
 

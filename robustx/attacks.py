@@ -152,7 +152,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm=
 
 # -------------------------------------------------------------------------- DeepFool
 def deepfool(model: nn.Module, x: torch.Tensor, *, steps: int = 50, overshoot: float = 0.02,
-             candidates: int = 10, clip_values=None, batch_size: int = 128,
+             candidates: int = 10, clip_values=(0.0, 1.0), batch_size: int = 128,
              progress: bool = True) -> torch.Tensor:
     """DeepFool, L2 (Moosavi-Dezfooli et al. 2016, Algorithm 2): the smallest step to the
     nearest boundary of the model linearised at the current iterate, repeated.

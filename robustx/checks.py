@@ -123,7 +123,16 @@ def norm(value, name: str = "norm", allowed: Sequence[float] = (1.0, 2.0, math.i
 
 
 def clip_range(clip_values, name: str = "clip_values") -> Optional[Tuple[float, float]]:
-    """``None`` (no data domain) or a pair (lo, hi) of finite floats with lo < hi."""
+    """``None`` (no data domain) or a pair (lo, hi) of finite floats with lo < hi.
+
+    Every public function defaults to ``clip_values=(0, 1)``: images as floats in [0, 1]
+    with any normalisation inside the model. An input outside the box is then a
+    ValueError naming ``clip_values`` (checked by :func:`images`) instead of adversarial or
+    sampled points silently leaving the image domain; pass ``None`` for data without a
+    box (features, normalised tensors), ``(lo, hi)`` for another range. The ART-compatible
+    API (:mod:`robustx.compat.art`) keeps ART's ``None``, as ART takes the box from the
+    classifier.
+    """
     if clip_values is None:
         return None
     try:
@@ -193,7 +202,7 @@ def images(x, name: str = "x", clip_values: Optional[Tuple[float, float]] = None
         raise ValueError(f"{name} contains NaN or infinite values")
     if clip_values is not None:
         lo, hi = clip_values
-        if x.min() < lo or x.max() > hi:
+        if x.numel() and (x.min() < lo or x.max() > hi):
             raise ValueError(
                 f"{name} has values in [{x.min().item():.4g}, {x.max().item():.4g}], outside "
                 f"clip_values=({lo}, {hi})"

@@ -39,6 +39,7 @@ from torch import nn
 from robustx import checks, ops
 from robustx.geometry import dual_norm, norm_name
 from robustx.modelutil import chunks, frozen_eval, progress_bar
+from robustx.results import Result, deprecated_attribute
 from robustx.weibull import FALLBACK_REASONS, ReverseWeibullFit, fit_reverse_weibull
 
 __all__ = ["clever", "CleverResult", "TARGET_MODES", "TARGET_SAMPLES", "ON_FALLBACK"]
@@ -56,10 +57,12 @@ DEVICE_MAX_ROWS = 8192  # ... and on accelerators
 
 
 @dataclass
-class CleverResult:
+class CleverResult(Result):
     """CLEVER scores of N images and the estimate behind each (image, target) pair.
 
-    ``scores`` (N,): min over the targets of ``target_scores`` (N, T) = min(g0 / lipschitz, R).
+    ``value``: the mean CLEVER score over the images (larger = more robust).
+    ``per_sample`` (N,): min over the targets of ``target_scores`` (N, T) = min(g0 / lipschitz, R)
+    (``scores`` is its deprecated name).
     Per (image, target), shape (N, T): ``targets``, ``g0`` = f_c(x0) - f_j(x0),
     ``lipschitz`` (a-hat, or ``max_sampled`` where ``fallback``), the reverse-Weibull
     ``loc`` (end point a; scipy's weibull_min on the negated maxima has loc = -a),
@@ -71,7 +74,7 @@ class CleverResult:
     maxima; where False the score over-states robustness.
     """
 
-    scores: torch.Tensor
+    per_sample: torch.Tensor
     target_scores: torch.Tensor
     predicted: torch.Tensor
     targets: torch.Tensor
@@ -88,6 +91,12 @@ class CleverResult:
     batches: torch.Tensor
     zero_grad_fraction: torch.Tensor
     settings: dict = field(default_factory=dict)
+    scores = deprecated_attribute("scores", "per_sample")
+
+    @property
+    def value(self) -> float:
+        """Mean of ``per_sample`` (larger = more robust)."""
+        return float(self.per_sample.double().mean())
 
     @property
     def reliable(self) -> torch.Tensor:
@@ -95,14 +104,12 @@ class CleverResult:
         return ~(self.reason >= UNRELIABLE).any(1)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict: settings, ``reliable`` and every field as nested lists (NaN -> None)."""
-        out = {"settings": dict(self.settings), "reliable": self.reliable.tolist()}
-        for name in self.__dataclass_fields__:
-            if name != "settings":
-                out[name] = _jsonable(getattr(self, name))
-        return out
+        """JSON-ready dict: ``value``, settings, ``reliable`` and every field as nested lists
+        (NaN -> None, inf -> "inf")."""
+        return {**super().to_dict(), "settings": dict(self.settings), "reliable": self.reliable.tolist()}
 
 
+@checks.renamed(max_chunk="batch_size")
 def clever(
     model: nn.Module,
     x: torch.Tensor,
@@ -115,10 +122,10 @@ def clever(
     target_samples: str = "shared",
     on_fallback: str = "resample",
     max_batches: Optional[int] = None,
-    clip_values: Optional[Tuple[float, float]] = None,
+    clip_values: Optional[Tuple[float, float]] = (0.0, 1.0),
     seed: int = 0,
     device=None,
-    max_chunk: Optional[int] = None,
+    batch_size: Optional[int] = None,
     progress: bool = True,
 ) -> CleverResult:
     """CLEVER scores of the images ``x`` (N, ...) for a model returning logits.
@@ -145,14 +152,15 @@ def clever(
     Lipschitz estimate possible, so its score over-states robustness. (A Gumbel-limit fit
     has no finite end point; taking it would send the score to 0, the honest side.)
 
-    ``clip_values=(lo, hi)`` is the data domain: x must lie inside and samples are
-    clipped to it. Sampling unit u (image u, or pair u = i T + t with independent
-    samples) draws batch b < N_b from point ``(u N_b + b) N_s`` of the counter-based
-    stream ``seed``, resampled batches b >= N_b from ``(u + 1) 2^40 + (b - N_b) N_s``, so
-    results do not depend on chunking. ``device``: where to compute (default: the
-    model's). ``max_chunk``: points per forward pass (each followed by one backward pass
-    per target, the graph retained in between); by default sized from the model's
-    measured activation memory. Larger scores = more robust.
+    ``clip_values=(lo, hi)`` (default (0, 1)) is the data domain: x must lie inside and
+    samples are clipped to it; None: no domain, no clipping. Sampling unit u (image u, or
+    pair u = i T + t with independent samples) draws batch b < N_b from point
+    ``(u N_b + b) N_s`` of the counter-based stream ``seed``, resampled batches b >= N_b
+    from ``(u + 1) 2^40 + (b - N_b) N_s``, so results do not depend on chunking.
+    ``device``: where to compute (default: the model's). ``batch_size``: points (inputs)
+    per forward pass (each followed by one backward pass per target, the graph retained
+    in between); by default sized from the model's measured activation memory. Larger
+    scores = more robust.
     """
     checks.model(model)
     p = checks.norm(norm)
@@ -163,19 +171,19 @@ def clever(
     target_samples = _choice(target_samples, "target_samples", TARGET_SAMPLES)
     on_fallback = _choice(on_fallback, "on_fallback", ON_FALLBACK)
     seed = checks.seed(seed)
-    if max_chunk is not None:
-        max_chunk = checks.integer(max_chunk, "max_chunk", 1)
+    if batch_size is not None:
+        batch_size = checks.integer(batch_size, "batch_size", 1)
     clip = checks.clip_range(clip_values)
     dev = checks.device(device, model)
     x = checks.images(x, "x", clip).detach().to(dev)
     if x.shape[0] == 0:
         raise ValueError("x must hold at least one image, got an empty batch")
     with frozen_eval(model):
-        logits = _logits(model, x, max_chunk or DEVICE_MAX_ROWS)
+        logits = _logits(model, x, batch_size or DEVICE_MAX_ROWS)
         predicted = logits.argmax(1)
         tgt = _resolve_targets(targets, logits, predicted, seed)
         g0 = logits.gather(1, predicted[:, None]) - logits.gather(1, tgt)
-        rows = _Rows(max_chunk or _auto_chunk(model, x[:1]), _gradient_rows(x[:1]))
+        rows = _Rows(batch_size or _auto_chunk(model, x[:1]), _gradient_rows(x[:1]))
         ball = _Ball(p, radius, clip, seed, n_batches, n_samples)
         units = _units(x, predicted, tgt, target_samples)
         maxima, zeros = _batch_maxima(model, *units, ball, rows, progress)
@@ -196,7 +204,7 @@ def clever(
                     targets=targets if isinstance(targets, str) else "given", target_samples=target_samples,
                     on_fallback=on_fallback, max_batches=max_batches, clip_values=clip, seed=seed)
     return CleverResult(
-        scores=target_scores.amin(1),
+        per_sample=target_scores.amin(1),
         target_scores=target_scores,
         predicted=predicted.cpu(),
         targets=tgt.cpu(),
@@ -520,13 +528,3 @@ def _warn_zero_gradients(fraction: torch.Tensor) -> None:
             RuntimeWarning,
             stacklevel=3,
         )
-
-
-def _jsonable(value):
-    if isinstance(value, torch.Tensor):
-        value = value.tolist()
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value

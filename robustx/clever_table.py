@@ -26,8 +26,9 @@ CLEVER_TABLE_DEFAULTS = dict(n_images=10, n_batches=100, n_samples=32, radius_l2
 NORMS = (("L2", 2), ("Linf", "inf"))
 
 
+@checks.renamed(out_dir="out")
 def run_clever_table(
-    out_dir="out/clever",
+    out="out/clever",
     *,
     n_images: int = CLEVER_TABLE_DEFAULTS["n_images"],
     n_batches: int = CLEVER_TABLE_DEFAULTS["n_batches"],
@@ -39,8 +40,9 @@ def run_clever_table(
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> dict:
-    """Compute, print and save the demo's CLEVER scores; returns the JSON document.
-    ``max_batches``: resampling budget of ill-conditioned fits (default 4 x n_batches)."""
+    """Compute, print and save (into the folder ``out``) the demo's CLEVER scores; returns
+    the JSON document. ``max_batches``: resampling budget of ill-conditioned fits
+    (default 4 x n_batches)."""
     from robustx.data import digits
     from robustx.models import digits_cnn
 
@@ -56,12 +58,12 @@ def run_clever_table(
                      clip_values=(0.0, 1.0), seed=seed, max_batches=max_batches, progress=progress)
         results[name] = (res, time.perf_counter() - start)
     doc = _document(results, y, n_images)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "clever.json").write_text(json.dumps(doc, indent=2))
-    _histogram(results, out / "clever_hist.png")
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "clever.json").write_text(json.dumps(doc, indent=2))
+    _histogram(results, folder / "clever_hist.png")
     echo(_table(results, y))
-    echo(f"wrote {out / 'clever.json'} and {out / 'clever_hist.png'}")
+    echo(f"wrote {folder / 'clever.json'} and {folder / 'clever_hist.png'}")
     return doc
 
 
@@ -69,7 +71,7 @@ def _document(results: Dict[str, Tuple[CleverResult, float]], y: torch.Tensor, n
     doc = {"model": "robustx.models.digits_cnn()", "data": f"robustx.data.digits('test')[:{n_images}]",
            "labels": y.tolist(), "clever": {}}
     for name, (res, seconds) in results.items():
-        scores = res.scores
+        scores = res.per_sample
         doc["clever"][name] = {
             "seconds": round(seconds, 3),
             "mean": float(scores.mean()),
@@ -91,7 +93,7 @@ def _table(results: Dict[str, Tuple[CleverResult, float]], y: torch.Tensor) -> s
         cells = " ".join(_cell(results[n][0], i) for n in names)
         lines.append(f"{i:5d} {int(y[i]):5d} {int(first.predicted[i]):4d} {cells}")
     lines.append("-" * len(head))
-    lines.append(f"{'mean':>16} " + " ".join(f"{float(results[n][0].scores.mean()):11.4f} " for n in names))
+    lines.append(f"{'mean':>16} " + " ".join(f"{float(results[n][0].per_sample.mean()):11.4f} " for n in names))
     for n in names:
         res, seconds = results[n]
         s = res.settings
@@ -103,7 +105,7 @@ def _table(results: Dict[str, Tuple[CleverResult, float]], y: torch.Tensor) -> s
 
 def _cell(res: CleverResult, i: int) -> str:
     """Score of image i, width 12, marked * where it is not reliable."""
-    return f"{float(res.scores[i]):11.4f}" + (" " if res.reliable[i] else "*")
+    return f"{float(res.per_sample[i]):11.4f}" + (" " if res.reliable[i] else "*")
 
 
 def _histogram(results: Dict[str, Tuple[CleverResult, float]], path: Path) -> None:
@@ -114,7 +116,7 @@ def _histogram(results: Dict[str, Tuple[CleverResult, float]], path: Path) -> No
 
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.5))
     for ax, (name, (res, _)) in zip(axes, results.items()):
-        ax.hist(res.scores.numpy(), bins=min(20, max(5, res.scores.numel() // 2)), color="tab:blue")
+        ax.hist(res.per_sample.numpy(), bins=min(20, max(5, res.per_sample.numel() // 2)), color="tab:blue")
         ax.set_xlabel(f"CLEVER {name} score (radius {res.settings['radius']})")
         ax.set_ylabel("images")
         ax.set_title(f"digits CNN, untargeted CLEVER {name}")

@@ -247,7 +247,7 @@ DEMO_CONFIG = {
     "pgd": {"eps": 0.1, "step_size": 0.025},
     "clever": {"n_batches": 50, "n_samples": 64, "n_images": 16, "radius": 2.0},
     "div": {"eps": 0.1},
-    "eps-eni": {"epsilon": 0.1},
+    "eps-eni_noise": {"eps": 0.1},
 }
 
 

@@ -96,6 +96,7 @@ from torch import nn
 from robustx import checks, ops
 from robustx.modelutil import LayerOutputs, LayerSpec, chunks, frozen_eval, model_device, progress_bar, resolve_layers
 from robustx.neurons import AxisSpec, RunningMoments, neuron_axes, neuron_view
+from robustx.results import Result
 
 __all__ = ["NeuronCoverage", "CoverageResult", "LayerCoverage", "METRICS", "PROFILE_METRICS", "corner_tolerance"]
 
@@ -123,9 +124,10 @@ _ACC_ULPS, _OWN_ULPS = 1024, 4  # corner_tolerance: float32 (or float64) ulps, u
 
 
 @dataclasses.dataclass
-class LayerCoverage:
+class LayerCoverage(Result):
     """Coverage of one layer (fractions of its ``neurons``; None without a profile) and
-    the module call its values came from (``source``). Higher = more exercised."""
+    the module call its values came from (``source``). Higher = more exercised.
+    ``value``: NC; ``per_sample`` is None (coverage is a property of the input set)."""
 
     NC: float
     KMNC: Optional[float]
@@ -134,13 +136,21 @@ class LayerCoverage:
     TKNC: float
     neurons: int
     source: str
+    per_sample = None
+
+    @property
+    def value(self) -> float:
+        """NC, the fraction of neurons activated above the threshold (higher = more exercised)."""
+        return self.NC
 
 
 @dataclasses.dataclass
-class CoverageResult:
+class CoverageResult(Result):
     """Coverage over every input counted: NC, KMNC, NBC, SNAC, TKNC fractions of the
     ``neurons`` of all layers (KMNC, NBC, SNAC None without a profile), TKNP a count of
-    patterns, ``inputs`` counted, and the per-layer breakdown. Higher = more exercised."""
+    patterns, ``inputs`` counted, and the per-layer breakdown. Higher = more exercised.
+    ``value``: NC (DeepXplore's neuron coverage); ``per_sample`` is None (coverage is a
+    property of the input set)."""
 
     # the fractions of LayerCoverage, over every layer together
     NC: float
@@ -152,10 +162,12 @@ class CoverageResult:
     inputs: int
     neurons: int
     layers: Dict[str, LayerCoverage]
+    per_sample = None
 
-    def to_dict(self) -> dict:
-        """The result as plain JSON-able dicts, numbers and strings."""
-        return dataclasses.asdict(self)
+    @property
+    def value(self) -> float:
+        """NC over every layer (higher = more exercised)."""
+        return self.NC
 
 
 class _Layer:

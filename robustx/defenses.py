@@ -23,6 +23,7 @@ from robustx import attacks, checks
 from robustx.attacks import Attack
 from robustx.modelutil import LayerOutputs, LayerSpec, frozen_eval, model_device, progress_bar, resolve_layers
 from robustx.neurons import default_axis, neuron_view
+from robustx.results import deprecated_attribute
 from robustx.sensitivity import neuron_distance, top_k_count, top_k_indices
 
 __all__ = ["SNSLoss", "train_adversarial", "train_sns", "METHODS"]
@@ -32,31 +33,35 @@ METHODS = ("standard", "pgd", "sns")
 
 class SNSLoss:
     """The SNS objective CE(f(x'), y) + lambda * sum over the chosen layers of the batch
-    sensitivity of their top-k sensitive neurons (see the module docstring).
+    sensitivity of their top-k sensitive neurons (see the module docstring); lambda is
+    ``sns_lambda`` (``lam`` is its deprecated name).
 
-    ``loss = SNSLoss(model, layers, lam=0.1, top_k=0.1, refresh_every=10)(x, x_adv, y)``
+    ``loss = SNSLoss(model, layers, sns_lambda=0.1, top_k=0.1, refresh_every=10)(x, x_adv, y)``
     runs the model (in whatever mode it is) on ``x`` and on ``x_adv``; gradients flow
     through both. ``top_k`` is a neuron count or a fraction of each layer's neurons.
     After a call, ``sensitive[name]`` holds the current sensitive-neuron indices and
-    ``last`` the float values of "loss", "ce" and "penalty". With ``lam=0`` the loss is
-    exactly the adversarial cross-entropy.
+    ``last`` the float values of "loss", "ce" and "penalty". With ``sns_lambda=0`` the
+    loss is exactly the adversarial cross-entropy.
     """
 
+    lam = deprecated_attribute("lam", "sns_lambda")
+
+    @checks.renamed(lam="sns_lambda")
     def __init__(
         self,
         model: nn.Module,
         layers: LayerSpec = None,
         *,
-        lam: float = 0.1,
+        sns_lambda: float = 0.1,
         top_k: Union[int, float] = 0.1,
         refresh_every: int = 10,
     ) -> None:
         checks.model(model)
-        lam = checks.non_negative_float(lam, "lam")
+        sns_lambda = checks.non_negative_float(sns_lambda, "sns_lambda")
         top_k_count(top_k, 1)  # validates top_k
         self.model = model
         self.modules = resolve_layers(model, layers)
-        self.lam = float(lam)
+        self.sns_lambda = sns_lambda
         self.top_k = top_k
         self.refresh_every = checks.integer(refresh_every, "refresh_every")
         self.steps = 0
@@ -89,7 +94,7 @@ class SNSLoss:
         self.steps += 1
         ce = F.cross_entropy(logits_adv, y)
         penalty = sum(sigma[n][idx].sum() for n, idx in self.sensitive.items())
-        loss = ce + self.lam * penalty
+        loss = ce + self.sns_lambda * penalty
         self.last = {"loss": loss.item(), "ce": ce.item(), "penalty": float(penalty.detach())}
         self.logits_adv = logits_adv.detach()
         return loss
@@ -198,7 +203,8 @@ def train_adversarial(
                                              clip_values=clip_values))
     train_data = _check_train_data(train_data)
     opt = _optimizer(model, optimizer, checks.positive_float(lr, "lr"), weight_decay)
-    sns = SNSLoss(model, sns_layers, lam=sns_lambda, top_k=sns_top_k, refresh_every=refresh_every) if method == "sns" else None
+    sns = (SNSLoss(model, sns_layers, sns_lambda=sns_lambda, top_k=sns_top_k, refresh_every=refresh_every)
+           if method == "sns" else None)
     generator = torch.Generator().manual_seed(seed)
     was_training = model.training
     history: List[Dict[str, float]] = []

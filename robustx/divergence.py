@@ -38,6 +38,7 @@ from robustx import checks
 from robustx.geometry import norm_name, project_ball, project_box, steepest_ascent
 from robustx.modelutil import chunks, frozen_eval, model_device, progress_bar
 from robustx.ops import ball_sample
+from robustx.results import Result, deprecated_attribute
 
 __all__ = ["DivergenceResult", "divergence_bound", "kl_divergence", "js_divergence", "logit_temperature"]
 
@@ -45,8 +46,9 @@ DIVERGENCES = ("kl", "js")
 
 
 @dataclass
-class DivergenceResult:
-    """``per_sample`` (N,): max divergence found per input; ``per_restart`` (R, N): the max of
+class DivergenceResult(Result):
+    """``value``: the model's score, the mean of ``per_sample`` (lower = more robust).
+    ``per_sample`` (N,): max divergence found per input; ``per_restart`` (R, N): the max of
     each restart; ``history`` (R, steps + 1, N): D at every visited point (the random start,
     then each iterate); ``iterates`` (R, steps + 1, N, *shape) when requested, else None."""
 
@@ -59,16 +61,17 @@ class DivergenceResult:
     divergence: str
     temperature: torch.Tensor
     normalized: bool
+    mean = deprecated_attribute("mean", "value")
 
     @property
-    def mean(self) -> float:
+    def value(self) -> float:
         """The model's score: mean of ``per_sample`` (lower = more robust)."""
         return float(self.per_sample.mean())
 
     def to_dict(self) -> dict:
         """JSON-ready dict: the score, settings and every tensor as nested lists (norm as "2" / "inf")."""
         return {
-            "mean": self.mean,
+            "value": self.value,
             "per_sample": self.per_sample.tolist(),
             "per_restart": self.per_restart.tolist(),
             "history": self.history.tolist(),
@@ -137,7 +140,7 @@ def divergence_bound(
     step_size: Optional[float] = None,
     restarts: int = 1,
     divergence: str = "kl",
-    clip_values: Optional[Tuple[float, float]] = None,
+    clip_values: Optional[Tuple[float, float]] = (0.0, 1.0),
     seed: int = 0,
     batch_size: int = 256,
     progress: bool = True,
@@ -149,11 +152,11 @@ def divergence_bound(
     ``norm`` 2 or inf; ``steps`` (>= 0) ascent steps of ``step_size`` (default 2.5 eps / steps,
     Madry et al.) from each of ``restarts`` random starts uniform in the ball (restart r
     uses ``ball_sample(x, 1, eps, norm, clip_values, seed, offset=r)``, so results do not
-    depend on ``batch_size``). With ``clip_values`` every point is clipped to the data
-    domain. ``divergence`` "kl" (the paper) or "js". ``normalize`` (default True) divides
-    the logits of x and of every x' by tau(x) (:func:`logit_temperature`; module docstring:
-    a reconstruction making the score invariant to the logit scale); False is the plain
-    softmax. Lower = more robust.
+    depend on ``batch_size``). ``clip_values`` (default (0, 1); None: no domain) is the
+    data domain: x must lie inside and every point is clipped to it. ``divergence`` "kl"
+    (the paper) or "js". ``normalize`` (default True) divides the logits of x and of every
+    x' by tau(x) (:func:`logit_temperature`; module docstring: a reconstruction making the
+    score invariant to the logit scale); False is the plain softmax. Lower = more robust.
     """
     checks.model(model)
     clip_values = checks.clip_range(clip_values)

@@ -275,7 +275,7 @@ def input_landscape(
     directions: Sequence = DIRECTIONS,
     surface: str = "loss",
     norm="inf",
-    clip_values: Optional[Tuple[float, float]] = None,
+    clip_values: Optional[Tuple[float, float]] = (0.0, 1.0),
     seed: int = 0,
     batch_size: int = 4096,
     progress: bool = True,
@@ -284,14 +284,14 @@ def input_landscape(
 
     x (N, *shape), y (N,) labels (None: the model's predictions at x). The grid is
     ``axis = linspace(-span, span, steps)`` along two directions per image (see the module
-    docstring; directions[1] random uses ``seed + 1``). Points are not clipped to the data
-    domain unless ``clip_values=(lo, hi)`` is given. ``batch_size`` grid points go through the
-    model per forward call. Flatter loss and a boundary farther from the origin
-    mean more robust. Returns a :class:`Landscape`.
+    docstring; directions[1] random uses ``seed + 1``). ``clip_values`` (default (0, 1)) is
+    the data domain: x must lie inside and grid points are clipped to it; None: no domain,
+    no clipping. ``batch_size`` grid points go through the model per forward call. Flatter
+    loss and a boundary farther from the origin mean more robust. Returns a :class:`Landscape`.
     """
     checks.model(model)
-    checks.images(x, "x")
     clip_values = checks.clip_range(clip_values)
+    checks.images(x, "x", clip_values)
     span = checks.positive_float(span, "span")
     steps = checks.integer(steps, "steps", minimum=2)
     seed = checks.seed(seed)

@@ -9,14 +9,17 @@ N pairs of benign inputs x_i and adversarial inputs x'_i::
     sigma_l^m = (1/N) sum_i ||F_l^m(x_i) - F_l^m(x'_i)||_1 / dim(F_l^m)
 
 Lower sigma = more robust (the neuron barely reacts to the adversarial noise). Neuron
-uncertainty is the variance of each neuron's output over the inputs (lower = more
-stable). A module called several times in one forward pass counts with its last call.
-Both stream over batches with float64 sums: sensitivity costs one forward pass over the
-benign and one over the adversarial inputs, uncertainty one pass over the inputs.
+uncertainty u_l^m is the variance of neuron m's outputs (every element of its map, over
+every input), lower = more stable; the AISafety platform takes it over adversarial
+examples (see :func:`neuron_uncertainty`). A module called several times in one forward
+pass counts with its last call. Both stream over batches with float64 sums: sensitivity
+costs one forward pass over the benign and one over the adversarial inputs, uncertainty
+one pass over the inputs it is given.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,7 @@ from robustx import checks
 from robustx.modelutil import LayerOutputs, LayerSpec, chunks, frozen_eval, model_device, progress_bar, resolve_layers
 from robustx.neurons import AxisSpec, RunningMoments, neuron_axes, neuron_view
 from robustx.plotting import literal_text
+from robustx.results import Result
 
 __all__ = [
     "neuron_moments",
@@ -74,9 +78,13 @@ def top_k_indices(scores: torch.Tensor, count: int) -> torch.Tensor:
 
 
 @dataclass(eq=False)
-class LayerScores(Mapping):
+class LayerScores(Result, Mapping):
     """Per-neuron scores of every chosen layer: ``result[name]`` is a 1-D float64 tensor
     with one entry per neuron (channel or unit), in the model's layer order.
+
+    ``value``: the mean over every neuron of every chosen layer (lower = more robust, for
+    sensitivity and uncertainty alike); ``per_sample`` is None (the scores are per neuron,
+    not per input).
 
     ``quantity`` names what the scores are ("sensitivity", "uncertainty"); ``n_inputs``
     is the number of inputs (or benign/adversarial pairs) they average over.
@@ -85,6 +93,7 @@ class LayerScores(Mapping):
     scores: Dict[str, torch.Tensor]
     n_inputs: int
     quantity: str
+    per_sample = None
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.scores[name]
@@ -96,9 +105,9 @@ class LayerScores(Mapping):
         return len(self.scores)
 
     def to_dict(self) -> dict:
-        """JSON-able: quantity, n_inputs, mean, layer_means and the per-neuron scores as lists."""
+        """JSON-able: value, quantity, n_inputs, layer_means and the per-neuron scores as lists."""
         return {
-            "quantity": self.quantity, "n_inputs": self.n_inputs, "mean": self.mean(),
+            "value": self.value, "quantity": self.quantity, "n_inputs": self.n_inputs,
             "layer_means": self.layer_means(), "scores": {n: s.tolist() for n, s in self.scores.items()},
         }
 
@@ -110,9 +119,16 @@ class LayerScores(Mapping):
         """Mean over the neurons of each layer."""
         return {n: s.mean().item() for n, s in self.scores.items()}
 
-    def mean(self) -> float:
-        """Mean over every neuron of every chosen layer."""
+    @property
+    def value(self) -> float:
+        """Mean over every neuron of every chosen layer (lower = more robust)."""
         return torch.cat(list(self.scores.values())).mean().item()
+
+    def mean(self) -> float:
+        """Deprecated (one release): :attr:`value`."""
+        warnings.warn("LayerScores.mean() is deprecated, use .value; the old name goes in the next release",
+                      DeprecationWarning, stacklevel=2)
+        return self.value
 
     def top_k(self, top_k: Union[int, float] = 0.1) -> Dict[str, TopK]:
         """Per layer, the ``top_k`` highest-scoring neurons (the *sensitive* neurons for
@@ -232,42 +248,48 @@ def neuron_sensitivity(
     return _sensitivity(model, batches, layers, axis, progress, -(-x.shape[0] // size))
 
 
-def _moments(model, batches: Iterable, layers: LayerSpec, axis: AxisSpec, progress: bool, total) -> Dict[str, RunningMoments]:
-    """Per layer, the moments of every neuron element (C, L) over validated input batches."""
+def _moments(model, batches: Iterable, layers: LayerSpec, axis: AxisSpec, progress: bool,
+             total) -> Tuple[int, Dict[str, RunningMoments]]:
+    """The number of inputs and, per layer, each neuron's moments (C,) over every element
+    of its map in every validated input batch."""
     modules = resolve_layers(checks.model(model), layers)
     axes = neuron_axes(modules, axis)
     device = model_device(model)
     moments = {name: RunningMoments() for name in modules}
+    n = 0
     with frozen_eval(model), torch.no_grad(), LayerOutputs(modules) as rec:
         for x in progress_bar(batches, progress, "neuron uncertainty", total):
             model(x.to(device))
             for name in modules:
-                moments[name].update(neuron_view(rec.get(name), axes[name], name))
+                out = neuron_view(rec.get(name), axes[name], name)  # (B, C, L): B L values per neuron
+                moments[name].update(out.transpose(1, 2).reshape(-1, out.shape[1]))
             rec.clear()
-    if next(iter(moments.values())).n == 0:
+            n += x.shape[0]
+    if n == 0:
         raise ValueError("batches yielded no inputs")
-    return moments
+    return n, moments
 
 
 def _uncertainty(model, batches: Iterable, layers: LayerSpec, axis: AxisSpec, progress: bool, total) -> LayerScores:
-    """Per-neuron variance over validated input batches: the population variance of each
-    element of a neuron over the inputs, averaged over the neuron's elements."""
-    moments = _moments(model, batches, layers, axis, progress, total)
-    n = next(iter(moments.values())).n
-    return LayerScores({name: m.variance().mean(dim=1).cpu() for name, m in moments.items()}, n, "uncertainty")
+    """Per-neuron population variance over every element of the neuron's map in every
+    validated input batch."""
+    n, moments = _moments(model, batches, layers, axis, progress, total)
+    return LayerScores({name: m.variance().cpu() for name, m in moments.items()}, n, "uncertainty")
 
 
 def neuron_moments(model: nn.Module, x: torch.Tensor, layers: LayerSpec = None, *, axis: AxisSpec = None,
                    batch_size: int = 256) -> Dict[str, torch.Tensor]:
     """The sufficient statistics of :func:`neuron_uncertainty` over the inputs ``x``, as a
-    flat dict of tensors: "n", and per layer "mean:<layer>" and "m2:<layer>" (C, L) in
-    float64; :func:`merge_moments` folds such states of several input sets exactly (Chan
-    et al.) and :func:`moments_uncertainty` turns one into the per-neuron uncertainty."""
+    flat dict of tensors: "n" (inputs), and per layer "count:<layer>" (values per neuron,
+    n times the map's size), "mean:<layer>" and "m2:<layer>" (C,) in float64;
+    :func:`merge_moments` folds such states of several input sets exactly (Chan et al.)
+    and :func:`moments_uncertainty` turns one into the per-neuron uncertainty."""
     checks.images(x, "x")
     size = checks.integer(batch_size, "batch_size")
-    moments = _moments(model, (x[s] for s in chunks(x.shape[0], size)), layers, axis, False, None)
-    state = {"n": torch.tensor(next(iter(moments.values())).n, dtype=torch.long)}
+    n, moments = _moments(model, (x[s] for s in chunks(x.shape[0], size)), layers, axis, False, None)
+    state = {"n": torch.tensor(n, dtype=torch.long)}
     for name, m in moments.items():
+        state[f"count:{name}"] = torch.tensor(m.n, dtype=torch.long)
         state[f"mean:{name}"], state[f"m2:{name}"] = m.mean.cpu(), m.m2.cpu()
     return state
 
@@ -278,18 +300,19 @@ def merge_moments(states) -> Dict[str, torch.Tensor]:
     total = {name: RunningMoments() for name in layers}
     for state in states:
         for name in layers:
-            total[name].merge(RunningMoments(int(state["n"]), state[f"mean:{name}"], state[f"m2:{name}"]))
-    merged = {"n": torch.tensor(total[layers[0]].n, dtype=torch.long)}
+            total[name].merge(RunningMoments(int(state[f"count:{name}"]), state[f"mean:{name}"], state[f"m2:{name}"]))
+    merged = {"n": torch.stack([s["n"] for s in states]).sum()}
     for name, m in total.items():
+        merged[f"count:{name}"] = torch.tensor(m.n, dtype=torch.long)
         merged[f"mean:{name}"], merged[f"m2:{name}"] = m.mean, m.m2
     return merged
 
 
 def moments_uncertainty(state) -> Dict[str, torch.Tensor]:
-    """Per layer, the per-neuron uncertainty u^m (see :func:`neuron_uncertainty`) of a
-    :func:`neuron_moments` state."""
-    n = int(state["n"])
-    return {k.split(":", 1)[1]: (v / n).mean(dim=1) for k, v in state.items() if k.startswith("m2:")}
+    """Per layer, the per-neuron uncertainty u^m = M2 / count (see
+    :func:`neuron_uncertainty`) of a :func:`neuron_moments` state."""
+    layers = [k.split(":", 1)[1] for k in state if k.startswith("m2:")]
+    return {name: state[f"m2:{name}"] / int(state[f"count:{name}"]) for name in layers}
 
 
 def neuron_uncertainty_stream(
@@ -318,14 +341,21 @@ def neuron_uncertainty(
     batch_size: int = 256,
     progress: bool = True,
 ) -> LayerScores:
-    """Neuron uncertainty (Guo et al.'s NU): for every neuron, the variance of its output
-    over the N inputs; ``layer_means()`` gives the per-layer mean over neurons (NU).
+    """Neuron uncertainty (Guo et al.'s NU): for every neuron m of a layer, the population
+    variance of its outputs over the N inputs ``x``; ``layer_means()`` gives the
+    per-layer mean over neurons, NU_l = (1/|l|) sum_m u_l^m. Lower = more stable outputs.
 
-    A conv neuron is its whole feature map (as for sensitivity): its variance is the
-    population variance over the inputs of each element of the map, averaged over the
-    map's elements, u^m = (1/dim F^m) sum_e Var_i[F^{m,e}(x_i)]. Lower = more stable
-    outputs. The AISafety platform's code pools every neuron of a layer into one
-    variance; following DESIGN.md and the paper, this computes it per neuron.
+    A conv neuron is its whole feature map (as for sensitivity): its outputs are every
+    element e of the map for every input, u^m = Var_{i,e}[F^{m,e}(x_i)] (the population
+    variance of its N dim(F^m) values). The AISafety platform (Guo et al.'s own; class ``NU`` of
+    its ``EvalBox.Evaluation`` package, DIG-Beihang/AISafety) runs it on the
+    *adversarial examples* (``adv_xs``) and gathers each neuron's maps over the inputs
+    for ``np.var``; so does ``robustx.evaluate``'s NU (the primary attack's examples;
+    NU_clean takes the clean inputs). Where this differs from the platform's code: its
+    indexing (``features[key][k]`` for every neuron c) hands each neuron the whole
+    layer's output, so it reports one pooled variance per layer, from the first batch
+    of 64 inputs only, over the model's top-level children; this computes the variance
+    per neuron (DESIGN.md), over every input, on the Conv/Linear layers (or ``layers``).
     """
     checks.images(x, "x")
     size = checks.integer(batch_size, "batch_size")

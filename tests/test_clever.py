@@ -45,7 +45,7 @@ def linear_model(d=12, k=5, seed=0):
 def test_linear_model_equals_exact_boundary_distance(norm):
     model = linear_model()
     x = torch.randn(4, 1, 3, 4)
-    res = clever(model, x, norm=norm, radius=100.0, **TINY)
+    res = clever(model, x, norm=norm, radius=100.0, clip_values=None, **TINY)  # the exact distance has no box
     w, b = model[1].weight.double(), model[1].bias.double()
     f = x.flatten(1).double() @ w.T + b
     q = ops.dual_norm(ops.parse_norm(norm))
@@ -53,7 +53,7 @@ def test_linear_model_equals_exact_boundary_distance(norm):
     for i, c in enumerate(f.argmax(1).tolist()):
         dists = [(f[i, c] - f[i, j]) / torch.linalg.vector_norm(w[c] - w[j], ord=q) for j in range(5) if j != c]
         exact.append(min(dists).item())
-    torch.testing.assert_close(res.scores, torch.tensor(exact, dtype=torch.float64), rtol=1e-2, atol=0)
+    torch.testing.assert_close(res.per_sample, torch.tensor(exact, dtype=torch.float64), rtol=1e-2, atol=0)
     assert res.fallback.all()  # constant gradient norms: the Weibull fit is skipped, flagged
 
 
@@ -84,7 +84,7 @@ def test_matches_a_naive_per_sample_reference(monkeypatch, gradient_rows, max_ch
     targets = torch.stack([(pred + 1) % 4, (pred + 2) % 4], 1)
     nb, bs, radius, seed = 6, 5, 0.7, 3
     res = clever(model, x, norm=2, radius=radius, n_batches=nb, n_samples=bs, targets=targets,
-                 clip_values=(0.0, 1.0), seed=seed, max_chunk=max_chunk, progress=False, on_fallback="max")
+                 clip_values=(0.0, 1.0), seed=seed, batch_size=max_chunk, progress=False, on_fallback="max")
     s = nb * bs
     maxima = torch.zeros(2, 2, nb, dtype=torch.float64)
     g0 = torch.zeros(2, 2, dtype=torch.float64)
@@ -109,7 +109,7 @@ def test_matches_a_naive_per_sample_reference(monkeypatch, gradient_rows, max_ch
     torch.testing.assert_close(res.lipschitz.view(-1), fit.estimate, rtol=1e-2, atol=0)
     expected = torch.minimum(g0 / fit.estimate.view(2, 2), torch.tensor(radius, dtype=torch.float64))
     torch.testing.assert_close(res.target_scores, expected, rtol=1e-2, atol=0)
-    torch.testing.assert_close(res.scores, res.target_scores.amin(1))
+    torch.testing.assert_close(res.per_sample, res.target_scores.amin(1))
     assert torch.equal(res.targets, targets) and torch.equal(res.predicted, pred)
 
 
@@ -123,7 +123,7 @@ def test_same_numbers_as_the_per_image_passes_of_version_0_1(cnn):
     old_scores = [0.013292332075142027, 0.07752681841364159, 0.05217978505737252]
     torch.testing.assert_close(res.max_sampled.view(-1), torch.tensor(old_max, dtype=torch.float64), rtol=1e-6, atol=0)
     # a fit amplifies float32 rounding of the gradients (batch-size dependent conv kernels)
-    torch.testing.assert_close(res.scores, torch.tensor(old_scores, dtype=torch.float64), rtol=1e-3, atol=0)
+    torch.testing.assert_close(res.per_sample, torch.tensor(old_scores, dtype=torch.float64), rtol=1e-3, atol=0)
 
 
 @pytest.mark.parametrize("norm, radius", [(2, 2.0), ("inf", 0.3)])
@@ -141,7 +141,7 @@ def test_shared_samples_one_forward_per_point_same_numbers_as_separate_rows(cnn,
     hook = cnn.register_forward_hook(count)
     try:
         res = clever(cnn, images, norm=norm, radius=radius, n_batches=nb, n_samples=ns, clip_values=(0, 1),
-                     seed=seed, max_chunk=chunk, on_fallback="max", progress=False)
+                     seed=seed, batch_size=chunk, on_fallback="max", progress=False)
     finally:
         hook.remove()
     assert sum(forward_rows) == 2 * nb * ns and max(forward_rows) <= chunk  # not x 9 targets
@@ -165,21 +165,21 @@ def test_shared_samples_one_forward_per_point_same_numbers_as_separate_rows(cnn,
 
 def test_logit_scaling_leaves_scores_unchanged(cnn, images):
     base = clever(cnn, images, norm=2, radius=2.0, clip_values=(0, 1), **TINY)
-    assert (base.scores > 0).all() and (base.scores < 2.0).all()
+    assert (base.per_sample > 0).all() and (base.per_sample < 2.0).all()
     # x4 is exact in floating point: every gradient and maximum scales exactly
     exact = clever(Scaled(cnn, 4.0), images, norm=2, radius=2.0, clip_values=(0, 1), **TINY)
-    torch.testing.assert_close(exact.scores, base.scores, rtol=1e-12, atol=0)
+    torch.testing.assert_close(exact.per_sample, base.per_sample, rtol=1e-12, atol=0)
     torch.testing.assert_close(exact.lipschitz, 4.0 * base.lipschitz, rtol=1e-12, atol=0)
     # x3 rounds the gradients; fits on a flat likelihood ridge (huge shape) amplify that a little
     scaled = clever(Scaled(cnn, 3.0), images, norm=2, radius=2.0, clip_values=(0, 1), **TINY)
-    torch.testing.assert_close(scaled.scores, base.scores, rtol=1e-2, atol=0)
+    torch.testing.assert_close(scaled.per_sample, base.per_sample, rtol=1e-2, atol=0)
 
 
 def test_same_seed_same_result_and_seed_matters(cnn, images):
     a = clever(cnn, images, norm="inf", radius=0.3, seed=5, **TINY)
     b = clever(cnn, images, norm="inf", radius=0.3, seed=5, **TINY)
     c = clever(cnn, images, norm="inf", radius=0.3, seed=6, **TINY)
-    assert torch.equal(a.scores, b.scores) and torch.equal(a.max_sampled, b.max_sampled)
+    assert torch.equal(a.per_sample, b.per_sample) and torch.equal(a.max_sampled, b.max_sampled)
     assert not torch.equal(a.max_sampled, c.max_sampled)
 
 
@@ -194,9 +194,9 @@ def test_chunking_does_not_change_results(monkeypatch, gradient_rows, max_chunk)
     settings = dict(norm=1, radius=1.0, clip_values=(0, 1), n_batches=4, n_samples=5, progress=False)
     base = clever(model, x, **settings)
     gradient_budget(monkeypatch, gradient_rows, 12)
-    chunked = clever(model, x, max_chunk=max_chunk, **settings)
+    chunked = clever(model, x, batch_size=max_chunk, **settings)
     torch.testing.assert_close(chunked.max_sampled, base.max_sampled, rtol=1e-5, atol=0)
-    torch.testing.assert_close(chunked.scores, base.scores, rtol=1e-2, atol=0)
+    torch.testing.assert_close(chunked.per_sample, base.per_sample, rtol=1e-2, atol=0)
 
 
 def test_model_mode_and_flags_restored_no_parameter_grads():
@@ -210,7 +210,7 @@ def test_model_mode_and_flags_restored_no_parameter_grads():
     assert model.training and model[3].training
     assert [p.requires_grad for p in model.parameters()] == [True, True, False, True]
     assert all(p.grad is None for p in model.parameters())
-    torch.testing.assert_close(train_result.scores, eval_result.scores)  # dropout was off
+    torch.testing.assert_close(train_result.per_sample, eval_result.per_sample)  # dropout was off
 
 
 def test_target_modes(cnn, images):
@@ -229,8 +229,8 @@ def test_target_modes(cnn, images):
         # same samples for the same image and seed: the untargeted run's entry for the top-2
         # class is the top-2 run's estimate, and the untargeted score is the minimum
         col = untargeted.targets[i] == top2.targets[i, 0]
-        torch.testing.assert_close(untargeted.target_scores[i][col], top2.scores[i : i + 1], rtol=1e-4, atol=0)
-        assert untargeted.scores[i] == untargeted.target_scores[i].min()
+        torch.testing.assert_close(untargeted.target_scores[i][col], top2.per_sample[i : i + 1], rtol=1e-4, atol=0)
+        assert untargeted.per_sample[i] == untargeted.target_scores[i].min()
     torch.testing.assert_close(untargeted.g0, logits.gather(1, untargeted.predicted[:, None]).double()
                                - logits.gather(1, untargeted.targets).double(), rtol=1e-6, atol=1e-6)
 
@@ -240,7 +240,7 @@ def test_result_to_dict_is_json(cnn, images):
     assert isinstance(res, CleverResult)
     doc = json.loads(json.dumps(res.to_dict()))
     assert doc["settings"]["norm"] == "inf" and doc["settings"]["n_batches"] == 8
-    assert len(doc["scores"]) == 2 and len(doc["lipschitz"][0]) == 9
+    assert len(doc["per_sample"]) == 2 and len(doc["lipschitz"][0]) == 9
     for name in ("g0", "lipschitz", "loc", "scale", "shape", "ks_pvalue", "fallback", "zero_grad_fraction"):
         assert len(doc[name]) == 2
 
@@ -266,13 +266,13 @@ def test_zero_gradients_warn_and_score_radius():
     with pytest.warns(RuntimeWarning, match="zero"):
         res = clever(model, x, radius=0.25, **TINY)
     assert torch.equal(res.zero_grad_fraction, torch.ones(2, 2, dtype=torch.float64))
-    assert torch.equal(res.scores, torch.full((2,), 0.25, dtype=torch.float64))
+    assert torch.equal(res.per_sample, torch.full((2,), 0.25, dtype=torch.float64))
 
 
 def test_no_warnings_on_a_plain_logit_model(cnn, images):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        clever(cnn, images, radius=1.0, **TINY)
+        clever(cnn, images, radius=1.0, clip_values=None, **TINY)
 
 
 class WrongShape(nn.Module):
@@ -306,7 +306,7 @@ class OneClass(nn.Module):
         (dict(targets=torch.tensor([1, 2, 3])), ValueError, "targets"),
         (dict(targets=torch.tensor([10, 10])), ValueError, "targets"),
         (dict(targets=[1, 2]), TypeError, "targets"),
-        (dict(max_chunk=0), ValueError, "max_chunk"),
+        (dict(batch_size=0), ValueError, "batch_size"),
         (dict(clip_values=(1, 0)), ValueError, "clip_values"),
         (dict(clip_values=(0, None)), ValueError, "clip_values"),
         (dict(device="meta"), ValueError, "device"),
@@ -342,7 +342,7 @@ def test_imagenet_sized_model_is_chunked_within_the_memory_budget():
     assert 1 <= rows <= mod.CPU_CHUNK_BYTES // 2 // per_row
     assert mod._gradient_rows(x) * 3 * 224 * 224 * 4 <= mod.CPU_CHUNK_BYTES // 2
     res = clever(model, x, radius=1.0, targets="top2", n_batches=2, n_samples=3, progress=False)
-    assert res.targets.shape == (1, 1) and torch.isfinite(res.scores).all() and res.scores.item() > 0
+    assert res.targets.shape == (1, 1) and torch.isfinite(res.per_sample).all() and res.per_sample.item() > 0
 
 
 # ------------------------------------------------------------------ the MLE and the fallback policy
@@ -365,7 +365,7 @@ def test_weibull_mle_finds_the_unsampled_end_point(seed):
     assert top < 3.0 - 1e-3  # the samples do not reach the end point...
     assert abs(loc - 3.0) < 2e-3 and abs(loc - 3.0) < 3.0 - top  # ...the fit gets closer
     assert 1.25 < res.shape.item() < 1.75 and res.ks_pvalue.item() > 0.1
-    assert res.scores.item() == pytest.approx(1 / 3, rel=1e-3)  # g0 / L = 1 / 3
+    assert res.per_sample.item() == pytest.approx(1 / 3, rel=1e-3)  # g0 / L = 1 / 3
 
 
 class ExpMargin(nn.Module):
@@ -387,7 +387,7 @@ def exp_case():
     return ExpMargin(2.0 * z / z.norm()), torch.rand(3, 3, 32, 32, generator=gen)
 
 
-EXP = dict(norm=2, radius=2.0, n_batches=20, n_samples=16, progress=False)
+EXP = dict(norm=2, radius=2.0, n_batches=20, n_samples=16, clip_values=None, progress=False)
 
 
 def test_fallback_max_warns_and_marks_the_image_unreliable(exp_case):
@@ -435,7 +435,7 @@ def test_resample_repairs_a_fit_that_more_batches_make_well_conditioned(exp_case
     assert after.reliable.all() and after.batches.flatten().tolist() == [100, 400]
     assert after.ks_pvalue[1, 0] > 1e-3 and not after.fallback.any()
     assert after.lipschitz[1, 0] > before.lipschitz[1, 0]  # the fit's end point lies above the samples
-    assert torch.equal(after.scores[0], before.scores[0])
+    assert torch.equal(after.per_sample[0], before.per_sample[0])
 
 
 class SquaredNorm(nn.Module):
@@ -449,7 +449,8 @@ class SquaredNorm(nn.Module):
 @pytest.mark.filterwarnings("ignore:.*ill-conditioned")
 def test_independent_target_samples_follow_the_paper():
     x = torch.tensor([[1.0, 0.5, 0.0], [0.0, -1.0, 2.0]])
-    settings = dict(norm=2, radius=0.5, n_batches=4, n_samples=8, seed=9, on_fallback="max", progress=False)
+    settings = dict(norm=2, radius=0.5, n_batches=4, n_samples=8, seed=9, on_fallback="max",
+                    clip_values=None, progress=False)
     shared = clever(SquaredNorm(), x, **settings)
     paper = clever(SquaredNorm(), x, target_samples="independent", **settings)
     assert torch.equal(shared.max_sampled[:, 0], shared.max_sampled[:, 1])  # one sample set per image

@@ -26,9 +26,9 @@ def test_clever_writes_json_and_png(tmp_path, capsys):
         entry = doc["clever"][name]
         res = entry["result"]
         assert res["settings"]["radius"] == radius and res["settings"]["n_batches"] == 6
-        scores = res["scores"]
+        scores = res["per_sample"]
         assert len(scores) == 3 and all(0.0 < s <= radius for s in scores)
-        assert entry["mean"] == pytest.approx(sum(scores) / 3)
+        assert entry["mean"] == pytest.approx(sum(scores) / 3) and res["value"] == pytest.approx(entry["mean"])
         assert len(res["targets"][0]) == 9  # untargeted: every other class of the digits CNN
         # the score is g0 / Lipschitz estimate (capped at R), and the estimate is >= the largest sampled norm
         for i in range(3):

@@ -132,9 +132,11 @@ def test_result_to_dict_is_json():
     r = NeuronCoverage(model, sections=2, top_k=1).profile(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
     d = json.loads(json.dumps(r.assess(torch.tensor([[0.25, 2.0]])).to_dict()))
     # n0: section 0 of 2, n1 above high; scaled (0, 1) -> n1 above 0.5; top n1
-    assert d == {"NC": 0.5, "KMNC": 0.25, "NBC": 0.25, "SNAC": 0.5, "TKNC": 0.5, "TKNP": 1, "inputs": 1,
-                 "neurons": 2, "layers": {"0": {"NC": 0.5, "KMNC": 0.25, "NBC": 0.25, "SNAC": 0.5, "TKNC": 0.5,
-                                                "neurons": 2, "source": "0"}}}
+    # value: NC, the headline of every result object
+    assert d == {"value": 0.5, "NC": 0.5, "KMNC": 0.25, "NBC": 0.25, "SNAC": 0.5, "TKNC": 0.5, "TKNP": 1,
+                 "inputs": 1, "neurons": 2,
+                 "layers": {"0": {"value": 0.5, "NC": 0.5, "KMNC": 0.25, "NBC": 0.25, "SNAC": 0.5, "TKNC": 0.5,
+                                  "neurons": 2, "source": "0"}}}
 
 
 def test_kmnc_section_edges_are_inclusive():

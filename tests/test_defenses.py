@@ -25,7 +25,7 @@ def test_penalty_hand_computed_and_gradient_only_through_sensitive_neurons():
     x_adv = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     y = torch.tensor([0, 2])
     # unit distances per pair: (1, 0, 1) and (0, 2, 1) -> batch sigma = (0.5, 1.0, 1.0)
-    loss_fn = SNSLoss(model, lam=0.5, top_k=2, refresh_every=1)
+    loss_fn = SNSLoss(model, sns_lambda=0.5, top_k=2, refresh_every=1)
     loss = loss_fn(x, x_adv, y)
     assert loss_fn.sensitive["0"].tolist() == [1, 2]  # tie between units 1 and 2 kept in order
     ce = F.cross_entropy(model(x_adv), y)
@@ -41,7 +41,7 @@ def test_reduces_to_cross_entropy_when_lambda_is_zero():
     x = torch.rand(8, 1, 8, 8)
     x_adv = (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
     y = torch.randint(0, 10, (8,))
-    loss = SNSLoss(model, lam=0.0)(x, x_adv, y)
+    loss = SNSLoss(model, sns_lambda=0.0)(x, x_adv, y)
     assert torch.equal(loss, F.cross_entropy(model(x_adv), y))
 
 
@@ -68,7 +68,7 @@ def test_minimising_sns_loss_lowers_the_penalty_on_a_toy_problem():
         x = torch.randn(64, 4)
         y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
         x_adv = x + 0.3 * torch.randn_like(x)
-        loss_fn = SNSLoss(model, lam=lam, top_k=0.25, refresh_every=5)
+        loss_fn = SNSLoss(model, sns_lambda=lam, top_k=0.25, refresh_every=5)
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
         penalties = []
         for _ in range(40):
@@ -223,8 +223,8 @@ def test_bad_input(digits_subset):
         train_adversarial(model, (digits_subset[0], digits_subset[1].float()))
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         train_adversarial(lambda t: t, digits_subset)
-    with pytest.raises(ValueError, match="lam"):
-        SNSLoss(model, lam=-1.0)
+    with pytest.raises(ValueError, match="sns_lambda"):
+        SNSLoss(model, sns_lambda=-1.0)
     with pytest.raises(TypeError, match="refresh_every"):
         SNSLoss(model, refresh_every=1.5)
     with pytest.raises(ValueError, match="refresh_every"):

@@ -150,20 +150,20 @@ def test_resume_reuses_every_unit_whose_content_is_unchanged(tmp_path, monkeypat
     x, y = digits("test")
     data, model = (x[:16], y[:16]), digits_cnn()
     made = _counting_attacks(monkeypatch)
-    monkeypatch.setattr(eni, "eps_eni", _slow(eni.eps_eni))
+    monkeypatch.setattr(eni, "eps_eni_noise", _slow(eni.eps_eni_noise))
 
     def run(metrics, **kw):
         made.clear()
         return evaluate(model, data, metrics=metrics, attacks=PGD, batch_size=8, out=tmp_path, progress=False,
                         save_adversarial="float32", **kw)
 
-    first = run(["AA_W", "eps-ENI"])
+    first = run(["AA_W", "eps-ENI_noise"])
     assert (made, first.run["units_reused"], first.run["units_computed"]) == (["pgd", "pgd"], 0, 6)
     # one more metric: its units and those of its minimal attack (DeepFool), no other attack
-    more = run(["AA_W", "ALD_2", "eps-ENI"], resume=True)
+    more = run(["AA_W", "ALD_2", "eps-ENI_noise"], resume=True)
     assert (made, more.run["units_reused"], more.run["units_computed"]) == (["deepfool", "deepfool"], 6, 4)
     # another metric over the minimal attack's S: the stored DeepFool examples, no attack
-    again = run(["AA_W", "ALD_2", "NTE", "eps-ENI"], resume=True)
+    again = run(["AA_W", "ALD_2", "NTE", "eps-ENI_noise"], resume=True)
     assert (made, again.run["units_reused"], again.run["units_computed"]) == ([], 10, 2)
     assert np.array_equal(again.metrics["ALD_2"].per_sample, more.metrics["ALD_2"].per_sample, equal_nan=True)
     assert again.metrics["NTE"].settings["successful"] == more.metrics["ALD_2"].settings["successful"]
@@ -172,9 +172,9 @@ def test_resume_reuses_every_unit_whose_content_is_unchanged(tmp_path, monkeypat
     assert more.metrics["ALD_2"].value == fresh.metrics["ALD_2"].value  # same batches: the same computation
     assert json.loads((tmp_path / "report.json").read_text())["run"]["units_reused"] == 10  # the last run's
     # a resumed metric reports the seconds its units took to compute, not to be read back
-    assert more.metrics["eps-ENI"].seconds >= _stored_seconds(tmp_path, "metric/eps-ENI") >= 0.2
+    assert more.metrics["eps-ENI_noise"].seconds >= _stored_seconds(tmp_path, "metric/eps-ENI_noise") >= 0.2
     assert more.run["attack_seconds"]["attack pgd"] >= _stored_seconds(tmp_path, "attack/pgd@model") >= 0.2
-    changed = run(["AA_W", "eps-ENI"], resume=True, config={"eps-eni": {"epsilon": 0.05}})  # only eps-ENI's units
+    changed = run(["AA_W", "eps-ENI_noise"], resume=True, config={"eps-eni_noise": {"eps": 0.05}})  # its units only
     assert (made, changed.run["units_reused"], changed.run["units_computed"]) == ([], 6, 2)  # + 2 DeepFool units
     fewer = run(["AA_W"], resume=True)
     assert (made, fewer.run["units_reused"], fewer.run["units_computed"]) == ([], 6, 0)
@@ -218,10 +218,10 @@ def test_another_model_or_data_is_refused_naming_what_differs(tmp_path):
 def test_a_changed_stored_byte_is_recomputed_to_the_same_report(tmp_path):
     x, y = digits("test")
     data, model = (x[:16], y[:16]), digits_cnn()
-    first = evaluate(model, data, metrics=["eps-ENI"], batch_size=8, out=tmp_path, progress=False)
+    first = evaluate(model, data, metrics=["eps-ENI_noise"], batch_size=8, out=tmp_path, progress=False)
     conn = sqlite3.connect(tmp_path / "store.sqlite")
     with conn:
-        unit, blob = conn.execute("SELECT unit, data FROM tensors WHERE unit LIKE 'metric/eps-ENI/batch-0001/%'"
+        unit, blob = conn.execute("SELECT unit, data FROM tensors WHERE unit LIKE 'metric/eps-ENI_noise/batch-0001/%'"
                                   ).fetchone()
         values = np.frombuffer(blob, np.float64)
         i = int(np.flatnonzero(np.isfinite(values))[0])
@@ -230,10 +230,11 @@ def test_a_changed_stored_byte_is_recomputed_to_the_same_report(tmp_path):
         conn.execute("UPDATE tensors SET data = ? WHERE unit = ?", (bytes(blob), unit))
     conn.close()
     with pytest.warns(RuntimeWarning, match=f"unit '{unit}' does not match its checksum"):
-        again = evaluate(model, data, metrics=["eps-ENI"], batch_size=8, out=tmp_path, resume=True, progress=False)
+        again = evaluate(model, data, metrics=["eps-ENI_noise"], batch_size=8, out=tmp_path, resume=True,
+                         progress=False)
     assert (again.run["units_reused"], again.run["units_computed"]) == (1, 1)
     # the same unit recomputed on the same inputs in the same batch: the same numbers
-    assert again.metrics["eps-ENI"].per_sample == first.metrics["eps-ENI"].per_sample
+    assert again.metrics["eps-ENI_noise"].per_sample == first.metrics["eps-ENI_noise"].per_sample
 
 
 class _Counting(torch.nn.Module):
@@ -264,7 +265,7 @@ BAD_SETTINGS = [
     ({"ns": {"axis": 0}}, ValueError, r"^\[ns\] axis must not be 0"),
     ({"div": {"divergence": "l1"}}, ValueError, r"^\[div\] divergence"),
     ({"ebd": {"bisection": -1}}, ValueError, r"^\[ebd\] bisection"),
-    ({"eps-eni": {"epsilon": 0.0}}, ValueError, r"^\[eps-eni\] epsilon"),
+    ({"eps-eni_noise": {"eps": 0.0}}, ValueError, r"^\[eps-eni_noise\] eps must"),
     ({"corruption": {"severities": [6]}}, ValueError, r"^\[corruption\] severities"),
     ({"landscape": {"steps": 1}}, ValueError, r"^\[landscape\] steps"),
     ({"clever": {"progress": True}}, TypeError, r"\[clever\] may not set \['progress'\]"),

@@ -14,7 +14,7 @@ from robustx.divergence import divergence_bound
 from robustx.metrics.boundary import ebd
 from robustx.metrics.corruption import corruption_errors, corruption_score
 from robustx.metrics.defense import defense_utility
-from robustx.metrics.eni import eps_eni
+from robustx.metrics.eni import eps_eni, eps_eni_noise
 from robustx.metrics.families import clever_rows
 from robustx.models import digits_cnn
 from robustx.pipeline.evaluate import evaluate
@@ -25,7 +25,7 @@ N, SEED, CLIP = 24, 5, (0.0, 1.0)
 PGD = {"eps": 0.1, "norm": "inf", "steps": 3, "step_size": 0.04}
 FGSM = {"eps": 0.15}
 CONFIG = {"clever": {"n_batches": 5, "n_samples": 8, "n_images": 2}, "ebd": {"m": 2, "steps": 4, "bisection": 3},
-          "div": {"eps": 0.1, "steps": 2}, "eps-eni": {"epsilon": 0.1},
+          "div": {"eps": 0.1, "steps": 2}, "eps-eni_noise": {"eps": 0.1},
           "corruption": {"corruptions": ["impulse_noise", "contrast"], "severities": [4, 5]}}
 
 
@@ -76,10 +76,12 @@ def _direct(model, defended, other, x, y, profile) -> dict:
     out["rmCE"] = corruption_score(errors, x.shape[1:], relative=True, clean_error=clean, base_errors=base,
                                    base_clean_error=base_clean).value
     out["EBD"] = ebd(model, x, y, clip_values=CLIP, seed=SEED, batch_size=4 * N, progress=False, **CONFIG["ebd"]).value
-    out["eps-ENI"] = _finite_mean(eps_eni(model, x, y, **CONFIG["eps-eni"], **kw).per_sample)
+    out["eps-ENI"] = eps_eni(model, x, y, pgd, batch_size=N, progress=False).value
+    out["eps-ENI_noise"] = _finite_mean(eps_eni_noise(model, x, y, **CONFIG["eps-eni_noise"], **kw).per_sample)
     out["DIV"] = _finite_mean(divergence_bound(model, x, **CONFIG["div"], **kw).per_sample)
     out["NS"] = _all_neurons(neuron_sensitivity(model, x, pgd, batch_size=N, progress=False))
-    out["NU"] = _all_neurons(neuron_uncertainty(model, x, batch_size=N, progress=False))
+    out["NU"] = _all_neurons(neuron_uncertainty(model, pgd, batch_size=N, progress=False))
+    out["NU_clean"] = _all_neurons(neuron_uncertainty(model, x, batch_size=N, progress=False))
     cov = NeuronCoverage(model, batch_size=N, progress=False)
     cov.profile(profile)
     out.update({k: v for k, v in cov.update(x).result().to_dict().items() if k in metrics.available("coverage")})
@@ -87,7 +89,7 @@ def _direct(model, defended, other, x, y, profile) -> dict:
     rows = clever_rows(N, settings.pop("n_images"))
     assert rows == [0, 12]  # spread over the set
     out["CLEVER"] = float(clever(model, x[rows], clip_values=CLIP, seed=SEED, progress=False,
-                                 **{"norm": 2, "radius": 2.0, **settings}).scores.mean())
+                                 **{"norm": 2, "radius": 2.0, **settings}).value)
     return out
 
 
@@ -123,12 +125,13 @@ def test_batch_splits_agree_when_nothing_random_depends_on_them(tmp_path):
     inputs are batched: 3 batches of 8 give the one batch's values (up to the last bits of
     BLAS, which depend on the batch shape on some processors: rel 1e-6; NTE rel 1e-5: on
     DeepFool's examples, just past the boundary, it is a difference of two nearly equal
-    probabilities, which magnifies those last bits - measured 1.2e-6)."""
+    probabilities, which magnifies those last bits - measured 1.2e-6). eps-ENI's set-wide sum
+    and largest distance come from per-input terms kept in input order, so they too."""
     x, y = digits("test")
     x, y = x[:N], y[:N]
     profile = digits("train")[0][:64]
-    names = ["CA", "AA_W", "ALD_2", "ALD_inf", "ASS", "PSD", "ACAC", "ACTC", "NTE", "RGB", "RIC", "NS", "NU", "NC",
-             "KMNC", "NBC", "SNAC", "TKNC", "TKNP"]
+    names = ["CA", "AA_W", "ALD_2", "ALD_inf", "ASS", "PSD", "ACAC", "ACTC", "NTE", "RGB", "RIC", "NS", "NU", "NU_clean",
+             "eps-ENI", "NC", "KMNC", "NBC", "SNAC", "TKNC", "TKNP"]
     runs = [evaluate(digits_cnn(), (x, y), metrics=names, attacks={"fgsm": FGSM}, profile=profile, batch_size=b,
                      progress=False) for b in (N, 8)]
     for name in names:

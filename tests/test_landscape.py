@@ -35,7 +35,8 @@ def test_linear_two_class_margin_is_the_analytic_plane(norm):
     model = linear_model(2)
     x = images(3)
     y = torch.tensor([0, 1, 0])
-    land = input_landscape(model, x, y, span=0.7, steps=9, surface="margin", norm=norm, progress=False)
+    land = input_landscape(model, x, y, span=0.7, steps=9, surface="margin", norm=norm,
+                           clip_values=None, progress=False)  # the analytic plane has no box
     dw, db = weight_gap(model, y)
     m0 = (dw * x.flatten(1)).sum(1) + db
     # The CE gradient of a 2-class linear model is -(1 - p_y)(w_y - w_o): the adversarial
@@ -55,7 +56,8 @@ def test_multiclass_linear_margin_matches_direct_evaluation():
     x = images(2)
     y = torch.tensor([3, 1])
     d1, d2 = torch.randn(2, 2, 1, 4, 4, dtype=torch.float64)
-    land = input_landscape(model, x, y, span=2.0, steps=7, directions=(d1, d2), surface="margin", progress=False)
+    land = input_landscape(model, x, y, span=2.0, steps=7, directions=(d1, d2), surface="margin", clip_values=None,
+                           progress=False)  # compared with unclipped points
     w, b = model[1].weight, model[1].bias
     for n in range(2):
         for i, alpha in enumerate(land.axis):
@@ -70,7 +72,7 @@ def test_loss_at_origin_equals_model_loss_and_grid_matches_direct_points():
     model = small_cnn().float()
     x = images(4, torch.float32)
     y = torch.tensor([0, 1, 2, 3])
-    land = input_landscape(model, x, y, span=0.3, steps=11, progress=False)
+    land = input_landscape(model, x, y, span=0.3, steps=11, clip_values=None, progress=False)  # unclipped points
     with torch.no_grad():
         ce = F.cross_entropy(model(x), y, reduction="none").double()
     torch.testing.assert_close(land.values[:, 5, 5], ce, rtol=1e-5, atol=1e-6)

@@ -87,7 +87,7 @@ def test_linear_model_matches_closed_form_inside_the_box(n_classes):
     ref = closed_form(model, x, y.numpy(), directions, span)
     tol = max(max(s) for s in span) / steps / 2 ** bisection
     assert np.isfinite(ref).sum() >= 3  # the test exercises found boundaries
-    got = res.distances.numpy()
+    got = res.per_sample.numpy()
     assert np.array_equal(np.isinf(got), np.isinf(ref))
     fin = np.isfinite(ref)
     assert np.all(got[fin] >= ref[fin] - 1e-9)
@@ -120,7 +120,7 @@ def test_clamp_mode_reports_the_distance_moved_on_linear_models(n_classes):
     assert fin.sum() >= 5
     assert (ref[fin] < t_star[fin] - 1e-3).sum() >= 3  # the test tells the distance moved from t
     tol = span / steps / 2 ** bisection
-    got = res.distances.numpy()
+    got = res.per_sample.numpy()
     assert np.array_equal(np.isinf(got), ~fin)
     assert np.all(got[fin] >= ref[fin] - 1e-9) and np.all(got[fin] <= ref[fin] + tol + 1e-9)
     assert res.value == pytest.approx(ref[fin].mean(), abs=tol + 1e-9)
@@ -137,8 +137,8 @@ def test_unclipped_rays_with_max_distance_and_misclassified_inputs():
     directions = orthonormal_directions(8, D, 4, torch.Generator().manual_seed(9), torch.float64)
     ref = closed_form(model, x, pred.numpy(), directions, [[2.5] * 4] * 8)
     assert res.correct.tolist() == [False] * 3 + [True] * 5
-    assert np.isnan(res.distances[:3]).all()
-    got = res.distances.numpy()[3:]
+    assert np.isnan(res.per_sample[:3]).all()
+    got = res.per_sample.numpy()[3:]
     np.testing.assert_allclose(got, ref[3:], atol=2.5 / 10 / 2 ** 14 + 1e-9)
     fin = np.isfinite(ref[3:])
     assert 0 < fin.sum() < 5  # some inputs censored, some not
@@ -154,7 +154,7 @@ def test_clamp_mode_and_censoring():
     x = torch.rand(3, *SHAPE)
     with pytest.warns(RuntimeWarning, match="no input of C"):
         res = ebd(Constant(), x, out_of_box="clamp", m=3, steps=4, bisection=2, progress=False)
-    assert res.censored == 3 and torch.isinf(res.distances).all()
+    assert res.censored == 3 and torch.isinf(res.per_sample).all()
     assert math.isnan(res.value) and res.averaged == 0 and res.lower_bound
 
 
@@ -168,10 +168,10 @@ def test_clamp_mode_reaches_past_saturated_pixels():
     x = torch.full((1, *SHAPE), 0.3, dtype=torch.float64)
     x[0, 0, 0, 0] = 0.0  # saturated at lo: "stop" ends most rays at t = 0
     clamp = ebd(model, x, m=6, steps=8, bisection=8, seed=1, out_of_box="clamp", progress=False)
-    assert torch.isfinite(clamp.distances).all()
+    assert torch.isfinite(clamp.per_sample).all()
     u = orthonormal_directions(1, D, 6, torch.Generator().manual_seed(1), torch.float64)
     ref = closed_form_clamped(model, x, [0], u, 0.0, 1.0, math.sqrt(D))
-    np.testing.assert_allclose(clamp.distances.numpy(), ref, atol=math.sqrt(D) / 8 / 2 ** 8)
+    np.testing.assert_allclose(clamp.per_sample.numpy(), ref, atol=math.sqrt(D) / 8 / 2 ** 8)
 
 
 def test_seeded_and_model_state_restored():
@@ -180,7 +180,7 @@ def test_seeded_and_model_state_restored():
     x = torch.rand(4, *SHAPE, dtype=torch.float64)
     a = ebd(model, x, m=3, clip_values=(-2, 3), seed=5, progress=False)
     b = ebd(model, x, m=3, clip_values=(-2, 3), seed=5, progress=False)
-    assert torch.equal(a.distances, b.distances)
+    assert torch.equal(a.per_sample, b.per_sample)
     assert model.training and all(p.requires_grad for p in model.parameters())
 
 
@@ -209,7 +209,7 @@ def test_real_resnet20_reported_points_change_the_prediction(aisafety_dir):
     x, y = x[:3], y[:3]
     model = resnet20_cifar(aisafety_dir / "resnet20_cifar.pt")
     res = ebd(model, x, y, m=4, steps=4, bisection=4, out_of_box="clamp", seed=6, batch_size=4096, progress=False)
-    assert res.correct.all() and torch.isfinite(res.distances).all()
+    assert res.correct.all() and torch.isfinite(res.per_sample).all()
     u = orthonormal_directions(3, x[0].numel(), 4, torch.Generator().manual_seed(6)).double()
     xs = x.flatten(1).double()[:, None, :]
 
@@ -217,7 +217,7 @@ def test_real_resnet20_reported_points_change_the_prediction(aisafety_dir):
         return ((xs + t[..., None] * u).clamp(0, 1) - xs).norm(dim=-1)
 
     # invert the (non-decreasing) distance moved along each ray: t with moved(t) = reported distance
-    target = res.distances[:, None].expand(3, 4)
+    target = res.per_sample[:, None].expand(3, 4)
     lo, hi = torch.zeros(3, 4, dtype=torch.float64), torch.full((3, 4), 2 * math.sqrt(x[0].numel()))
     for _ in range(80):
         mid = (lo + hi) / 2

@@ -150,7 +150,7 @@ def test_bad_inputs_name_the_argument(fn):
 
 def test_bad_norm_and_sizes():
     x, x_adv = pair((6, 3, 6, 6))
-    with pytest.raises(ValueError, match="p must"):
+    with pytest.raises(ValueError, match="norm must"):
         ald(x, x_adv, SUCCESS, 3)
     with pytest.raises(ValueError, match="7x7"):
         ass(x, x_adv, SUCCESS)

@@ -7,10 +7,10 @@ import robustx.metrics as metrics
 from robustx.metrics.registry import NEEDS, MetricInfo
 
 SUITE = ["CA", "AA_W", "AA_B", "ALD_0", "ALD_2", "ALD_inf", "ASS", "PSD", "ACAC", "ACTC", "NTE", "RGB", "RIC",
-         "CAV", "CRR", "CSR", "CCV", "COS", "mCE", "rmCE", "EBD", "eps-ENI", "NS", "NU", "NC", "KMNC", "NBC",
-         "SNAC", "TKNC", "TKNP", "CLEVER", "DIV"]
-LOWER_IS_BETTER = {"ASS", "ACAC", "NTE", "RGB", "RIC", "CSR", "CCV", "COS", "mCE", "rmCE", "eps-ENI", "NS", "NU",
-                   "DIV"}
+         "CAV", "CRR", "CSR", "CCV", "COS", "mCE", "rmCE", "EBD", "eps-ENI", "eps-ENI_noise", "NS", "NU",
+         "NU_clean", "NC", "KMNC", "NBC", "SNAC", "TKNC", "TKNP", "CLEVER", "DIV"]
+LOWER_IS_BETTER = {"ASS", "ACAC", "NTE", "RGB", "RIC", "CSR", "CCV", "COS", "mCE", "rmCE", "eps-ENI", "eps-ENI_noise",
+                   "NS", "NU", "NU_clean", "DIV"}
 TEST_ADEQUACY = {"NC", "KMNC", "NBC", "SNAC", "TKNC", "TKNP"}  # coverage: never ranked
 
 
@@ -41,7 +41,11 @@ def test_metadata():
     assert metrics.get("mCE").to_dict()["function"] == "robustx.metrics.corruption:mce"
     assert metrics.get("EBD").to_dict()["function"] == "robustx.metrics.boundary:ebd"
     assert metrics.get("eps-ENI").to_dict()["function"] == "robustx.metrics.eni:eps_eni"
-    assert metrics.get("ALD_inf").to_dict()["options"] == {"p": "inf"}
+    assert metrics.get("eps-ENI_noise").to_dict()["function"] == "robustx.metrics.eni:eps_eni_noise"
+    # the platform's eps-ENI and NU run on the primary attack's examples; their variants do not
+    assert "adversarial examples" in metrics.get("eps-ENI").needs & metrics.get("NU").needs
+    assert metrics.get("eps-ENI_noise").needs == metrics.get("NU_clean").needs == {"clean outputs"}
+    assert metrics.get("ALD_inf").to_dict()["options"] == {"norm": "inf"}
 
 
 def test_entries_are_frozen_and_checked():

@@ -1,12 +1,12 @@
 """robustx.modelutil: progress switch, layer selection (the root module too), the hook
-recorder, frozen_eval."""
+recorder, frozen_eval, the memory probe behind CLEVER's passes and --batch-size auto."""
 import pytest
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from robustx.coverage import NeuronCoverage
-from robustx.modelutil import LayerOutputs, chunks, frozen_eval, progress_bar, resolve_layers
+from robustx.modelutil import LayerOutputs, chunks, frozen_eval, input_bytes, progress_bar, resolve_layers
 from robustx.sensitivity import neuron_sensitivity
 
 
@@ -97,3 +97,26 @@ def test_frozen_eval_restores_mode_and_flags():
     with pytest.raises(TypeError, match="model"):
         with frozen_eval(object()):
             pass
+
+
+def test_one_memory_probe_sizes_clever_passes_and_auto_batch_size(monkeypatch):
+    """A frozen MLP Linear(48, h) - ReLU - Linear(h, k) keeps, per input, the ReLU output
+    (saved by the ReLU and by the second Linear: one storage, counted once) and the logits:
+    4 (h + k) float32 bytes; the weights cost the same for any batch. Both users of the
+    probe size from exactly that number."""
+    import importlib
+
+    from robustx.pipeline.batchsize import auto_batch_size
+
+    h, k, d = 7, 5, 48
+    model = nn.Sequential(nn.Flatten(), nn.Linear(d, h), nn.ReLU(), nn.Linear(h, k))
+    x = torch.rand(1, 3, 4, 4)
+    per_input = 4 * (h + k)
+    assert input_bytes(model, x) == per_input
+    # --batch-size auto: the largest power of two of inputs within the budget
+    assert [auto_batch_size(model, x, budget=per_input * b) for b in (1, 5, 8, 9)] == [1, 4, 8, 8]
+    # CLEVER: points per pass = half its pass budget over that number plus the point and its copy
+    clever_module = importlib.import_module("robustx.clever")
+    for rows in (1, 3, 10):
+        monkeypatch.setattr(clever_module, "CPU_CHUNK_BYTES", 2 * rows * (per_input + 2 * d * 4))
+        assert clever_module._auto_chunk(model, x) == rows

@@ -93,7 +93,7 @@ def test_token_linear_layer_has_the_same_neurons_in_coverage_and_sensitivity():
     sens = neuron_sensitivity(model, x, x_adv, ["fc"], progress=False)
     torch.testing.assert_close(sens["fc"], (h - h_adv).abs().mean(dim=(0, 1)))
     unc = neuron_uncertainty(model, x, ["fc"], progress=False)
-    torch.testing.assert_close(unc["fc"], h.var(dim=0, correction=0).mean(dim=0))
+    torch.testing.assert_close(unc["fc"], h.reshape(-1, 4).var(dim=0, correction=0))  # over inputs and tokens
     cov = NeuronCoverage(model, ["fc"], top_k=1, progress=False).profile(x)
     stats = cov.profile_stats()["fc"]
     torch.testing.assert_close(stats["low"], h.mean(1).amin(0))  # unit value = mean over its tokens

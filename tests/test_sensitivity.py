@@ -9,6 +9,9 @@ from torch import nn
 
 from robustx.models import DigitsCNN, ResNet20
 from robustx.sensitivity import (
+    merge_moments,
+    moments_uncertainty,
+    neuron_moments,
     neuron_sensitivity,
     neuron_sensitivity_stream,
     neuron_uncertainty,
@@ -196,7 +199,7 @@ def test_top_k_summaries(digits_pairs):
         np.testing.assert_array_equal(top[name].indices.numpy(), order)
         torch.testing.assert_close(top[name].values, s[order])
     assert sens.top_k(0.25)["classifier.1"].indices.numel() == 16  # 25 % of 64 units
-    assert sens.mean() == pytest.approx(torch.cat(list(sens.values())).mean().item())
+    assert sens.value == pytest.approx(torch.cat(list(sens.values())).mean().item())
     assert top_k_count(0.1, 10) == 1 and top_k_count(0.01, 10) == 1 and top_k_count(50, 10) == 10
     for bad in (0, 1.5, -0.1, "3"):
         with pytest.raises((ValueError, TypeError), match="top_k must be"):
@@ -218,7 +221,9 @@ def test_to_dict_is_json(digits_pairs):
     sens = neuron_sensitivity(model, x, x_adv, progress=False)
     d = json.loads(json.dumps(sens.to_dict()))
     assert d["quantity"] == "sensitivity" and d["n_inputs"] == 23
-    assert d["mean"] == pytest.approx(sens.mean()) and d["layer_means"] == pytest.approx(sens.layer_means())
+    every_neuron = torch.cat([sens[n] for n in sens])
+    assert d["value"] == pytest.approx(every_neuron.mean().item(), rel=1e-12) and d["value"] == sens.value
+    assert d["layer_means"] == pytest.approx(sens.layer_means())
     assert {n: len(v) for n, v in d["scores"].items()} == {"features.0": 16, "features.2": 32,
                                                            "classifier.1": 64, "classifier.3": 10}
     assert d["scores"]["classifier.3"] == pytest.approx(sens["classifier.3"].tolist(), rel=0, abs=0)
@@ -245,11 +250,12 @@ def test_uncertainty_hand_computed():
     model = conv_linear_model()
     x = torch.tensor([[[[0.0, 0.0], [0.0, 0.0]]], [[[2.0, 0.0], [0.0, 0.0]]], [[[1.0, 1.0], [1.0, 1.0]]]])
     unc = neuron_uncertainty(model, x)
-    # channel 0 pixel values over the 3 inputs: (0,2,1), (0,0,1) x3 -> variances 2/3, 2/9 x3
-    var0 = (2 / 3 + 3 * 2 / 9) / 4
+    # channel 0 (weight 1): the 12 values of its 2x2 map over the 3 inputs, 0 x4, (2, 0, 0, 0),
+    # 1 x4 (plus the bias): mean 1/2, mean square 8/12, variance 2/3 - 1/4 = 5/12; channel 1: 9 x that
+    var0 = 5 / 12
     torch.testing.assert_close(unc["0"], torch.tensor([var0, 9 * var0], dtype=torch.float64))
     # the Linear output is sum(x + 0.5) + sum(-3x + 2) - 1 = -2 sum(x) + const: (0, -4, -8) + const
-    torch.testing.assert_close(unc["2"], torch.tensor([np.var([0.0, -4.0, -8.0])], dtype=torch.float64))
+    torch.testing.assert_close(unc["2"], torch.tensor([32 / 3], dtype=torch.float64))
     assert unc.layer_means()["0"] == pytest.approx(5 * var0)
 
 
@@ -263,17 +269,40 @@ def test_uncertainty_streaming_is_stable_and_matches_numpy():
     with torch.no_grad():
         outs = digits_layer_outputs(model, x)
     for name in unc:
-        a = outs[name].numpy().reshape(37, outs[name].shape[1], -1)
-        ref = a.var(axis=0).mean(axis=1)  # two-pass
+        a = outs[name].numpy()
+        ref = [np.var([a[i, c] for i in range(37)]) for c in range(a.shape[1])]  # neuron c's maps over the inputs
         np.testing.assert_allclose(unc[name].numpy(), ref, rtol=1e-6)
     labelled = torch.utils.data.TensorDataset(x, torch.zeros(37, dtype=torch.long))
     loader = torch.utils.data.DataLoader(labelled, batch_size=8)
     streamed = neuron_uncertainty_stream(model, loader, ["features.0", "classifier.3"])
     for name in unc:
         torch.testing.assert_close(streamed[name], unc[name], rtol=1e-6, atol=0)
-    # the same input 5 times: zero variance (up to the rounding of batched float64 convs)
-    constant = neuron_uncertainty(DigitsCNN().double(), x[:1].expand(5, -1, -1, -1).contiguous())
-    assert all(v.abs().max() < 1e-28 for v in constant.values())
+    # the same input 5 times: each neuron's variance is that of its one map over its positions
+    # (0 for a Linear unit), up to the rounding of batched float64 convs
+    net = DigitsCNN().double()
+    constant = neuron_uncertainty(net, x[:1].expand(5, -1, -1, -1).contiguous(), ["features.0", "classifier.3"])
+    with torch.no_grad():
+        one = digits_layer_outputs(net, x[:1])
+    for name in constant:
+        ref = one[name][0].reshape(one[name].shape[1], -1).var(dim=1, correction=0)
+        torch.testing.assert_close(constant[name], ref, rtol=1e-9, atol=1e-28)
+    assert constant["classifier.3"].abs().max() < 1e-28
+
+
+def test_uncertainty_states_of_parts_merge_to_the_whole():
+    """merge_moments of the moments of uneven parts (in order) gives the whole set's
+    uncertainty: Chan et al.'s pairwise update is exact up to float64 rounding (rel 1e-12)."""
+    torch.manual_seed(1)
+    model = DigitsCNN().double()
+    x = torch.rand(23, 1, 8, 8, dtype=torch.float64)
+    whole = neuron_uncertainty(model, x, progress=False)
+    parts = [neuron_moments(model, x[a:b], batch_size=4) for a, b in ((0, 1), (1, 12), (12, 23))]
+    merged = merge_moments(parts)
+    assert int(merged["n"]) == 23 and int(merged["count:features.0"]) == 23 * 8 * 8
+    merged_u = moments_uncertainty(merged)
+    assert list(merged_u) == list(whole)
+    for name in whole:
+        torch.testing.assert_close(merged_u[name], whole[name], rtol=1e-12, atol=0)
 
 
 def test_real_cifar_models_agree_with_the_papers_claims(aisafety_dir):
@@ -291,9 +320,9 @@ def test_real_cifar_models_agree_with_the_papers_claims(aisafety_dir):
     for name in ("resnet20_cifar.pt", "CIFAR10_PAT_enhanced.pt"):
         model = resnet20_cifar(aisafety_dir / name)
         x_adv = pgd(model, x, y, eps, steps=5, step_size=2 / 255, seed=0)
-        sigma[name] = neuron_sensitivity(model, x, x_adv).mean()
+        sigma[name] = neuron_sensitivity(model, x, x_adv).value
         if name == "resnet20_cifar.pt":
             sign = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
-            noise = neuron_sensitivity(model, x, (x + eps * sign).clamp(0, 1)).mean()
+            noise = neuron_sensitivity(model, x, (x + eps * sign).clamp(0, 1)).value
             assert sigma[name] > 1.2 * noise  # 4.5 vs 2.9 on these 20 images
     assert sigma["CIFAR10_PAT_enhanced.pt"] < 0.5 * sigma["resnet20_cifar.pt"]

@@ -18,14 +18,16 @@ from torch import nn
 
 from robustx import checks
 from robustx.modelutil import chunks, frozen_eval, model_device, progress_bar
+from robustx.results import Result, deprecated_attribute
 
 __all__ = ["EBDResult", "orthonormal_directions", "ebd"]
 
 
 @dataclass
-class EBDResult:
-    """``value``: mean of ``distances`` over the inputs of C whose prediction changed (NaN
-    when none did). ``distances`` (N,): per input, the smallest L2 distance actually moved,
+class EBDResult(Result):
+    """``value``: mean of ``per_sample`` over the inputs of C whose prediction changed (NaN
+    when none did; higher = more robust). ``per_sample`` (N,; ``distances`` is its
+    deprecated name): per input, the smallest L2 distance actually moved,
     ||clip(x + t* u) - x||, over its directions (see :func:`ebd`); NaN for inputs outside C
     (misclassified when clean), inf for censored inputs (no direction changed the
     prediction within its searched range). ``correct`` (N,) bool: membership of C.
@@ -36,20 +38,24 @@ class EBDResult:
     reported distance (the largest bisection bracket width of its directions)."""
 
     value: float
-    distances: torch.Tensor
+    per_sample: torch.Tensor
     correct: torch.Tensor
     censored: int
     averaged: int
     lower_bound: bool
     tolerance: torch.Tensor
+    distances = deprecated_attribute("distances", "per_sample")
 
 
-def orthonormal_directions(n: int, d: int, m: int, generator: torch.Generator, dtype=torch.float32) -> torch.Tensor:
-    """(n, m, d): for each of n inputs, m orthonormal directions in R^d, the columns of Q
-    in the QR decomposition of a d x m standard Gaussian matrix (one per input, batched)."""
+@checks.renamed(n="n_images")
+def orthonormal_directions(n_images: int, d: int, m: int, generator: torch.Generator,
+                           dtype=torch.float32) -> torch.Tensor:
+    """(n_images, m, d): for each of n_images inputs, m orthonormal directions in R^d, the
+    columns of Q in the QR decomposition of a d x m standard Gaussian matrix (one per
+    input, batched)."""
     if m > d:
         raise ValueError(f"m must be <= the input dimension {d} (orthonormal directions), got {m}")
-    gauss = torch.randn(n, d, m, generator=generator, dtype=torch.float64, device=generator.device)
+    gauss = torch.randn(n_images, d, m, generator=generator, dtype=torch.float64, device=generator.device)
     q, _ = torch.linalg.qr(gauss)
     return q.transpose(1, 2).to(dtype)
 
@@ -195,5 +201,5 @@ def ebd(
         warnings.warn("EBD: no input of C changed its prediction within the searched range; value is NaN",
                       RuntimeWarning, stacklevel=2)
         value = math.nan
-    return EBDResult(value=value, distances=distances, correct=correct, censored=censored,
+    return EBDResult(value=value, per_sample=distances, correct=correct, censored=censored,
                      averaged=int(flipped.numel()), lower_bound=censored > 0, tolerance=tolerance)

@@ -21,8 +21,6 @@ minimal-perturbation attack's name), ``clip_values``, ``batch_size`` and ``devic
 
 The metric's registry entry (:mod:`robustx.metrics.registry`) names its family; adding a
 metric to an existing family is one registry entry and one line of the family's table.
-NU is the one metric whose per-batch state (moments of every activation element) is too
-large to store: its family is ``streamed_in_memory`` and evaluate folds it as it goes.
 """
 from __future__ import annotations
 
@@ -82,7 +80,6 @@ class Family:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     target: Optional[str] = None  # "module:attribute" whose keyword arguments the table holds
     extra: FrozenSet[str] = frozenset()  # table keys the family reads itself
-    streamed_in_memory: bool = False
 
 
 def weighted_mean(value: float, count: int) -> State:
@@ -228,7 +225,7 @@ def _corruption_compute(state, settings, name: str) -> Result:
                                "errors": {c: list(v) for c, v in errors.items()}}
 
 
-# ------------------------------------------------------------------ per-input values (DIV, eps-ENI, EBD, CLEVER)
+# ------------------------------------------------------------------ per-input values (DIV, eps-ENI's terms, EBD, CLEVER)
 def _per_input_compute(state, settings, name: str) -> Result:
     values = state["values"]
     finite = values[~values.isnan()]
@@ -245,11 +242,31 @@ def _div_update(batch, settings, name: str) -> State:
 
 
 def _eni_update(batch, settings, name: str) -> State:
-    from robustx.metrics.eni import eps_eni
+    """The platform's per-input terms on the primary attack's examples (untargeted: the
+    adversarial loss at the labels), from the batch's shared logits."""
+    from robustx.metrics.eni import eni_terms
 
-    res = eps_eni(batch.net("model"), batch.x.to(batch.device), batch.y.to(batch.device),
-                  clip_values=batch.clip_values, seed=batch.seed, batch_size=batch.batch_size, progress=False,
-                  **settings)
+    x_adv = batch.adversarial(batch.primary)
+    loss_change, distance = eni_terms(batch.logits("model"), batch.logits("model", x_adv), batch.x, x_adv, batch.y)
+    return {"loss_change": loss_change, "distance": distance}
+
+
+def _eni_compute(state, settings, name: str) -> Result:
+    """The platform's eps-ENI of the whole set: the set-wide sum and largest distance."""
+    from robustx.metrics.eni import eni_from_terms
+
+    distance = state["distance"]
+    return eni_from_terms(state["loss_change"], distance), None, {
+        "inputs": distance.numel(), "largest_distance": float(distance.max()),
+        "loss_change_sum": float(state["loss_change"].sum())}
+
+
+def _eni_noise_update(batch, settings, name: str) -> State:
+    from robustx.metrics.eni import eps_eni_noise
+
+    res = eps_eni_noise(batch.net("model"), batch.x.to(batch.device), batch.y.to(batch.device),
+                        clip_values=batch.clip_values, seed=batch.seed, batch_size=batch.batch_size, progress=False,
+                        **settings)
     return {"values": res.per_sample.double().cpu()}
 
 
@@ -261,7 +278,7 @@ def _ebd_update(batch, settings, name: str) -> State:
     with warnings.catch_warnings():  # a batch whose inputs are all censored has no weight
         warnings.simplefilter("ignore", RuntimeWarning)
         value = res.value
-    return {"distances": res.distances.double().cpu(), **weighted_mean(value, res.averaged),
+    return {"distances": res.per_sample.double().cpu(), **weighted_mean(value, res.averaged),
             "censored": torch.tensor([res.censored], dtype=torch.long)}
 
 
@@ -300,7 +317,7 @@ def _clever_update(batch, settings, name: str) -> State:
     if rows:
         res = clever(batch.net("model"), batch.x[rows].to(batch.device), clip_values=batch.clip_values,
                      seed=batch.seed, progress=False, **settings)
-        values[rows], reliable[rows] = res.scores.double().cpu(), res.reliable.cpu()
+        values[rows], reliable[rows] = res.per_sample.double().cpu(), res.reliable.cpu()
     return {"values": values, "reliable": reliable}
 
 
@@ -330,10 +347,12 @@ def _layer_means_compute(state, settings, name: str) -> Result:
 
 
 def _nu_update(batch, settings, name: str) -> State:
-    """The (n, mean, M2) moments of every neuron element over this batch (folded in memory)."""
+    """Each neuron's (count, mean, M2) over this batch's primary attack examples (NU, the
+    platform's inputs) or its clean inputs (NU_clean)."""
     from robustx.sensitivity import neuron_moments
 
-    return neuron_moments(batch.net("model"), batch.x, batch_size=batch.batch_size, **settings)
+    x = batch.x if name == "NU_clean" else batch.adversarial(batch.primary)
+    return neuron_moments(batch.net("model"), x, batch_size=batch.batch_size, **settings)
 
 
 def _nu_merge(states: List[State]) -> State:
@@ -373,16 +392,16 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
            target="robustx.metrics.corruption:corruption_errors"),
     Family("DIV", _div_update, _per_input_compute, table="div", defaults={"eps": 8 / 255, "norm": "inf", "steps": 10},
            target="robustx.divergence:divergence_bound"),
-    Family("eps-ENI", _eni_update, _per_input_compute, table="eps-eni", defaults={"epsilon": 8 / 255},
-           target="robustx.metrics.eni:eps_eni"),
+    Family("eps-ENI", _eni_update, _eni_compute),
+    Family("eps-ENI_noise", _eni_noise_update, _per_input_compute, table="eps-eni_noise", defaults={"eps": 8 / 255},
+           target="robustx.metrics.eni:eps_eni_noise"),
     Family("EBD", _ebd_update, _ebd_compute, _ebd_merge, table="ebd", defaults={"m": 10, "steps": 16, "bisection": 10},
            target="robustx.metrics.boundary:ebd"),
     Family("CLEVER", _clever_update, _clever_compute, table="clever",
            defaults={"norm": 2, "radius": 2.0, "n_batches": 50, "n_samples": 64, "n_images": 20},
            target="robustx.clever:clever", extra=frozenset({"n_images"})),
     Family("NS", _ns_update, _layer_means_compute, add, table="ns", target="robustx.sensitivity:neuron_sensitivity"),
-    Family("NU", _nu_update, _nu_compute, _nu_merge, table="nu", target="robustx.sensitivity:neuron_moments",
-           streamed_in_memory=True),
+    Family("NU", _nu_update, _nu_compute, _nu_merge, table="nu", target="robustx.sensitivity:neuron_moments"),
     Family("coverage", _coverage_update, _coverage_compute, union, table="coverage",
            defaults={"sections": 10, "top_k": 2, "threshold": 0.5}, target="robustx.coverage:NeuronCoverage"),
 )}

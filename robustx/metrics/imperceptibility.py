@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from robustx.checks import clip_range, positive_float
+from robustx.checks import clip_range, positive_float, renamed
 from robustx.geometry import parse_norm
 from robustx.metrics.arguments import empty, image_pair, mask
 from robustx.metrics.transforms import to_8bit
@@ -35,11 +35,11 @@ def _successful(x, x_adv, success, clip_values=None, min_size: int = 1):
     return x[success], x_adv[success]
 
 
-def _order(p, clip_values):
-    """(order, box): the norm order of ``p`` (0.0 for ALD_0) and, for ALD_0 only, the checked
+def _order(norm, clip_values):
+    """(order, box): the order of ``norm`` (0.0 for ALD_0) and, for ALD_0 only, the checked
     ``clip_values`` that define the 8-bit levels."""
-    l0 = not isinstance(p, bool) and (p == 0 or (isinstance(p, str) and p.strip() in ("0", "l0")))
-    return (0.0, clip_range(clip_values)) if l0 else (parse_norm(p, "p"), None)
+    l0 = not isinstance(norm, bool) and (norm == 0 or (isinstance(norm, str) and norm.strip() in ("0", "l0")))
+    return (0.0, clip_range(clip_values)) if l0 else (parse_norm(norm, "norm"), None)
 
 
 def _distortion(a: torch.Tensor, b: torch.Tensor, order: float, box) -> torch.Tensor:
@@ -49,25 +49,27 @@ def _distortion(a: torch.Tensor, b: torch.Tensor, order: float, box) -> torch.Te
     return torch.linalg.vector_norm((b.double() - a.double()).flatten(1), ord=order, dim=1)
 
 
-def ald_per_sample(x: torch.Tensor, x_adv: torch.Tensor, p, *, clip_values=(0.0, 1.0)) -> torch.Tensor:
-    """Per image (N,) float64, the term of :func:`ald`: ||x'_i - x_i||_p in data units, or for
-    p = 0 the fraction of elements whose 8-bit level changes (``clip_values`` as in :func:`ald`)."""
-    order, box = _order(p, clip_values)
+def ald_per_sample(x: torch.Tensor, x_adv: torch.Tensor, norm, *, clip_values=(0.0, 1.0)) -> torch.Tensor:
+    """Per image (N,) float64, the term of :func:`ald`: ||x'_i - x_i||_p (p = ``norm``) in data
+    units, or for ``norm`` = 0 the fraction of elements whose 8-bit level changes (``clip_values``
+    as in :func:`ald`)."""
+    order, box = _order(norm, clip_values)
     image_pair(x, x_adv, box)
     return _distortion(x, x_adv, order, box)
 
 
-def ald(x: torch.Tensor, x_adv: torch.Tensor, success: torch.Tensor, p, *, clip_values=(0.0, 1.0)) -> float:
+@renamed(p="norm")
+def ald(x: torch.Tensor, x_adv: torch.Tensor, success: torch.Tensor, norm, *, clip_values=(0.0, 1.0)) -> float:
     """Average Lp distortion over the successful examples S (higher = the attack needs more).
 
-    ALD_p = (1/|S|) sum_{i in S} ||x'_i - x_i||_p for p in {1, 2, inf} ("inf", math.inf),
-    in data units (DEEPSEC divides by ||x_i||_p; the design here does not).
-    ALD_0 (p = 0) = (1/|S|) sum_{i in S} |{j : q(x'_i)_j != q(x_i)_j}| / d, the fraction of
-    the d elements whose 8-bit level q(v) = round(255 (v - lo) / (hi - lo)) changes, with
+    ALD_p = (1/|S|) sum_{i in S} ||x'_i - x_i||_p for ``norm`` p in {1, 2, inf} ("inf",
+    math.inf), in data units (DEEPSEC divides by ||x_i||_p; the design here does not).
+    ALD_0 (``norm`` = 0) = (1/|S|) sum_{i in S} |{j : q(x'_i)_j != q(x_i)_j}| / d, the
+    fraction of the d elements whose 8-bit level q(v) = round(255 (v - lo) / (hi - lo)) changes, with
     (lo, hi) = ``clip_values`` (both images must lie inside it). NaN with a RuntimeWarning
     when S is empty. Per image: :func:`ald_per_sample`.
     """
-    order, box = _order(p, clip_values)
+    order, box = _order(norm, clip_values)
     pair = _successful(x, x_adv, success, box)
     if pair is None:
         return math.nan

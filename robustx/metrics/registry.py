@@ -5,7 +5,7 @@ Functions are named as "module:attribute" and imported only when
 :attr:`MetricInfo.function` is read, so listing the catalogue imports nothing and an entry
 whose module is missing fails only when it is used. Several names share a function:
 ``options`` holds the keyword arguments that select the metric (ALD_0 is ``ald`` with
-p = 0), and the coverage names are keys of ``NeuronCoverage.result()``.
+norm = 0), and the coverage names are keys of ``NeuronCoverage.result()``.
 """
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ _HERE = "robustx.metrics."
 def _entries() -> Tuple[MetricInfo, ...]:
     m = MetricInfo
     means = "adversarial means"
-    ald = [m(f"ALD_{p}", "imperceptibility", True, _MINIMAL, _HERE + "imperceptibility:ald", (("p", p),), means)
+    ald = [m(f"ALD_{p}", "imperceptibility", True, _MINIMAL, _HERE + "imperceptibility:ald", (("norm", p),), means)
            for p in (0, 2, "inf")]
     defense = [m(name, "defense", better, _DEFENDED, _HERE + "defense:defense_utility")
                for name, better in (("CAV", True), ("CRR", True), ("CSR", False), ("CCV", False), ("COS", False))]
@@ -120,9 +120,12 @@ def _entries() -> Tuple[MetricInfo, ...]:
         m("mCE", "corruption", False, frozenset({"corruptions"}), _HERE + "corruption:mce"),
         m("rmCE", "corruption", False, frozenset({"corruptions"}), _HERE + "corruption:rmce"),
         m("EBD", "boundary", True, _CLEAN, _HERE + "boundary:ebd", definition="EBD"),
-        m("eps-ENI", "boundary", False, _CLEAN, _HERE + "eni:eps_eni", definition="eps-ENI"),
+        m("eps-ENI", "boundary", False, _ATTACKED, _HERE + "eni:eps_eni", definition="eps-ENI"),  # the platform's
+        m("eps-ENI_noise", "boundary", False, _CLEAN, _HERE + "eni:eps_eni_noise", definition="eps-ENI_noise"),
         m("NS", "neuron", False, frozenset({"adversarial examples"}), "robustx.sensitivity:neuron_sensitivity", definition="NS"),
-        m("NU", "neuron", False, _CLEAN, "robustx.sensitivity:neuron_uncertainty", definition="NU"),
+        m("NU", "neuron", False, frozenset({"adversarial examples"}), "robustx.sensitivity:neuron_uncertainty",
+          definition="NU"),  # on adversarial examples, as the platform
+        m("NU_clean", "neuron", False, _CLEAN, "robustx.sensitivity:neuron_uncertainty", definition="NU"),
         *coverage,
         m("CLEVER", "bound", True, _CLEAN, "robustx.clever:clever", definition="CLEVER"),
         m("DIV", "bound", False, _CLEAN, "robustx.divergence:divergence_bound", definition="DIV"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import warnings
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -58,10 +59,22 @@ def config_sections() -> Dict[str, str]:
             **{name: f"robustx.attacks:{name}" for name in attack_lib.ATTACKS}}
 
 
-def _accepted(target: str) -> set:
+def _function(target: str) -> Callable:
     module, attr = target.split(":")
-    fn = getattr(importlib.import_module(module), attr)
-    return set(inspect.signature(fn).parameters) - _DATA_ARGUMENTS
+    return getattr(importlib.import_module(module), attr)
+
+
+def _accepted(target: str) -> set:
+    return set(inspect.signature(_function(target)).parameters) - _DATA_ARGUMENTS
+
+
+def _renamed(table: str, target: str, keys: Mapping[str, Any]) -> Dict[str, Any]:
+    """A table's keys under their current names: a deprecated name of ``target``'s
+    (:func:`robustx.checks.renamed`) is taken with a ``DeprecationWarning``."""
+    aliases = getattr(_function(target), "__deprecated_aliases__", {})
+    for old in [k for k in keys if k in aliases]:
+        warnings.warn(f"config: [{table}] {old} is deprecated, use {aliases[old]}", DeprecationWarning, stacklevel=3)
+    return {aliases.get(k, k): v for k, v in keys.items()}
 
 
 def check_config(config: Optional[Mapping[str, Mapping[str, Any]]]) -> Dict[str, Dict[str, Any]]:
@@ -78,6 +91,7 @@ def check_config(config: Optional[Mapping[str, Mapping[str, Any]]]) -> Dict[str,
         if table in attack_lib.ATTACKS:
             accepted = set(attack_lib.attack_settings(table))
         else:
+            keys = _renamed(table, sections[table], keys)
             accepted = _accepted(sections[table]) | set(tables[table].extra if table in tables else ())
             accepted |= _EXTRA_KEYS.get(table, set())
         reserved = sorted((set(keys) - accepted) & _DATA_ARGUMENTS)
@@ -242,8 +256,7 @@ def _probe(where: str, fn: Callable, *args, **kwargs) -> None:
 
 
 def _target(table: str) -> Callable:
-    module, attr = config_sections()[table].split(":")
-    return getattr(importlib.import_module(module), attr)
+    return _function(config_sections()[table])
 
 
 def check_settings(model: nn.Module, x1: torch.Tensor, y1: torch.Tensor, tables: Mapping[str, Mapping[str, Any]],

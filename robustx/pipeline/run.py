@@ -159,7 +159,6 @@ class Run:
         steps = _from_all(len(owned), max)
         states: Dict[str, Dict[int, State]] = {m: {} for m in [*names, "inputs"]}
         attacked = list(self.attacks) if any("adversarial examples" in suite.get(m).needs for m in names) else []
-        in_memory: Dict[str, Optional[State]] = {m: None for m in names if family_of(m).streamed_in_memory}
         batches = iter(self.stream.batches(owned))
         scale = self.batch_size * distributed.world()[1]  # inputs per step over all ranks
         for _ in progress_bar(range(steps), self.progress, "evaluate", steps, unit="img", unit_scale=scale):
@@ -167,9 +166,9 @@ class Run:
             batch = Batch(self, *item) if item is not None else None
             keys = self._keys(batch, names, attacked) if batch is not None else {}
             found = self._lookup(keys)
-            made = self._step(batch, names, keys, found, states, in_memory, attacked) if batch is not None else {}
+            made = self._step(batch, names, keys, found, states, attacked) if batch is not None else {}
             self._store({keys[m]: v for m, v in made.items()})
-        return self._merge(names, states, in_memory)
+        return self._merge(names, states)
 
     def _keys(self, batch: Batch, names: List[str], attacked: List[str]) -> Dict[str, str]:
         """The store's units of one batch: each metric's, each saved attack's, its per-input columns'."""
@@ -179,17 +178,15 @@ class Run:
         return keys
 
     def _step(self, batch: Batch, names: List[str], keys: Dict[str, str], found: Dict[str, State], states,
-              in_memory, attacked: List[str]) -> Dict[str, Tuple[State, float]]:
-        """One batch: the stored states taken, every other metric updated (folded, for the
-        in-memory ones); returns the units made, label -> (state, seconds)."""
+              attacked: List[str]) -> Dict[str, Tuple[State, float]]:
+        """One batch: the stored states taken, every other metric updated; returns the units
+        made, label -> (state, seconds)."""
         batch.adopt({k: v for k, v in found.items() if k.startswith("attack/")})
         made: Dict[str, Tuple[State, float]] = {}
         for m in names:
             if m in self.failed:
                 continue
-            if m in in_memory:
-                in_memory[m] = self._fold(m, in_memory[m], batch)
-            elif m in found:
+            if m in found:
                 states[m][batch.index] = found[m]
             elif (update := self._update(m, batch)) is not None:
                 made[m] = update
@@ -220,12 +217,6 @@ class Run:
         self.computed += 1
         return {k: v.detach().cpu() for k, v in state.items()}, seconds
 
-    def _fold(self, name: str, state: Optional[State], batch: "Batch") -> Optional[State]:
-        made = self._update(name, batch)
-        if made is None:
-            return state
-        return made[0] if state is None else family_of(name).merge([state, made[0]])
-
     def _settings(self, family: Family) -> Dict[str, Any]:
         return dict(self.settings.get(family.table, {})) if family.table else {}
 
@@ -252,7 +243,7 @@ class Run:
             if self.store is not None:
                 self.store.put(unit, state, {}, seconds)
 
-    def _merge(self, names: List[str], states: Dict[str, Dict[int, State]], in_memory) -> Dict[str, State]:
+    def _merge(self, names: List[str], states: Dict[str, Dict[int, State]]) -> Dict[str, State]:
         """Every rank's states merged in input order; the per-input columns kept for the report."""
         every: Dict[int, State] = {}
         for part in _gather({distributed.world()[0]: states.pop("inputs")}).values():
@@ -264,15 +255,10 @@ class Run:
         for m in names:
             if m in self.failed:
                 continue
-            family = family_of(m)
-            if m in in_memory:
-                parts = [s for s in _gather({distributed.world()[0]: in_memory[m]}).values() if s is not None]
-            else:
-                every = {}
-                for part in _gather({distributed.world()[0]: states[m]}).values():
-                    every.update(part)
-                parts = [every[i] for i in sorted(every)]
-            merged[m] = family.merge(parts)
+            every = {}
+            for part in _gather({distributed.world()[0]: states[m]}).values():
+                every.update(part)
+            merged[m] = family_of(m).merge([every[i] for i in sorted(every)])
         self.reused, self.computed = sum(_gather_values(self.reused)), sum(_gather_values(self.computed))
         return merged
 

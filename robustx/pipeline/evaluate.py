@@ -161,7 +161,8 @@ def evaluate(
     rank, size = distributed.world()
     inference = {"channels_last": channels_last, "autocast": str(autocast)} if channels_last or autocast else {}
     rid = json_digest(jsonable({"digests": digests, "metrics": names, "settings": settings, "attacks": attacks_,
-                                "minimal_attack": minimal, "seed": seed, "batch_size": stream.batch_size, "clip_values": clip, **inference}))
+                                "minimal_attack": minimal, "seed": seed, "batch_size": stream.batch_size,
+                                "clip_values": clip, **inference}))
     distributed.agree(rid, "the run (model, data, metrics, settings)")
     if stream.n_batches is None and size > 1:
         raise ValueError("data: a DataLoader without a sized dataset cannot be split over processes")
@@ -184,8 +185,9 @@ def evaluate(
             store.close()
     results = {m: _result(run, m, states.get(m), skipped.get(m)) for m in names}
     report = Report(metrics=results, figures=_figures(run, results), inputs=run.per_input(), run=jsonable({
-        "id": rid, "model": name, "inputs": stream.n, "data": digests["data"], "input_shape": list(stream.head(1)[0].shape[1:]), "seed": seed,
-        "batch_size": stream.batch_size, "attacks": attacks_, "minimal_attack": minimal, "seconds": time.perf_counter() - start,
+        "id": rid, "model": name, "inputs": stream.n, "data": digests["data"],
+        "input_shape": list(stream.head(1)[0].shape[1:]), "seed": seed, "batch_size": stream.batch_size,
+        "attacks": attacks_, "minimal_attack": minimal, "seconds": time.perf_counter() - start,
         "torch": torch.__version__, "device": str(dev), "processes": size,
         "attack_seconds": {k: v for k, v in run.seconds.items() if k.startswith("attack ")},
         "inference": inference,

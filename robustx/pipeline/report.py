@@ -399,7 +399,8 @@ def compare(reports: List[Report], names: List[str], common: bool = True) -> str
     if rows:
         table = [["metric", "dir", "attack", "inputs", *map(str, names)]]
         for k, arrow, attacks, n, values, best in rows:
-            table.append([k, arrow, attacks, str(n), *(_fmt(v) + ("*" if i == best else "") for i, v in enumerate(values))])
+            shown = [_fmt(v) + ("*" if i == best else "") for i, v in enumerate(values)]
+            table.append([k, arrow, attacks, str(n), *shown])
         lines += ["", _COMMON + ":", *_text_table(table, 3)]
     return "\n".join(lines) + "\n"
 

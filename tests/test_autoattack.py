@@ -94,13 +94,14 @@ def test_autoattack_from_the_command_line_and_in_evaluate(tmp_path):
     (tmp_path / "aa.toml").write_text('[autoattack]\neps = 0.1\nversion = "custom"\nattacks = ["apgd-ce", "apgd-t"]\n'
                                       'seed = 3\n[pgd]\neps = 0.1\nstep_size = 0.025\n')
     out = tmp_path / "cli"
-    assert main(["evaluate", "--model", "digits", "-n", "24", "--attacks", "autoattack,pgd", "--config",
+    assert main(["evaluate", "--model", "digits", "-n", "24", "--attacks", "autoattack,pgd", "--minimal-attack",
+                 "autoattack", "--config",
                  str(tmp_path / "aa.toml"), "--metrics", "CA,AA_W,ALD_inf", "--out", str(out), "--no-progress"]) == 0
     report = json.loads((out / "report.json").read_text())
     per_attack = report["metrics"]["AA_W"]["settings"]["per_attack"]
     assert per_attack["autoattack"] == direct and report["metrics"]["AA_W"]["value"] == min(per_attack.values())
     assert per_attack["autoattack"] <= per_attack["pgd"]
-    assert report["metrics"]["ALD_inf"]["settings"]["attack"] == "autoattack"  # the first attack's examples
+    assert report["metrics"]["ALD_inf"]["settings"]["attack"] == "autoattack"  # --minimal-attack: the run's own
     assert 0 < report["metrics"]["ALD_inf"]["value"] <= 0.1 + 1e-6
     api = robustx.evaluate(net, (x, y), metrics=["AA_W"], attacks={"autoattack": table}, out=tmp_path / "api",
                            progress=False)

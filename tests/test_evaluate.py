@@ -38,27 +38,37 @@ def digits_run():
 
 
 def test_values_equal_the_metric_functions(digits_run):
+    """CA and AA_W from PGD; the means over S from DeepFool, the default minimal attack."""
     model, x, y, report = digits_run
     with torch.no_grad():
         clean = model(x)
-    # the same examples: PGD per batch of 16, seeded with seed + the batch's first index
+    # the same examples: PGD per batch of 16, seeded with seed + the batch's first index; DeepFool per batch
     x_adv = torch.cat([attacks.pgd(model, x[s:s + 16], y[s:s + 16], 0.1, step_size=0.025, steps=5, seed=s,
                                    progress=False) for s in range(0, 40, 16)])
+    x_min = torch.cat([attacks.deepfool(model, x[s:s + 16], clip_values=(0.0, 1.0), progress=False)
+                       for s in range(0, 40, 16)])
     with torch.no_grad():
-        adv = model(x_adv)
-    success = metrics.success_mask(clean, adv, y)
+        adv, adv_min = model(x_adv), model(x_min)
+    success = metrics.success_mask(clean, adv_min, y)
     want = {
         "CA": metrics.accuracy(clean, y), "AA_W": metrics.accuracy(adv, y),
-        "ALD_2": metrics.ald(x, x_adv, success, 2), "ALD_inf": metrics.ald(x, x_adv, success, "inf"),
-        "ASS": metrics.ass(x, x_adv, success), "ACAC": metrics.acac(adv, success),
-        "ACTC": metrics.actc(adv, y, success), "NTE": metrics.nte(adv, success),
+        "ALD_2": metrics.ald(x, x_min, success, 2), "ALD_inf": metrics.ald(x, x_min, success, "inf"),
+        "ASS": metrics.ass(x, x_min, success), "ACAC": metrics.acac(adv_min, success),
+        "ACTC": metrics.actc(adv_min, y, success), "NTE": metrics.nte(adv_min, success),
     }
     # logits here in one batch of 40, in the run in batches of 16: float32 rounding differs in the
     # last bits (rel 1e-6); a changed prediction would need a logit tie within that
     for name, value in want.items():
         assert report.metrics[name].value == pytest.approx(value, rel=1e-6, abs=1e-9), name
-    assert 0 < success.sum() < 40  # the attack succeeds on some inputs only
-    assert report.metrics["ALD_inf"].value <= 0.1 + 1e-6
+    for name in ("ALD_2", "ALD_inf", "ASS", "ACAC", "ACTC", "NTE"):
+        assert report.metrics[name].settings == {"attack": "deepfool", "successful": int(success.sum())}, name
+    per_input = torch.tensor(report.metrics["ALD_2"].per_sample)
+    assert torch.equal(~per_input.isnan(), success)  # a term exactly for the inputs of S
+    assert per_input[success] == pytest.approx((x_min - x).flatten(1).norm(dim=1)[success].double(), rel=1e-6)
+    # PGD fools some inputs only; DeepFool, unbounded, nearly every correct one, further than PGD's eps
+    assert 0 < report.metrics["AA_W"].value < report.metrics["CA"].value and success.sum() >= 0.9 * clean.argmax(
+        1).eq(y).sum()
+    assert report.metrics["ALD_inf"].value > 0.1
 
 
 def test_missing_inputs_are_skipped_with_their_reason(digits_run):
@@ -149,18 +159,25 @@ def test_resume_reuses_every_unit_whose_content_is_unchanged(tmp_path, monkeypat
 
     first = run(["AA_W", "eps-ENI_noise"])
     assert (made, first.run["units_reused"], first.run["units_computed"]) == (["pgd", "pgd"], 0, 6)
-    more = run(["AA_W", "ALD_2", "eps-ENI_noise"], resume=True)  # one more metric: its units only, no attack
-    assert (made, more.run["units_reused"], more.run["units_computed"]) == ([], 6, 2)
+    # one more metric: its units and those of its minimal attack (DeepFool), no other attack
+    more = run(["AA_W", "ALD_2", "eps-ENI_noise"], resume=True)
+    assert (made, more.run["units_reused"], more.run["units_computed"]) == (["deepfool", "deepfool"], 6, 4)
+    # another metric over the minimal attack's S: the stored DeepFool examples, no attack
+    again = run(["AA_W", "ALD_2", "NTE", "eps-ENI_noise"], resume=True)
+    assert (made, again.run["units_reused"], again.run["units_computed"]) == ([], 10, 2)
+    assert np.array_equal(again.metrics["ALD_2"].per_sample, more.metrics["ALD_2"].per_sample, equal_nan=True)
+    assert again.metrics["NTE"].settings["successful"] == more.metrics["ALD_2"].settings["successful"]
+    assert again.run["attack_seconds"]["attack deepfool"] >= _stored_seconds(tmp_path, "attack/deepfool@model") > 0
     fresh = evaluate(model, data, metrics=["ALD_2"], attacks=PGD, batch_size=8, progress=False)
     assert more.metrics["ALD_2"].value == fresh.metrics["ALD_2"].value  # same batches: the same computation
-    assert json.loads((tmp_path / "report.json").read_text())["run"]["units_reused"] == 6
+    assert json.loads((tmp_path / "report.json").read_text())["run"]["units_reused"] == 10  # the last run's
     # a resumed metric reports the seconds its units took to compute, not to be read back
     assert more.metrics["eps-ENI_noise"].seconds >= _stored_seconds(tmp_path, "metric/eps-ENI_noise") >= 0.2
     assert more.run["attack_seconds"]["attack pgd"] >= _stored_seconds(tmp_path, "attack/pgd@model") >= 0.2
     changed = run(["AA_W", "eps-ENI_noise"], resume=True, config={"eps-eni_noise": {"eps": 0.05}})  # its units only
-    assert (made, changed.run["units_reused"], changed.run["units_computed"]) == ([], 4, 2)
+    assert (made, changed.run["units_reused"], changed.run["units_computed"]) == ([], 6, 2)  # + 2 DeepFool units
     fewer = run(["AA_W"], resume=True)
-    assert (made, fewer.run["units_reused"], fewer.run["units_computed"]) == ([], 4, 0)
+    assert (made, fewer.run["units_reused"], fewer.run["units_computed"]) == ([], 6, 0)
     assert fewer.metrics["AA_W"].value == first.metrics["AA_W"].value
 
 
@@ -169,7 +186,7 @@ def test_without_saved_examples_a_new_metric_attacks_again(tmp_path, monkeypatch
     x, y = digits("test")
     made = _counting_attacks(monkeypatch)
     first = evaluate(digits_cnn(), (x[:8], y[:8]), metrics=["AA_W"], attacks=PGD, out=tmp_path, progress=False)
-    more = evaluate(digits_cnn(), (x[:8], y[:8]), metrics=["AA_W", "ALD_2"], attacks=PGD, out=tmp_path,
+    more = evaluate(digits_cnn(), (x[:8], y[:8]), metrics=["AA_W", "RGB"], attacks=PGD, out=tmp_path,
                     progress=False, resume=True)
     assert made == ["pgd", "pgd"] and (more.run["units_reused"], more.run["units_computed"]) == (1, 1)
     assert more.metrics["AA_W"].value == first.metrics["AA_W"].value
@@ -359,8 +376,8 @@ def test_a_failing_attack_fails_only_the_metrics_that_need_it():
     x, y = x[:8], y[:8]
     with pytest.warns(RuntimeWarning, match="AA_W, ALD_inf failed"):
         report = evaluate(_NoGradients(), (x, y), metrics=["CA", "AA_W", "ALD_inf", "NC"], attacks=PGD, progress=False)
-    for name in ("AA_W", "ALD_inf"):
-        assert report.failed[name] == "attack pgd on the model failed: RuntimeError: no gradients here"
+    for name, attack in (("AA_W", "pgd"), ("ALD_inf", "deepfool")):
+        assert report.failed[name] == f"attack {attack} on the model failed: RuntimeError: no gradients here"
     with torch.no_grad():
         assert report.metrics["CA"].value == pytest.approx(metrics.accuracy(digits_cnn()(x), y))
     assert 0 < report.metrics["NC"].value <= 1 and "adversarial examples" not in report.figures
@@ -534,7 +551,7 @@ def test_real_cifar_models_small_run(tmp_path, capsys):
     if not (folder / "resnet20_cifar.pt").is_file():
         pytest.skip(f"AISafety CIFAR-10 files not found in {folder}")
     x, y = aisafety_cifar10()
-    outs = []
+    outs, ald_inf = [], []
     for weights in ("resnet20_cifar.pt", "CIFAR10_PAT_enhanced.pt"):
         out = tmp_path / weights
         assert main(["evaluate", "--model", "resnet20", "--weights", str(folder / weights), "-n", "8",
@@ -543,11 +560,16 @@ def test_real_cifar_models_small_run(tmp_path, capsys):
             ca = metrics.accuracy(resnet20_cifar(folder / weights)(x[:8]), y[:8])
         values = _values(out)
         assert values["CA"] == pytest.approx(ca)
-        assert values["AA_W"] <= values["CA"] and values["ALD_inf"] <= 8 / 255 + 1e-6
+        assert values["AA_W"] <= values["CA"]
         outs.append(str(out))
+        ald_inf.append(values["ALD_inf"])
+    # DeepFool's distance, not PGD's budget 8/255: larger for the adversarially trained model
+    # (bench/RESULTS.md, 100 images: 0.0135 natural, 0.0711 PAT)
+    assert ald_inf[1] > 2 * ald_inf[0] and abs(ald_inf[0] - 8 / 255) > 0.01
     capsys.readouterr()
     assert main(["compare", *outs]) == 0
-    assert "AA_W" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "AA_W" in text and "over the common set" in text
 
 
 def test_landscape_table_adds_its_plots(tmp_path):

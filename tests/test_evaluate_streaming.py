@@ -52,18 +52,21 @@ def _direct(model, defended, other, x, y, profile) -> dict:
     pgd = attacks.get_attack("pgd", **PGD, clip_values=CLIP, seed=SEED)(model, x, y)
     fgsm = attacks.get_attack("fgsm", **FGSM, clip_values=CLIP)(model, x, y)
     transferred = attacks.get_attack("pgd", **PGD, clip_values=CLIP, seed=SEED)(other, x, y)
+    x_min = attacks.deepfool(model, x, clip_values=CLIP, progress=False)  # the means over S: the minimal attack
     with torch.no_grad():
-        adv, adv_f, adv_t = model(pgd), model(fgsm), model(transferred)
+        adv, adv_f, adv_t, adv_min = model(pgd), model(fgsm), model(transferred), model(x_min)
         blurred = model(metrics.gaussian_blur_8bit(pgd, 0.5, CLIP))
         jpeg = model(metrics.jpeg_8bit(pgd, 90, CLIP))
         logits_d, logits_b = defended(x), other(x)
-    s = metrics.success_mask(logits, adv, y)
+    s, m = metrics.success_mask(logits, adv, y), metrics.success_mask(logits, adv_min, y)
     out = {"CA": metrics.accuracy(logits, y), "AA_B": metrics.accuracy(adv_t, y),
            "AA_W": float(((adv.argmax(1) == y) & (adv_f.argmax(1) == y)).double().mean()),
-           "ALD_0": metrics.ald(x, pgd, s, 0, clip_values=CLIP), "ALD_2": metrics.ald(x, pgd, s, 2, clip_values=CLIP),
-           "ALD_inf": metrics.ald(x, pgd, s, "inf", clip_values=CLIP), "ASS": metrics.ass(x, pgd, s, data_range=1.0),
-           "PSD": metrics.psd(x, pgd, s, data_range=1.0), "ACAC": metrics.acac(adv, s),
-           "ACTC": metrics.actc(adv, y, s), "NTE": metrics.nte(adv, s), "RGB": metrics.rgb(blurred, y, s),
+           "ALD_0": metrics.ald(x, x_min, m, 0, clip_values=CLIP),
+           "ALD_2": metrics.ald(x, x_min, m, 2, clip_values=CLIP),
+           "ALD_inf": metrics.ald(x, x_min, m, "inf", clip_values=CLIP),
+           "ASS": metrics.ass(x, x_min, m, data_range=1.0), "PSD": metrics.psd(x, x_min, m, data_range=1.0),
+           "ACAC": metrics.acac(adv_min, m), "ACTC": metrics.actc(adv_min, y, m), "NTE": metrics.nte(adv_min, m),
+           "RGB": metrics.rgb(blurred, y, s),
            "RIC": metrics.ric(jpeg, y, s), **defense_utility(logits, logits_d, y)}
     kw = dict(batch_size=N, seed=SEED, clip_values=CLIP, progress=False)
     errors = corruption_errors(model, x, y, **CONFIG["corruption"], **kw)
@@ -118,9 +121,11 @@ def test_every_metric_equals_its_function_on_the_same_inputs(tmp_path):
 
 
 def test_batch_splits_agree_when_nothing_random_depends_on_them(tmp_path):
-    """FGSM examples and the deterministic metrics do not depend on how the inputs are
-    batched: 3 batches of 8 give the one batch's values (up to the last bits of BLAS,
-    which depend on the batch shape on some processors: rel 1e-6). eps-ENI's set-wide sum
+    """FGSM and DeepFool examples and the deterministic metrics do not depend on how the
+    inputs are batched: 3 batches of 8 give the one batch's values (up to the last bits of
+    BLAS, which depend on the batch shape on some processors: rel 1e-6; NTE rel 1e-5: on
+    DeepFool's examples, just past the boundary, it is a difference of two nearly equal
+    probabilities, which magnifies those last bits - measured 1.2e-6). eps-ENI's set-wide sum
     and largest distance come from per-input terms kept in input order, so they too."""
     x, y = digits("test")
     x, y = x[:N], y[:N]
@@ -130,7 +135,8 @@ def test_batch_splits_agree_when_nothing_random_depends_on_them(tmp_path):
     runs = [evaluate(digits_cnn(), (x, y), metrics=names, attacks={"fgsm": FGSM}, profile=profile, batch_size=b,
                      progress=False) for b in (N, 8)]
     for name in names:
-        assert runs[1].metrics[name].value == pytest.approx(runs[0].metrics[name].value, rel=1e-6), name
+        rel = 1e-5 if name == "NTE" else 1e-6
+        assert runs[1].metrics[name].value == pytest.approx(runs[0].metrics[name].value, rel=rel), name
 
 
 @pytest.mark.parametrize("kind", ["tensors", "dataset", "loader"])

@@ -267,7 +267,7 @@ def test_clip_values_and_mean_std_reach_the_model_and_the_attacks(tmp_path):
     np.savez(tmp_path / "pm1.npz", x=(2 * x - 1).numpy(), y=y.numpy())
     out = tmp_path / "run"
     common = ["evaluate", "--model", "digits", "--data", str(tmp_path / "pm1.npz"), "--metrics", "CA,AA_W,ALD_inf",
-              "--out", str(out), "--no-progress"]
+              "--minimal-attack", "pgd", "--out", str(out), "--no-progress"]
     with pytest.raises(SystemExit):  # the data lies outside the default domain [0, 1]
         main(common)
     assert main([*common, "--clip-values=-1,1", "--mean=-1", "--std", "2"]) == 0

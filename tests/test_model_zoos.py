@@ -32,8 +32,9 @@ def test_torchvision_resnet50_through_the_command_line(tmp_path):
     np.savez(tmp_path / "data.npz", x=x.numpy(), y=y.numpy())
     (tmp_path / "cfg.toml").write_text("[pgd]\nsteps = 2\nstep_size = 0.004\neps = 0.008\n")
     status = main(["evaluate", "--model", "torchvision.models:resnet50", "--weights", str(tmp_path / "resnet50.pt"),
-                   "--data", str(tmp_path / "data.npz"), "--metrics", "CA,AA_W,ALD_inf", "--batch-size", "2",
-                   "--config", str(tmp_path / "cfg.toml"), "--out", str(tmp_path / "run"), "--no-progress"])
+                   "--data", str(tmp_path / "data.npz"), "--metrics", "CA,AA_W,ALD_inf", "--minimal-attack", "pgd",
+                   "--batch-size", "2", "--config", str(tmp_path / "cfg.toml"), "--out", str(tmp_path / "run"),
+                   "--no-progress"])
     assert status == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     values = {name: m["value"] for name, m in report["metrics"].items()}

@@ -10,9 +10,13 @@ __all__ = ["add_parser", "run"]
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("compare", help="side-by-side table of several reports",
                               description="Print every metric the reports share, side by side, the better value "
-                              "of each row marked with *; --html writes the same table with bar charts.")
+                              "of each row marked with *, then the means over the successful examples S again over "
+                              "the inputs every model got right and every model's attack fooled; --html writes the "
+                              "same tables with bar charts.")
     p.add_argument("reports", nargs="+", help="report folders or report.json files")
     p.add_argument("--html", default=None, help="also write a comparison page here")
+    p.add_argument("--no-common", action="store_true", help="leave out the means over S on the inputs every model "
+                   "got right and every model's attack fooled (needed for reports of different inputs)")
     p.set_defaults(run=run)
 
 
@@ -24,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("compare needs at least two reports")
     reports = [Report.load(path) for path in args.reports]
     names = [str(path).rstrip("/").removesuffix("/report.json") for path in args.reports]
-    print(compare(reports, names))
+    print(compare(reports, names, common=not args.no_common))
     if args.html:
-        Path(args.html).write_text(compare_html(reports, names))
+        Path(args.html).write_text(compare_html(reports, names, common=not args.no_common))
         print(f"wrote {args.html}")
     return 0

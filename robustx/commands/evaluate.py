@@ -68,6 +68,9 @@ def _add_run_options(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--metrics", default="all", help="comma-separated metric names (robustx metrics), or all")
     p.add_argument("--attacks", default=None, help="comma-separated attacks: fgsm, pgd, deepfool, cw, autoattack "
                    "(the field's reference, pip install pyautoattack; default: pgd)")
+    p.add_argument("--minimal-attack", default="deepfool", help="the minimal-perturbation attack whose successful "
+                   "examples ALD, ASS, PSD, ACAC, ACTC and NTE average over: deepfool (default), cw, or one of "
+                   "--attacks; its settings: the --config table of its name")
     p.add_argument("--config", default=None, help="TOML file: one table per metric or attack, e.g. [clever]")
     p.add_argument("--preset", choices=("quick", "paper"), default=None, help="budgets of the tables --config "
                    "leaves unset: quick (CPU budgets) or paper (each metric at its paper's settings; README: Presets); "
@@ -112,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size = distributed.gather_in_order({0: auto_batch_size(model, first, device)} if rank == 0 else {})[0]
     with failures_summarised():
         report = evaluate(model, inputs, metrics=args.metrics, attacks=args.attacks, config=_read_config(args.config),
-                          preset=args.preset, profile=profile, out=args.out, resume=args.resume, seed=args.seed,
+                          preset=args.preset, minimal_attack=args.minimal_attack, profile=profile, out=args.out, resume=args.resume, seed=args.seed,
                           device=device,
                           batch_size=batch_size, clip_values=clip, progress=not args.no_progress and rank == 0,
                           name=args.model, channels_last=args.channels_last, autocast=args.autocast,

@@ -14,9 +14,10 @@ arguments the table holds, and three functions (compare torchmetrics' ``Metric``
 
 ``batch`` (see :class:`robustx.pipeline.run.Batch`) gives the batch's inputs ``x``,
 labels ``y``, ``seed`` (the run's seed plus the batch's first input index), the shared
-``logits(role, x)`` and ``adversarial(attack, on)`` of the batch, ``n_inputs`` (of the whole set) (made once per batch for
-every metric), ``memo(key, fn)`` for other shared work, and the run's ``net(role)``,
-``attacks``, ``primary``, ``clip_values``, ``batch_size`` and ``device``.
+``logits(role, x)`` and ``adversarial(attack, on)`` of the batch (made once per batch for
+every metric), ``n_inputs`` (of the whole set), ``memo(key, fn)`` for other shared work,
+and the run's ``net(role)``, ``attacks``, ``primary`` (the first attack), ``minimal`` (the
+minimal-perturbation attack's name), ``clip_values``, ``batch_size`` and ``device``.
 
 The metric's registry entry (:mod:`robustx.metrics.registry`) names its family; adding a
 metric to an existing family is one registry entry and one line of the family's table.
@@ -31,12 +32,13 @@ from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tupl
 import torch
 
 from robustx.clever import CLEVER_DEFAULTS
+from robustx.metrics import registry
 from robustx.metrics.accuracy import success_mask
-from robustx.metrics.behaviour import acac, actc, nte, rgb, ric
-from robustx.metrics.imperceptibility import ald, ass, psd
+from robustx.metrics.behaviour import acac_per_sample, actc_per_sample, nte_per_sample, still_adversarial
+from robustx.metrics.imperceptibility import ald_per_sample, psd_per_sample, ssim
 from robustx.metrics.transforms import gaussian_blur_8bit, jpeg_8bit
 
-__all__ = ["Family", "FAMILIES", "concatenate", "add", "union", "weighted_mean", "clever_rows"]
+__all__ = ["Family", "FAMILIES", "concatenate", "add", "union", "weighted_mean", "clever_rows", "examples_attack"]
 
 State = Dict[str, torch.Tensor]
 Result = Tuple[Optional[float], Optional[List[float]], Dict[str, Any]]
@@ -121,38 +123,51 @@ def _accuracy_compute(state, settings, name: str) -> Result:
 
 
 # ------------------------------------------------------------------ means over the successful examples
-def _success(batch) -> torch.Tensor:
-    adv = batch.logits("model", batch.adversarial(batch.primary))
-    return success_mask(batch.logits("model"), adv, batch.y)
+def examples_attack(batch, name: str) -> str:
+    """The attack whose examples metric ``name`` averages over: the run's minimal-perturbation
+    attack for the metrics that need "minimal adversarial examples" (ALD...PSD, ACAC, ACTC,
+    NTE), else the run's primary attack (RGB, RIC)."""
+    return batch.minimal if "minimal adversarial examples" in registry.get(name).needs else batch.primary
 
 
-def _adversarial_value(batch, name: str) -> float:
-    x, x_adv, success, clip = batch.x, batch.adversarial(batch.primary), _success(batch), batch.clip_values
-    adv = batch.logits("model", x_adv)
+def _per_sample(batch, name: str, x_adv: torch.Tensor, adv: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The per-example term of metric ``name`` on the examples of S (mask ``s``)."""
+    x, clip = batch.x, batch.clip_values
     if name.startswith("ALD_"):
-        return ald(x, x_adv, success, name[4:], clip_values=clip)
+        return ald_per_sample(x[s], x_adv[s], name[4:], clip_values=clip)
     if name == "ASS":
-        return ass(x, x_adv, success, data_range=clip[1] - clip[0])
+        return ssim(x[s], x_adv[s], data_range=clip[1] - clip[0])
     if name == "PSD":
-        return psd(x, x_adv, success, data_range=clip[1] - clip[0])
+        return psd_per_sample(x[s], x_adv[s], data_range=clip[1] - clip[0])
     if name == "ACAC":
-        return acac(adv, success)
+        return acac_per_sample(adv[s])
     if name == "ACTC":
-        return actc(adv, batch.y, success)
+        return actc_per_sample(adv[s], batch.y[s])
     if name == "NTE":
-        return nte(adv, success)
+        return nte_per_sample(adv[s])
     transform = (lambda t: gaussian_blur_8bit(t, 0.5, clip)) if name == "RGB" else (
         lambda t: jpeg_8bit(t, 90, clip))
-    logits = batch.logits("model", transform(x_adv))
-    return (rgb if name == "RGB" else ric)(logits, batch.y, success)
+    return still_adversarial(batch.logits("model", transform(x_adv))[s], batch.y[s]).double()
 
 
 def _adversarial_update(batch, settings, name: str) -> State:
-    success = _success(batch)
-    with warnings.catch_warnings():  # a batch without successful examples has no weight
-        warnings.simplefilter("ignore", RuntimeWarning)
-        value = _adversarial_value(batch, name) if bool(success.any()) else math.nan
-    return weighted_mean(value, int(success.sum()))
+    """Per input: the metric's term where the input is in S (correct when clean, fooled by
+    the metric's attack), NaN elsewhere."""
+    x_adv = batch.adversarial(examples_attack(batch, name))
+    adv = batch.logits("model", x_adv)
+    s = success_mask(batch.logits("model"), adv, batch.y)
+    values = torch.full((batch.x.shape[0],), math.nan, dtype=torch.float64)
+    if bool(s.any()):
+        values[s] = _per_sample(batch, name, x_adv, adv, s).double().cpu()
+    return {"values": values}
+
+
+def _over_s_compute(state, settings, name: str) -> Result:
+    """Mean over S of the per-input terms (NaN outside S); details: |S| ("successful")."""
+    values = state["values"]
+    inside = ~values.isnan()
+    value = float(values[inside].mean()) if bool(inside.any()) else math.nan
+    return value, values.tolist(), {"successful": int(inside.sum())}
 
 
 def _mean_compute(what: str):
@@ -372,7 +387,7 @@ def _coverage_compute(state, settings, name: str) -> Result:
 
 FAMILIES: Dict[str, Family] = {f.name: f for f in (
     Family("accuracy", _accuracy_update, _accuracy_compute),
-    Family("adversarial means", _adversarial_update, _mean_compute("successful"), add),
+    Family("adversarial means", _adversarial_update, _over_s_compute),
     Family("defense", _defense_update, _mean_compute("inputs"), add),
     Family("corruption", _corruption_update, _corruption_compute, add, table="corruption",
            target="robustx.metrics.corruption:corruption_errors"),

@@ -17,7 +17,7 @@ from robustx.geometry import parse_norm
 from robustx.metrics.arguments import empty, image_pair, mask
 from robustx.metrics.transforms import to_8bit
 
-__all__ = ["ald", "ssim", "ass", "psd", "SSIM_WINDOW", "SSIM_K1", "SSIM_K2"]
+__all__ = ["ald", "ald_per_sample", "ssim", "ass", "psd", "psd_per_sample", "SSIM_WINDOW", "SSIM_K1", "SSIM_K2"]
 
 #: scikit-image's SSIM defaults: uniform window side, K1, K2.
 SSIM_WINDOW = 7
@@ -35,6 +35,29 @@ def _successful(x, x_adv, success, clip_values=None, min_size: int = 1):
     return x[success], x_adv[success]
 
 
+def _order(norm, clip_values):
+    """(order, box): the order of ``norm`` (0.0 for ALD_0) and, for ALD_0 only, the checked
+    ``clip_values`` that define the 8-bit levels."""
+    l0 = not isinstance(norm, bool) and (norm == 0 or (isinstance(norm, str) and norm.strip() in ("0", "l0")))
+    return (0.0, clip_range(clip_values)) if l0 else (parse_norm(norm, "norm"), None)
+
+
+def _distortion(a: torch.Tensor, b: torch.Tensor, order: float, box) -> torch.Tensor:
+    """Per image (N,) float64: ||b - a||_order, or for order 0 the fraction of 8-bit levels changed."""
+    if order == 0.0:
+        return (to_8bit(a, box) != to_8bit(b, box)).flatten(1).double().mean(1)
+    return torch.linalg.vector_norm((b.double() - a.double()).flatten(1), ord=order, dim=1)
+
+
+def ald_per_sample(x: torch.Tensor, x_adv: torch.Tensor, norm, *, clip_values=(0.0, 1.0)) -> torch.Tensor:
+    """Per image (N,) float64, the term of :func:`ald`: ||x'_i - x_i||_p (p = ``norm``) in data
+    units, or for ``norm`` = 0 the fraction of elements whose 8-bit level changes (``clip_values``
+    as in :func:`ald`)."""
+    order, box = _order(norm, clip_values)
+    image_pair(x, x_adv, box)
+    return _distortion(x, x_adv, order, box)
+
+
 @renamed(p="norm")
 def ald(x: torch.Tensor, x_adv: torch.Tensor, success: torch.Tensor, norm, *, clip_values=(0.0, 1.0)) -> float:
     """Average Lp distortion over the successful examples S (higher = the attack needs more).
@@ -44,20 +67,13 @@ def ald(x: torch.Tensor, x_adv: torch.Tensor, success: torch.Tensor, norm, *, cl
     ALD_0 (``norm`` = 0) = (1/|S|) sum_{i in S} |{j : q(x'_i)_j != q(x_i)_j}| / d, the
     fraction of the d elements whose 8-bit level q(v) = round(255 (v - lo) / (hi - lo)) changes, with
     (lo, hi) = ``clip_values`` (both images must lie inside it). NaN with a RuntimeWarning
-    when S is empty.
+    when S is empty. Per image: :func:`ald_per_sample`.
     """
-    l0 = not isinstance(norm, bool) and (norm == 0 or (isinstance(norm, str) and norm.strip() in ("0", "l0")))
-    order = 0.0 if l0 else parse_norm(norm, "norm")
-    box = clip_range(clip_values) if l0 else None
+    order, box = _order(norm, clip_values)
     pair = _successful(x, x_adv, success, box)
     if pair is None:
         return math.nan
-    a, b = pair
-    if l0:
-        changed = to_8bit(a, box) != to_8bit(b, box)
-        return float(changed.flatten(1).double().mean(1).mean())
-    delta = (b.double() - a.double()).flatten(1)
-    return float(torch.linalg.vector_norm(delta, ord=order, dim=1).mean())
+    return float(_distortion(*pair, order, box).mean())
 
 
 def ssim(x: torch.Tensor, x_adv: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -98,6 +114,32 @@ def ass(x: torch.Tensor, x_adv: torch.Tensor, success: torch.Tensor, data_range:
     return float(ssim(*pair, data_range=data_range).mean())
 
 
+def _psd_terms(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
+    """Per image (N,) float64: sum_j |b_j - a_j| / max(std_j, tau), std_j over the 3x3
+    reflect-padded neighbourhood of a_j in its channel (see :func:`psd`)."""
+    total = []
+    for a_, b_ in zip(torch.split(a.double(), _CHUNK), torch.split(b.double(), _CHUNK)):
+        padded = F.pad(a_, (1, 1, 1, 1), mode="reflect")
+        moments = F.avg_pool2d(torch.cat((padded, padded * padded), 1), 3, stride=1)
+        mean, square = moments.chunk(2, 1)
+        std = (square - mean * mean).clamp_min(0.0).sqrt()
+        total.append(((b_ - a_).abs() / std.clamp_min(tau)).sum((1, 2, 3)))
+    return torch.cat(total) if total else a.new_zeros(0, dtype=torch.float64)
+
+
+def _tau(data_range, std_floor) -> float:
+    data_range = positive_float(data_range, "data_range")
+    return data_range / 255 if std_floor is None else positive_float(std_floor, "std_floor")
+
+
+def psd_per_sample(x: torch.Tensor, x_adv: torch.Tensor, data_range: float = 1.0, *,
+                   std_floor: Optional[float] = None) -> torch.Tensor:
+    """Per image (N,) float64, the term of :func:`psd`: sum_j |x'_ij - x_ij| Sen(x_ij)."""
+    tau = _tau(data_range, std_floor)
+    image_pair(x, x_adv, None, 2)
+    return _psd_terms(x, x_adv, tau)
+
+
 def psd(x: torch.Tensor, x_adv: torch.Tensor, success: torch.Tensor, data_range: float = 1.0, *,
         std_floor: Optional[float] = None) -> float:
     """Perturbation sensitivity distance over S (Luo et al., AAAI 2018; higher = the
@@ -112,18 +154,11 @@ def psd(x: torch.Tensor, x_adv: torch.Tensor, success: torch.Tensor, data_range:
     tau caps Sen at 1 / tau. By default tau = ``data_range`` / 255, one 8-bit level of the
     data's range hi - lo (as :func:`ass`), so PSD does not depend on the data's units: the
     same images in [0, 255] or in [0, 1] give the same PSD. Every neighbourhood with
-    std >= tau counts with the paper's 1 / std exactly. H and W must be >= 2.
+    std >= tau counts with the paper's 1 / std exactly. H and W must be >= 2. Per image:
+    :func:`psd_per_sample`.
     """
-    data_range = positive_float(data_range, "data_range")
-    tau = data_range / 255 if std_floor is None else positive_float(std_floor, "std_floor")
+    tau = _tau(data_range, std_floor)
     pair = _successful(x, x_adv, success, None, 2)
     if pair is None:
         return math.nan
-    total = []
-    for a, b in zip(torch.split(pair[0].double(), _CHUNK), torch.split(pair[1].double(), _CHUNK)):
-        padded = F.pad(a, (1, 1, 1, 1), mode="reflect")
-        moments = F.avg_pool2d(torch.cat((padded, padded * padded), 1), 3, stride=1)
-        mean, square = moments.chunk(2, 1)
-        std = (square - mean * mean).clamp_min(0.0).sqrt()
-        total.append(((b - a).abs() / std.clamp_min(tau)).sum((1, 2, 3)))
-    return float(torch.cat(total).mean())
+    return float(_psd_terms(*pair, tau).mean())

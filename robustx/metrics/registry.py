@@ -18,10 +18,12 @@ from robustx import checks
 __all__ = ["NEEDS", "MetricInfo", "available", "get", "direction"]
 
 #: What a run may have to provide besides the model and the clean inputs with labels:
-#: the model's outputs on the clean inputs, adversarial examples, a defended model to
-#: compare, a surrogate model (black box), corrupted inputs, a profile of the neurons'
-#: training ranges (coverage).
-NEEDS = frozenset({"clean outputs", "adversarial examples", "defended model", "surrogate", "corruptions", "profile"})
+#: the model's outputs on the clean inputs, adversarial examples (of the run's attacks),
+#: minimal adversarial examples (of the run's minimal-perturbation attack, e.g. DeepFool),
+#: a defended model to compare, a surrogate model (black box), corrupted inputs, a
+#: profile of the neurons' training ranges (coverage).
+NEEDS = frozenset({"clean outputs", "adversarial examples", "minimal adversarial examples", "defended model",
+                   "surrogate", "corruptions", "profile"})
 
 
 def direction(higher_is_better: Optional[bool]) -> str:
@@ -88,6 +90,7 @@ class MetricInfo:
 
 _CLEAN = frozenset({"clean outputs"})
 _ATTACKED = frozenset({"clean outputs", "adversarial examples"})
+_MINIMAL = frozenset({"clean outputs", "minimal adversarial examples"})
 _DEFENDED = frozenset({"clean outputs", "defended model"})
 _HERE = "robustx.metrics."
 
@@ -95,7 +98,7 @@ _HERE = "robustx.metrics."
 def _entries() -> Tuple[MetricInfo, ...]:
     m = MetricInfo
     means = "adversarial means"
-    ald = [m(f"ALD_{p}", "imperceptibility", True, _ATTACKED, _HERE + "imperceptibility:ald", (("norm", p),), means)
+    ald = [m(f"ALD_{p}", "imperceptibility", True, _MINIMAL, _HERE + "imperceptibility:ald", (("norm", p),), means)
            for p in (0, 2, "inf")]
     defense = [m(name, "defense", better, _DEFENDED, _HERE + "defense:defense_utility")
                for name, better in (("CAV", True), ("CRR", True), ("CSR", False), ("CCV", False), ("COS", False))]
@@ -108,11 +111,11 @@ def _entries() -> Tuple[MetricInfo, ...]:
         m("AA_W", "accuracy", True, frozenset({"adversarial examples"}), _HERE + "accuracy:accuracy"),
         m("AA_B", "accuracy", True, frozenset({"adversarial examples", "surrogate"}), _HERE + "accuracy:accuracy"),
         *ald,
-        m("ASS", "imperceptibility", False, _ATTACKED, _HERE + "imperceptibility:ass", definition=means),
-        m("PSD", "imperceptibility", True, _ATTACKED, _HERE + "imperceptibility:psd", definition=means),
-        m("ACAC", "behaviour", False, _ATTACKED, _HERE + "behaviour:acac", definition=means),
-        m("ACTC", "behaviour", True, _ATTACKED, _HERE + "behaviour:actc", definition=means),
-        m("NTE", "behaviour", False, _ATTACKED, _HERE + "behaviour:nte", definition=means),
+        m("ASS", "imperceptibility", False, _MINIMAL, _HERE + "imperceptibility:ass", definition=means),
+        m("PSD", "imperceptibility", True, _MINIMAL, _HERE + "imperceptibility:psd", definition=means),
+        m("ACAC", "behaviour", False, _MINIMAL, _HERE + "behaviour:acac", definition=means),
+        m("ACTC", "behaviour", True, _MINIMAL, _HERE + "behaviour:actc", definition=means),
+        m("NTE", "behaviour", False, _MINIMAL, _HERE + "behaviour:nte", definition=means),
         m("RGB", "behaviour", False, _ATTACKED, _HERE + "behaviour:rgb", definition=means),
         m("RIC", "behaviour", False, _ATTACKED, _HERE + "behaviour:ric", definition=means),
         *defense,

@@ -46,6 +46,7 @@ class Batch:
 
     attacks = property(lambda self: list(self.run.attacks))
     primary = property(lambda self: self.run.primary)
+    minimal = property(lambda self: self.run.minimal_name)
     clip_values = property(lambda self: self.run.clip_values)
     batch_size = property(lambda self: self.run.batch_size)
     device = property(lambda self: self.run.device)

@@ -35,9 +35,10 @@ from torch import nn
 from robustx import checks
 from robustx import metrics as suite
 from robustx.pipeline import distributed
-from robustx.pipeline.config import (DEFAULT_ATTACKS, attack_budget, attack_table, autocast_dtype, check_config,
-                                     check_outputs, check_settings, config_sections, jsonable, landscape_settings,
-                                     metric_names, table_budget, table_settings)
+from robustx.pipeline.config import (DEFAULT_ATTACKS, DEFAULT_MINIMAL_ATTACK, attack_budget, attack_table,
+                                     autocast_dtype, check_config, check_outputs, check_settings, config_sections,
+                                     jsonable, landscape_settings, metric_names, minimal_table, table_budget,
+                                     table_settings)
 from robustx.pipeline.presets import preset_name
 from robustx.plotting import histogram_png, image_grid_png, layer_bars_png
 from robustx.pipeline.report import MetricResult, Report
@@ -45,11 +46,12 @@ from robustx.pipeline.run import Run, family_of
 from robustx.pipeline.store import ResultStore, StoreError, json_digest, model_digest
 from robustx.pipeline.stream import InputStream
 
-__all__ = ["evaluate", "DEFAULT_ATTACKS", "config_sections"]
+__all__ = ["evaluate", "DEFAULT_ATTACKS", "DEFAULT_MINIMAL_ATTACK", "config_sections"]
 
 # need -> (the roles or attacks that provide it, why the metric is skipped without it)
 _PROVIDERS = {
     "adversarial examples": ("attack", "no attack given (attacks=)"),
+    "minimal adversarial examples": ("minimal", "no minimal-perturbation attack (minimal_attack=None)"),
     "defended model": ("defended", "no defended model given (defended=)"),
     "surrogate": ("surrogate", "no surrogate model given (surrogate=)"),
     "profile": ("profile", "no profile data given (profile=, e.g. training inputs)"),
@@ -65,6 +67,7 @@ def evaluate(
     *,
     metrics: Union[str, Sequence[str]] = "all",
     attacks=None,
+    minimal_attack=DEFAULT_MINIMAL_ATTACK,
     defended: Optional[nn.Module] = None,
     surrogate: Optional[nn.Module] = None,
     baseline: Optional[nn.Module] = None,
@@ -93,9 +96,16 @@ def evaluate(
     :func:`robustx.metrics.available`. ``attacks``: attack names ("pgd", "fgsm",
     "autoattack", ...), or a mapping name -> settings (:func:`robustx.attacks.get_attack`;
     default :data:`DEFAULT_ATTACKS`) or name -> a callable ``attack(model, x, y) -> x_adv``,
-    or a list of names and callables; the first is the one the metrics of adversarial
-    examples use; AA_W counts an input as robust only if every attack failed on it. A
-    callable is identified in the run (and on resume) by its qualified name.
+    or a list of names and callables; the first (primary) is the one RGB, RIC, NS and AA_B
+    use; AA_W counts an input as robust only if every attack failed on it. A callable is
+    identified in the run (and on resume) by its qualified name.
+    ``minimal_attack``: the minimal-perturbation attack whose successful examples S the
+    imperceptibility and behaviour means ALD_0/2/inf, ASS, PSD, ACAC, ACTC and NTE average
+    over (default "deepfool", :data:`DEFAULT_MINIMAL_ATTACK`; settings from the config's table
+    of its name); a name of ``attacks`` (those examples), another built-in name, a callable,
+    a mapping {name: settings}, or None (those metrics skipped). It is not one of the run's
+    attacks: AA_W, the "fooled_by" column, NS and the image grid never see it. Each of those
+    metrics reports its attack and |S| ("successful") and, per input, its term (NaN outside S).
     ``defended``: a defended version of the model (CAV, CRR, CSR, CCV, COS);
     ``surrogate``: a model to transfer the first attack's examples from (AA_B);
     ``baseline``: the reference model of mCE / rmCE (without one, unnormalised);
@@ -149,19 +159,21 @@ def evaluate(
     preset = preset_name(preset, dev)
     config = check_config(config)
     attacks_ = attack_table(attacks, config, preset)
+    minimal = minimal_table(minimal_attack, attacks_, config)
     settings = table_settings(config, preset)
     landscape = landscape_settings(config["landscape"], attacks_, clip) if "landscape" in config else None
     x1, y1 = stream.head(stream.batch_size)
     check_outputs(model, x1[:1], y1, dev)
     used = {family_of(m).table for m in names} | ({"landscape"} if landscape else set())
     tables = {t: v for t, v in {**settings, "landscape": landscape}.items() if t in used}
-    check_settings(model, x1[:1], y1[:1], tables, attacks_, clip, seed, stream.batch_size)
+    check_settings(model, x1[:1], y1[:1], tables, {**attacks_, **minimal}, clip, seed, stream.batch_size)
     profile = checks.images(profile, "profile") if profile is not None else None
     digests = _digests(models, stream, profile)
     rank, size = distributed.world()
     inference = {"channels_last": channels_last, "autocast": str(autocast)} if channels_last or autocast else {}
     rid = json_digest(jsonable({"digests": digests, "metrics": names, "settings": settings, "attacks": attacks_,
-                                "seed": seed, "batch_size": stream.batch_size, "clip_values": clip, **inference}))
+                                "minimal_attack": minimal, "seed": seed, "batch_size": stream.batch_size,
+                                "clip_values": clip, **inference}))
     distributed.agree(rid, "the run (model, data, metrics, settings)")
     if stream.n_batches is None and size > 1:
         raise ValueError("data: a DataLoader without a sized dataset cannot be split over processes")
@@ -173,7 +185,7 @@ def evaluate(
     store = _open_store(folder, digests, resume, _resume_hint)
     run = Run(models, stream, store, settings, attacks_, seed, clip, dev, digests, profile=profile,
               progress=progress and rank == 0, channels_last=channels_last, autocast=autocast,
-              save_adversarial=save_adversarial)
+              save_adversarial=save_adversarial, minimal=minimal)
     skipped = {m: reason for m in names if (reason := _skip_reason(run, m)) is not None}
     try:
         states = run.execute([m for m in names if m not in skipped])
@@ -184,9 +196,9 @@ def evaluate(
             store.close()
     results = {m: _result(run, m, states.get(m), skipped.get(m)) for m in names}
     report = Report(metrics=results, figures=_figures(run, results), inputs=run.per_input(), run=jsonable({
-        "id": rid, "preset": preset, "model": name, "inputs": stream.n,
-        "input_shape": list(stream.head(1)[0].shape[1:]), "seed": seed,
-        "batch_size": stream.batch_size, "attacks": attacks_, "seconds": time.perf_counter() - start,
+        "id": rid, "preset": preset, "model": name, "inputs": stream.n, "data": digests["data"],
+        "input_shape": list(stream.head(1)[0].shape[1:]), "seed": seed, "batch_size": stream.batch_size,
+        "attacks": attacks_, "minimal_attack": minimal, "seconds": time.perf_counter() - start,
         "torch": torch.__version__, "device": str(dev), "processes": size,
         "attack_seconds": {k: v for k, v in run.seconds.items() if k.startswith("attack ")},
         "inference": inference,
@@ -206,7 +218,7 @@ def _skip_reason(run: Run, name: str) -> Optional[str]:
     info = suite.get(name)
     for need in sorted(info.needs & set(_PROVIDERS)):
         provider, reason = _PROVIDERS[need]
-        missing = run.primary is None if provider == "attack" else (
+        missing = run.primary is None if provider == "attack" else not run.minimal if provider == "minimal" else (
             run.profile is None if provider == "profile" else provider not in run.models)
         if missing:
             return reason
@@ -219,8 +231,11 @@ def _budget(run: Run, name: str) -> Dict[str, Any]:
     units are keyed)."""
     family = family_of(name)
     budget = table_budget(family.table, run.settings[family.table]) if family.table else {}
-    if "adversarial examples" in suite.get(name).needs:
+    needs = suite.get(name).needs
+    if "adversarial examples" in needs:
         budget["attacks"] = {a: attack_budget(a, s) for a, s in run.attacks.items()}
+    if "minimal adversarial examples" in needs:
+        budget["minimal_attack"] = {a: attack_budget(a, s) for a, s in run.minimal.items()}
     return jsonable(budget)
 
 
@@ -240,7 +255,9 @@ def _result(run: Run, name: str, state, skipped: Optional[str]) -> MetricResult:
     except Exception as err:  # isolated like a failing update
         run.failed[name] = f"{type(err).__name__}: {err}"
         return MetricResult(value=None, failed=run.failed[name], seconds=run.seconds.get(name, 0.0), **base)
-    if info.needs & {"adversarial examples"}:
+    if "minimal adversarial examples" in info.needs:
+        detail = {"attack": run.minimal_name, **detail}
+    elif "adversarial examples" in info.needs:
         detail = {"attack": run.primary, **detail}
     return MetricResult(value=float(value), per_sample=per_sample, settings=jsonable({**table, **detail}),
                         seconds=run.seconds.get(name, 0.0), **base)

@@ -17,12 +17,12 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from robustx import jsonio
 from robustx.plotting import bars_png, fmt as _fmt
 
-__all__ = ["MetricResult", "Report", "compare", "compare_html", "per_input_csv"]
+__all__ = ["MetricResult", "Report", "compare", "compare_html", "common_set", "averaged_over", "per_input_csv"]
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -126,6 +126,15 @@ class Report:
         return cls(metrics=metrics, run=data.get("run", {}), inputs=data.get("inputs", {}))
 
 
+def averaged_over(m: MetricResult) -> str:
+    """What a mean over an attack's successful examples S averages over, "<attack>, |S| = n"
+    (empty for every other metric and for a skipped or failed one)."""
+    if m.value is None or "successful" not in m.settings:
+        return ""
+    attack = m.settings.get("attack")
+    return f"{attack}, |S| = {m.settings['successful']}" if attack else f"|S| = {m.settings['successful']}"
+
+
 def per_input_csv(report: Report) -> str:
     """``report.csv``: one row per input - index, the ``inputs`` columns (label, clean
     prediction, the attacks that fooled it), then every metric's per-sample value (empty
@@ -227,9 +236,10 @@ def _summary_table(metrics: Dict[str, MetricResult]) -> str:
         rows.append(
             f"<tr{cls}><td>{_esc(m.name)}</td><td class=\"num\">{_esc(_cell(m))}</td>"
             f"<td title=\"{_direction_title(m.higher_is_better)}\">{_arrow(m.higher_is_better)}</td>"
-            f"<td>{_esc(m.family or '')}</td><td class=\"num\">{m.seconds:.2f} s</td>"
-            f"<td>{_esc(_budget_text(m.budget))}</td><td>{_esc(note)}</td></tr>\n")
-    table = _table(["metric", "value", "better", "family", "time", "budget", "skipped or failed because"], rows)
+            f"<td>{_esc(m.family or '')}</td><td>{_esc(averaged_over(m))}</td>"
+            f"<td class=\"num\">{m.seconds:.2f} s</td><td>{_esc(_budget_text(m.budget))}</td><td>{_esc(note)}</td></tr>\n")
+    table = _table(["metric", "value", "better", "family", "averaged over", "time", "budget",
+                    "skipped or failed because"], rows)
     return f'<section id="metrics">\n<h2>Metrics</h2>\n{table}</section>\n'
 
 
@@ -299,33 +309,103 @@ def _rows(reports: Sequence[Report], shared: Sequence[str]):
         yield k, _arrow(hib), results, _best([m.value for m in results], hib)
 
 
-def compare(reports: List[Report], names: List[str]) -> str:
-    """A side-by-side text table of every metric the reports share; ``*`` marks the single
-    better value of each row (by its direction; ties, skipped and failed values get no mark)."""
-    shared = _shared(reports, names)
-    header = ["metric", "dir", *map(str, names)]
-    table = [header]
-    for k, arrow, results, best in _rows(reports, shared):
-        cells = [_cell(m, "skipped") + ("*" if i == best else "") for i, m in enumerate(results)]
-        table.append([k, arrow, *cells])
-    widths = [max(len(row[c]) for row in table) for c in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if c < 2 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths)))
+def _shown(m: MetricResult, star: bool) -> str:
+    """A compared value: the number (``*`` when best), "failed" or "skipped", and the |S| it
+    averages over where it is a mean over an attack's successful examples."""
+    count = f" (|S|={m.settings['successful']})" if averaged_over(m) else ""
+    return _cell(m, "skipped") + ("*" if star else "") + count
+
+
+def _over_s(reports: Sequence[Report], shared: Sequence[str]) -> List[str]:
+    """The shared metrics that every report gives as a mean over S with per-input terms."""
+    return [k for k in shared if all(averaged_over(r.metrics[k]) and r.metrics[k].per_sample is not None
+                                     for r in reports)]
+
+
+def _same_inputs(reports: Sequence[Report], names: Sequence[str]) -> None:
+    """ValueError unless every report was made on the same inputs (data digest and count)."""
+    seen = [(r.run.get("data"), r.run.get("inputs")) for r in reports]
+    for name, (digest, n) in zip(names, seen):
+        if digest is None or n is None:
+            raise ValueError(f"compare: report {name!r} does not record its inputs' digest and count, so the "
+                             "inputs every model got right cannot be matched; compare without the common set "
+                             "(common=False, --no-common)")
+    if len(set(seen)) > 1:
+        described = ", ".join(f"{name}: {n} inputs, data {digest[:12]}" for name, (digest, n) in zip(names, seen))
+        raise ValueError(f"compare: the reports were made on different inputs ({described}); the common set of "
+                         "inputs is defined only over the same inputs; compare without it (common=False, --no-common)")
+
+
+def common_set(reports: List[Report], names: List[str]) -> Dict[str, Tuple[int, List[float]]]:
+    """For every shared mean over an attack's successful examples S (ALD_p, ASS, PSD, ACAC,
+    ACTC, NTE over the minimal attack; RGB, RIC over the primary one): metric -> (|common|,
+    one value per report), each report's mean of its per-input terms over the common set,
+    the inputs every compared model got right and every model's attack fooled (the inputs
+    where every report has a term). NaN where that set is empty. ValueError when the
+    reports were made on different inputs (data digest or number of inputs)."""
+    over = _over_s(reports, _shared(reports, names))
+    if over:
+        _same_inputs(reports, names)
+    out = {}
+    for k in over:
+        columns = [r.metrics[k].per_sample for r in reports]
+        common = [i for i in range(len(columns[0])) if all(not math.isnan(c[i]) for c in columns)]
+        out[k] = (len(common), [sum(c[i] for i in common) / len(common) if common else math.nan for c in columns])
+    return out
+
+
+def _common_rows(reports: Sequence[Report], names: Sequence[str]):
+    """(metric, arrow, attacks, |common|, values, index of the best or None) per common-set metric."""
+    for k, (n, values) in common_set(list(reports), list(names)).items():
+        hib = reports[0].metrics[k].higher_is_better
+        attacks = "/".join(dict.fromkeys(str(r.metrics[k].settings.get("attack")) for r in reports))
+        yield k, _arrow(hib), attacks, n, values, _best(values, hib)
+
+
+_COMMON = ("over the common set: the inputs every compared model got right and every model's attack fooled "
+           "(the same inputs for every model)")
+
+
+def _text_table(table: List[List[str]], left: int) -> List[str]:
+    widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
+    lines = ["  ".join(cell.ljust(w) if c < left else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths)))
              for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def compare(reports: List[Report], names: List[str], common: bool = True) -> str:
+    """A side-by-side text table of every metric the reports share; ``*`` marks the single
+    better value of each row (by its direction; ties, skipped and failed values get no mark);
+    a mean over an attack's successful examples S shows its |S|. With ``common`` (default),
+    the means over S again over the common set (:func:`common_set`), with its size."""
+    shared = _shared(reports, names)
+    table = [["metric", "dir", *map(str, names)]]
+    for k, arrow, results, best in _rows(reports, shared):
+        table.append([k, arrow, *(_shown(m, i == best) for i, m in enumerate(results))])
+    lines = _text_table(table, 2)
     lines.append("* better value (↑ higher is better, ↓ lower is better; n/a: test adequacy, not ranked)")
     only = sorted({k for r in reports for k in r.metrics} - set(shared))
     if only:
         lines.append("not in every report: " + ", ".join(only))
+    rows = list(_common_rows(reports, names)) if common else []
+    if rows:
+        table = [["metric", "dir", "attack", "inputs", *map(str, names)]]
+        for k, arrow, attacks, n, values, best in rows:
+            shown = [_fmt(v) + ("*" if i == best else "") for i, v in enumerate(values)]
+            table.append([k, arrow, attacks, str(n), *shown])
+        lines += ["", _COMMON + ":", *_text_table(table, 3)]
     return "\n".join(lines) + "\n"
 
 
-def compare_html(reports: List[Report], names: List[str]) -> str:
-    """A self-contained HTML page: the comparison table (better value highlighted) and a
-    bar chart per shared metric."""
+def compare_html(reports: List[Report], names: List[str], common: bool = True) -> str:
+    """A self-contained HTML page: the comparison table (better value highlighted), with
+    ``common`` the means over S over the common set (:func:`common_set`), and a bar chart
+    per shared metric."""
     shared = _shared(reports, names)
     rows, charts = [], {}
     for k, arrow, results, best in _rows(reports, shared):
-        cells = "".join(f'<td class="num{" best" if i == best else ""}">{_esc(_cell(m, "skipped"))}</td>'
+        cells = "".join(f'<td class="num{" best" if i == best else ""}">{_esc(_shown(m, False))}</td>'
                         for i, m in enumerate(results))
         rows.append(f"<tr><td>{_esc(k)}</td><td>{arrow}</td>{cells}</tr>\n")
         kept = [(str(n), m.value) for n, m in zip(names, results) if m.value is not None]
@@ -334,4 +414,13 @@ def compare_html(reports: List[Report], names: List[str]) -> str:
             charts[title] = bars_png([n for n, _ in kept], [v for _, v in kept], title)
     table = _table(["metric", "better", *map(str, names)], rows)
     body = f'<section id="metrics">\n<h2>Metrics</h2>\n{table}</section>\n'
+    common_rows = []
+    for k, arrow, attacks, n, values, best in (_common_rows(reports, names) if common else []):
+        cells = "".join(f'<td class="num{" best" if i == best else ""}">{_esc(_fmt(v))}</td>'
+                        for i, v in enumerate(values))
+        common_rows.append(f"<tr><td>{_esc(k)}</td><td>{arrow}</td><td>{_esc(attacks)}</td>"
+                           f'<td class="num">{n}</td>{cells}</tr>\n')
+    if common_rows:
+        table = _table(["metric", "better", "attack", "inputs", *map(str, names)], common_rows)
+        body += f'<section id="common">\n<h2>Common set</h2>\n<p>{_esc(_COMMON)}.</p>\n{table}</section>\n'
     return _page("Robustness comparison", body + _figures(charts, "Per metric", caption=False))

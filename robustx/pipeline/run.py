@@ -46,7 +46,9 @@ class Run:
     """What every batch of one evaluation shares. ``models`` maps roles ("model",
     "defended", "surrogate", "baseline") to modules; ``digests`` their weights' digests
     (and "profile"); ``settings`` each config table's keyword arguments; ``attacks`` each
-    attack's settings, the first one primary."""
+    attack's settings, the first one primary; ``minimal`` the minimal-perturbation attack
+    ({name: settings}, or {}), whose examples only the metrics needing "minimal adversarial
+    examples" see."""
 
     models: Dict[str, nn.Module]
     stream: InputStream
@@ -62,6 +64,7 @@ class Run:
     channels_last: bool = False  # these two apply to the logits passes only (not attacks, not CLEVER)
     autocast: Optional[torch.dtype] = None
     save_adversarial: Optional[str] = None  # None, "float32" or "float16": attack examples kept in the store
+    minimal: Dict[str, Any] = field(default_factory=dict)
     reused: int = 0
     computed: int = 0
     seconds: Dict[str, float] = field(default_factory=dict)  # per metric and per attack, computing time
@@ -77,6 +80,14 @@ class Run:
         return next(iter(self.attacks), None)
 
     @property
+    def minimal_name(self) -> Optional[str]:
+        return next(iter(self.minimal), None)
+
+    def given(self, attack: str):
+        """The settings (or the callable) of ``attack``: one of the run's attacks or its minimal one."""
+        return self.attacks[attack] if attack in self.attacks else self.minimal[attack]
+
+    @property
     def batch_size(self) -> int:
         return self.stream.batch_size
 
@@ -84,8 +95,9 @@ class Run:
     def unit_key(self, name: str, batch_digest: str, start: int) -> str:
         """``metric/<name>/batch-<i>/<sha256>`` of what the metric's state of one batch depends on:
         the digests of the models (and profile) it uses, the batch's inputs and labels, its
-        config table, the attacks' settings when it uses adversarial examples, its seed, the
-        run's clip_values and batch_size (and the inference options for logits)."""
+        config table, the attacks' settings when it uses adversarial examples (the minimal
+        attack's when it uses those), its seed, the run's clip_values and batch_size (and the
+        inference options for logits)."""
         info = suite.get(name)
         family = FAMILIES[info.definition]
         key = {"metric": name, "roles": {r: self.digests[r] for r in _roles(info) if r in self.digests},
@@ -94,6 +106,8 @@ class Run:
                "attacks": self.attacks if "adversarial examples" in info.needs else None,
                "seed": self.seed + start, "clip_values": list(self.clip_values), "batch_size": self.batch_size,
                "inference": [self.channels_last, str(self.autocast)]}
+        if "minimal adversarial examples" in info.needs:
+            key["minimal"] = self.minimal
         return f"metric/{name}/batch-{start // self.batch_size:04d}/{json_digest(jsonable(key), name)}"
 
     def attack_keys(self, batch_digest: str, start: int, with_surrogate: bool) -> Dict[str, str]:
@@ -102,10 +116,11 @@ class Run:
         clip_values and the stored precision); else nothing."""
         if self.save_adversarial is None:
             return {}
-        roles = [("model", a) for a in self.attacks] + ([("surrogate", self.primary)] if with_surrogate else [])
+        roles = [("model", a) for a in {**self.attacks, **self.minimal}]
+        roles += [("surrogate", self.primary)] if with_surrogate else []
         keys = {}
         for role, attack in roles:
-            key = {"attack": attack, "settings": self.attacks[attack], "model": self.digests[role],
+            key = {"attack": attack, "settings": self.given(attack), "model": self.digests[role],
                    "data": batch_digest, "seed": self.seed + start, "clip_values": list(self.clip_values),
                    "precision": self.save_adversarial}
             keys[f"attack/{attack}@{role}"] = (f"attack/{attack}@{role}/batch-{start // self.batch_size:04d}/"
@@ -260,7 +275,7 @@ class Run:
     def attack(self, name: str, on: str, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
         """The examples of attack ``name`` against the ``on`` model for one batch (``seed``: the
         run's seed plus the batch's first index; a table's own seed replaces the run's)."""
-        given = self.attacks[name]
+        given = self.given(name)
         settings = {} if callable(given) else dict(given)
         seed += settings.pop("seed", self.seed) - self.seed
         attack = attack_lib.get_attack(given if callable(given) else name, attack_defaults(self.clip_values, seed),

@@ -20,43 +20,45 @@ import torch
 
 from robustx import checks
 from robustx.clever import CLEVER_DEFAULTS, CLEVER_RADII, UNRELIABLE, CleverResult, clever
-from robustx.commands.common import add_model_and_data, add_output, inputs, load_model_and_data, n_inputs
+from robustx.commands.common import (add_model_and_data, add_output, inputs, load_model_and_data,
+                                     model_and_data_arguments, n_inputs)
 
-__all__ = ["add_parser", "run", "run_clever_table"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run", "run_clever_table"]
 
 #: the table's columns: name -> norm
 NORMS = {"L2": "2", "Linf": "inf"}
 
 
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "clever",
-        help="CLEVER L2 and L-inf scores of a model (default: the built-in digits CNN)",
-        description="Untargeted CLEVER (L2 and L-inf) on the first test inputs of a model (default: the "
-        "built-in digits CNN): a console table, clever.json and clever_hist.png. The paper uses 500 batches "
-        "of 1024 samples.",
-    )
-    add_model_and_data(p)
+#: the one-line help of ``robustx --help`` and the description of ``robustx clever --help``
+HELP = "CLEVER L2 and L-inf scores of a model (default: the built-in digits CNN)"
+DESCRIPTION = ("Untargeted CLEVER (L2 and L-inf) on the first test inputs of a model (default: the "
+               "built-in digits CNN): a console table, clever.json and clever_hist.png. The paper uses"
+               " 500 batches of 1024 samples.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command's options."""
+    add_model_and_data(parser)
     d = CLEVER_DEFAULTS
-    p.add_argument("--n-images", type=int, default=d["n_images"], help="number of test inputs (default %(default)s)")
-    p.add_argument("--n-batches", type=int, default=d["n_batches"], help="N_b batches per image (default %(default)s)")
-    p.add_argument("--n-samples", type=int, default=d["n_samples"], help="N_s samples per batch (default %(default)s)")
-    p.add_argument("--radius-l2", type=float, default=CLEVER_RADII["2"], help="L2 sampling radius (default "
-                   "%(default)s)")
-    p.add_argument("--radius-linf", type=float, default=CLEVER_RADII["inf"], help="L-inf radius (default "
-                   "%(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default %(default)s)")
-    add_output(p, "out/clever", run)
+    parser.add_argument("--n-images", type=int, default=d["n_images"],
+                        help="number of test inputs (default %(default)s)")
+    parser.add_argument("--n-batches", type=int, default=d["n_batches"],
+                        help="N_b batches per image (default %(default)s)")
+    parser.add_argument("--n-samples", type=int, default=d["n_samples"],
+                        help="N_s samples per batch (default %(default)s)")
+    parser.add_argument("--radius-l2", type=float, default=CLEVER_RADII["2"],
+                        help="L2 sampling radius (default %(default)s)")
+    parser.add_argument("--radius-linf", type=float, default=CLEVER_RADII["inf"],
+                        help="L-inf radius (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default %(default)s)")
+    add_output(parser, "out/clever", run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print and save the table; 0."""
-    from robustx.pipeline.sources import model_args
-
-    run_clever_table(args.out, model=args.model, weights=args.weights, model_args=model_args(args.model_args),
-                     data=args.data, n_images=args.n_images, n_batches=args.n_batches, n_samples=args.n_samples,
-                     radius_l2=args.radius_l2, radius_linf=args.radius_linf, seed=args.seed,
-                     progress=not args.no_progress)
+    run_clever_table(args.out, **model_and_data_arguments(args), n_images=args.n_images,
+                     n_batches=args.n_batches, n_samples=args.n_samples, radius_l2=args.radius_l2,
+                     radius_linf=args.radius_linf, seed=args.seed, progress=not args.no_progress)
     return 0
 
 
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
 def run_clever_table(
     out="out/clever",
     *,
+    # the model and data, as robustx.commands.common.add_model_and_data names them
     model: str = "digits",
     weights=None,
     model_args=None,

@@ -9,8 +9,8 @@ from typing import Callable, Sequence, Tuple
 
 import torch
 
-__all__ = ["add_output", "add_model_and_data", "load_model_and_data", "n_inputs", "inputs", "file_stem", "floats",
-           "summary", "failures_summarised", "failures"]
+__all__ = ["add_output", "add_model_and_data", "model_and_data_arguments", "load_model_and_data", "n_inputs", "inputs",
+           "file_stem", "floats", "summary", "failures_summarised", "failures"]
 
 
 def add_output(parser: argparse.ArgumentParser, out: str, run: Callable[[argparse.Namespace], int]) -> None:
@@ -22,12 +22,22 @@ def add_output(parser: argparse.ArgumentParser, out: str, run: Callable[[argpars
 
 def add_model_and_data(parser: argparse.ArgumentParser) -> None:
     """--model, --model-args, --weights and --data, named as ``robustx evaluate`` names them."""
-    parser.add_argument("--model", default="digits", help="digits (also digits-seed1, digits-pgd), resnet20, "
-                        "module:factory or a TorchScript / .pt2 file, as robustx evaluate (default %(default)s)")
+    parser.add_argument("--model", default="digits",
+                        help="digits (also digits-seed1, digits-pgd), resnet20, module:factory or a TorchScript / .pt2"
+                             " file, as robustx evaluate (default %(default)s)")
     parser.add_argument("--model-args", default=None, help="keyword arguments of a module:factory, a JSON object")
     parser.add_argument("--weights", default=None, help="checkpoint for the model (default: its shipped weights)")
-    parser.add_argument("--data", default=None, help="digits, cifar100, an image folder or a .npz file (x, y) "
-                        "(default: a built-in model's own test set)")
+    parser.add_argument("--data", default=None,
+                        help="digits, cifar100, an image folder or a .npz file (x, y) (default: a built-in model's own"
+                             " test set)")
+
+
+def model_and_data_arguments(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`load_model_and_data` given by :func:`add_model_and_data`'s options."""
+    from robustx.pipeline.sources import model_args
+
+    return {"model": args.model, "weights": args.weights, "model_args": model_args(args.model_args),
+            "data": args.data}
 
 
 def load_model_and_data(model: str = "digits", weights=None, model_args=None, data=None):

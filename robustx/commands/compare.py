@@ -4,20 +4,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["add_parser", "run"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
 
 
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("compare", help="side-by-side table of several reports",
-                              description="Print every metric the reports share, side by side, the better value "
-                              "of each row marked with *, then the means over the successful examples S again over "
-                              "the inputs every model got right and every model's attack fooled; --html writes the "
-                              "same tables with bar charts.")
-    p.add_argument("reports", nargs="+", help="report folders or report.json files")
-    p.add_argument("--html", default=None, help="also write a comparison page here")
-    p.add_argument("--no-common", action="store_true", help="leave out the means over S on the inputs every model "
-                   "got right and every model's attack fooled (needed for reports of different inputs)")
-    p.set_defaults(run=run)
+#: the one-line help of ``robustx --help`` and the description of ``robustx compare --help``
+HELP = "side-by-side table of several reports"
+DESCRIPTION = ("Print every metric the reports share, side by side, the better value of each row "
+               "marked with *, then the means over the successful examples S again over the inputs "
+               "every model got right and every model's attack fooled; --html writes the same tables "
+               "with bar charts.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command's options."""
+    parser.add_argument("reports", nargs="+", help="report folders or report.json files")
+    parser.add_argument("--html", default=None, help="also write a comparison page here")
+    parser.add_argument("--no-common", action="store_true",
+                        help="leave out the means over S on the inputs every model got right and every model's attack "
+                             "fooled (needed for reports of different inputs)")
+    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

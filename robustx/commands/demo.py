@@ -5,7 +5,7 @@ import argparse
 
 from robustx.commands.common import add_output, failures, failures_summarised, summary
 
-__all__ = ["add_parser", "run", "DEMO_CONFIG"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run", "DEMO_CONFIG"]
 
 #: the demo's config tables besides the suite's defaults (CLEVER: robustx.clever.CLEVER_DEFAULTS)
 DEMO_CONFIG = {
@@ -15,18 +15,19 @@ DEMO_CONFIG = {
 }
 
 
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "demo",
-        help="the whole suite on the built-in digits CNN (a few minutes on a 2-core CPU)",
-        description="robustx evaluate on the built-in digits CNN and its test images, with settings sized "
-        "for a laptop CPU: every metric, PGD L-inf eps 0.1, the PGD-trained digits CNN as the defended model, "
-        "an independently trained one as the surrogate (AA_B) and the mCE baseline, coverage profiled on the "
-        "training split.",
-    )
-    p.add_argument("--n", type=int, default=128, help="test images (default %(default)s; a number larger than the "
-                   "test set: all of it)")
-    add_output(p, "out/demo", run)
+#: the one-line help of ``robustx --help`` and the description of ``robustx demo --help``
+HELP = "the whole suite on the built-in digits CNN (a few minutes on a 2-core CPU)"
+DESCRIPTION = ("robustx evaluate on the built-in digits CNN and its test images, with settings sized "
+               "for a laptop CPU: every metric, PGD L-inf eps 0.1, the PGD-trained digits CNN as the "
+               "defended model, an independently trained one as the surrogate (AA_B) and the mCE "
+               "baseline, coverage profiled on the training split.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command's options."""
+    parser.add_argument("--n", type=int, default=128,
+                        help="test images (default %(default)s; a number larger than the test set: all of it)")
+    add_output(parser, "out/demo", run)
 
 
 def run(args: argparse.Namespace) -> int:

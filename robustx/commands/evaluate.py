@@ -7,56 +7,72 @@ from typing import Optional
 
 from robustx.commands.common import add_output, failures, failures_summarised, floats, summary
 
-__all__ = ["add_parser", "run", "ROLES"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run", "ROLES"]
 
 
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "evaluate",
-        help="the whole evaluation suite on one model: report.json, report.html, store.sqlite",
-        description="Evaluate a model with every metric of the suite (or --metrics) and write DIR/report.json, "
-        "DIR/report.html and DIR/store.sqlite; --resume continues a killed run.",
-    )
-    _add_run_options(p, "out/evaluate")
-    p.add_argument("--model", required=True, help="digits (also digits-seed1, digits-pgd), resnet20, module:factory "
-                   "(e.g. torchvision.models:resnet50, timm:create_model; a module in the working directory works), "
-                   "or the path of a TorchScript file or a .pt2 exported program")
-    p.add_argument("--model-args", default=None, help="keyword arguments of a module:factory as a JSON object, "
-                   "e.g. '{\"model_name\": \"resnet18\", \"num_classes\": 10}'")
-    p.add_argument("--weights", default=None, help="checkpoint for the model: a state dict (also nested under "
-                   "state_dict / model / model_state_dict / ema, keys prefixed module. or _orig_mod.) or .safetensors "
-                   "(default: its shipped weights)")
+#: the one-line help of ``robustx --help`` and the description of ``robustx evaluate --help``
+HELP = "the whole evaluation suite on one model: report.json, report.html, store.sqlite"
+DESCRIPTION = ("Evaluate a model with every metric of the suite (or --metrics) and write "
+               "DIR/report.json, DIR/report.html and DIR/store.sqlite; --resume continues a killed "
+               "run.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command's options."""
+    _add_run_options(parser, "out/evaluate")
+    parser.add_argument("--model", required=True,
+                        help="digits (also digits-seed1, digits-pgd), resnet20, module:factory (e.g. "
+                             "torchvision.models:resnet50, timm:create_model; a module in the working directory "
+                             "works), or the path of a TorchScript file or a .pt2 exported program")
+    parser.add_argument("--model-args", default=None,
+                        help="keyword arguments of a module:factory as a JSON object, e.g. "
+                             "'{\"model_name\": \"resnet18\", \"num_classes\": 10}'")
+    parser.add_argument("--weights", default=None,
+                        help="checkpoint for the model: a state dict (also nested under state_dict / model / "
+                             "model_state_dict / ema, keys prefixed module. or _orig_mod.) or .safetensors (default: "
+                             "its shipped weights)")
     for role, metrics in ROLES.items():
-        p.add_argument(f"--{role}", default=None, help=f"the {role} model ({metrics}), given like --model")
-        p.add_argument(f"--{role}-weights", default=None, help=f"checkpoint for --{role}, as --weights")
-        p.add_argument(f"--{role}-args", default=None, help=f"keyword arguments of a --{role} factory, as --model-args")
-    p.add_argument("--normalize", choices=("imagenet",), default=None, help="wrap the models so they see inputs "
-                   "normalised with the ImageNet mean and std (the data itself stays in --clip-values)")
-    p.add_argument("--mean", type=floats, default=None, help="per-channel mean the models' inputs are normalised "
-                   "with, e.g. 0.4914,0.4822,0.4465 (with --std)")
-    p.add_argument("--std", type=floats, default=None, help="per-channel standard deviation (with --mean)")
-    p.add_argument("--clip-values", type=floats, default=(0.0, 1.0), metavar="LO,HI", help="the data domain: "
-                   "inputs lie in [LO, HI], attacks stay in it (default 0,1)")
-    p.add_argument("--data", default=None, help="digits, cifar100, an ImageNet-style folder (one subfolder per "
-                   "class, .jpg/.jpeg/.png) or a .npz (x, y) / .npy (x) file (default: a built-in model's own test set)")
-    p.add_argument("--labels", choices=("predicted",), default=None, help="predicted: a .npy file's labels are the "
-                   "model's own predictions (CA is then 1)")
-    p.add_argument("--profile", default=None, help="inputs whose neuron ranges KMNC / NBC / SNAC use (e.g. training "
-                   "data), given like --data (default: the digits training split for --data digits, else none)")
-    p.add_argument("-n", "--n", type=int, default=None, help="evaluate the first N inputs (a folder: N spread "
-                   "evenly over it; default: all; under torchrun write -n N: torchrun takes --n for its own options)")
-    p.add_argument("--workers", type=int, default=2, help="processes decoding a folder's images ahead of the batch "
-                   "being evaluated (default %(default)s)")
-    p.add_argument("--save-adversarial", choices=("float32", "float16"), default=None, help="keep every attack's "
-                   "examples in the store (4 or 2 bytes per input element) so a later --resume adding a metric "
-                   "reuses them; default: the store keeps only the metrics' small per-batch states")
-    p.add_argument("--resize", type=int, default=256, help="a folder's images: shorter side resized to this "
-                   "(default %(default)s)")
-    p.add_argument("--crop", type=int, default=224, help="a folder's images: center crop size (default %(default)s)")
-    p.add_argument("--channels-last", action="store_true", help="model and inputs in channels_last memory format "
-                   "for the forward passes that give logits (not attacks, not CLEVER's gradients)")
-    p.add_argument("--autocast", choices=("bf16", "fp16"), default=None, help="torch.autocast for the forward "
-                   "passes that give logits (not attacks, not CLEVER's gradients)")
+        parser.add_argument(f"--{role}", default=None, help=f"the {role} model ({metrics}), given like --model")
+        parser.add_argument(f"--{role}-weights", default=None, help=f"checkpoint for --{role}, as --weights")
+        parser.add_argument(f"--{role}-args", default=None,
+                            help=f"keyword arguments of a --{role} factory, as --model-args")
+    parser.add_argument("--normalize", choices=("imagenet",), default=None,
+                        help="wrap the models so they see inputs normalised with the ImageNet mean and std (the data "
+                             "itself stays in --clip-values)")
+    parser.add_argument("--mean", type=floats, default=None,
+                        help="per-channel mean the models' inputs are normalised with, e.g. 0.4914,0.4822,0.4465 (with"
+                             " --std)")
+    parser.add_argument("--std", type=floats, default=None, help="per-channel standard deviation (with --mean)")
+    parser.add_argument("--clip-values", type=floats, default=(0.0, 1.0), metavar="LO,HI",
+                        help="the data domain: inputs lie in [LO, HI], attacks stay in it (default 0,1)")
+    parser.add_argument("--data", default=None,
+                        help="digits, cifar100, an ImageNet-style folder (one subfolder per class, .jpg/.jpeg/.png) or"
+                             " a .npz (x, y) / .npy (x) file (default: a built-in model's own test set)")
+    parser.add_argument("--labels", choices=("predicted",), default=None,
+                        help="predicted: a .npy file's labels are the model's own predictions (CA is then 1)")
+    parser.add_argument("--profile", default=None,
+                        help="inputs whose neuron ranges KMNC / NBC / SNAC use (e.g. training data), given like --data"
+                             " (default: the digits training split for --data digits, else none)")
+    parser.add_argument("-n", "--n", type=int, default=None,
+                        help="evaluate the first N inputs (a folder: N spread evenly over it; default: all; under "
+                             "torchrun write -n N: torchrun takes --n for its own options)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="processes decoding a folder's images ahead of the batch being evaluated (default "
+                             "%(default)s)")
+    parser.add_argument("--save-adversarial", choices=("float32", "float16"), default=None,
+                        help="keep every attack's examples in the store (4 or 2 bytes per input element) so a later "
+                             "--resume adding a metric reuses them; default: the store keeps only the metrics' small "
+                             "per-batch states")
+    parser.add_argument("--resize", type=int, default=256,
+                        help="a folder's images: shorter side resized to this (default %(default)s)")
+    parser.add_argument("--crop", type=int, default=224,
+                        help="a folder's images: center crop size (default %(default)s)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="model and inputs in channels_last memory format for the forward passes that give logits "
+                             "(not attacks, not CLEVER's gradients)")
+    parser.add_argument("--autocast", choices=("bf16", "fp16"), default=None,
+                        help="torch.autocast for the forward passes that give logits (not attacks, not CLEVER's "
+                             "gradients)")
 
 
 #: the models besides --model a run can take, and the metrics each one enables
@@ -115,9 +131,9 @@ def run(args: argparse.Namespace) -> int:
         batch_size = distributed.gather_in_order({0: auto_batch_size(model, first, device)} if rank == 0 else {})[0]
     with failures_summarised():
         report = evaluate(model, inputs, metrics=args.metrics, attacks=args.attacks, config=_read_config(args.config),
-                          preset=args.preset, minimal_attack=args.minimal_attack, profile=profile, out=args.out, resume=args.resume, seed=args.seed,
-                          device=device,
-                          batch_size=batch_size, clip_values=clip, progress=not args.no_progress and rank == 0,
+                          preset=args.preset, minimal_attack=args.minimal_attack, profile=profile, out=args.out,
+                          resume=args.resume, seed=args.seed, device=device, batch_size=batch_size, clip_values=clip,
+                          progress=not args.no_progress and rank == 0,
                           name=args.model, channels_last=args.channels_last, autocast=args.autocast,
                           workers=args.workers, save_adversarial=args.save_adversarial, _resume_hint="--resume",
                           **others)

@@ -7,41 +7,41 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from robustx import checks
-from robustx.commands.common import add_model_and_data, add_output, file_stem, inputs, load_model_and_data, n_inputs
+from robustx.commands.common import (add_model_and_data, add_output, file_stem, inputs, load_model_and_data,
+                                     model_and_data_arguments, n_inputs)
 
-__all__ = ["add_parser", "run", "run_landscape", "DIGITS_SPAN", "SPAN"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run", "run_landscape", "DIGITS_SPAN", "SPAN"]
 
 #: default grid half-width on the 8x8 digits and on any other data in [0, 1] (2 x the usual 8/255)
 DIGITS_SPAN, SPAN = 0.5, 16 / 255
 
 
-def add_parser(subparsers) -> None:
+#: the one-line help of ``robustx --help`` and the description of ``robustx landscape --help``
+HELP = "plot input-space loss landscapes / decision surfaces"
+DESCRIPTION = ("Write contour, 3-D surface and 1-D slice PNGs of the loss or decision surface around "
+               "chosen test inputs (Yu et al., IJCAI 2019). Default model: the built-in digits CNN.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command's options."""
     from robustx.landscape import SURFACES
 
-    p = subparsers.add_parser(
-        "landscape",
-        help="plot input-space loss landscapes / decision surfaces",
-        description="Write contour, 3-D surface and 1-D slice PNGs of the loss or decision surface "
-        "around chosen test inputs (Yu et al., IJCAI 2019). Default model: the built-in digits CNN.",
-    )
-    add_model_and_data(p)
-    p.add_argument("--images", type=int, nargs="+", default=[0], help="test-set indices (default: 0)")
-    p.add_argument("--span", type=float, default=None,
+    add_model_and_data(parser)
+    parser.add_argument("--images", type=int, nargs="+", default=[0], help="test-set indices (default: 0)")
+    parser.add_argument("--span", type=float, default=None,
                    help=f"grid half-width (default: {DIGITS_SPAN} on digits, else 16/255)")
-    p.add_argument("--steps", type=int, default=41, help="grid points per axis (default: %(default)s)")
-    p.add_argument("--surface", choices=SURFACES, default="loss", help="default: %(default)s")
-    p.add_argument("--norm", choices=("inf", "2"), default="inf", help="default: %(default)s")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random direction (default: %(default)s)")
-    add_output(p, "landscapes", run)
+    parser.add_argument("--steps", type=int, default=41, help="grid points per axis (default: %(default)s)")
+    parser.add_argument("--surface", choices=SURFACES, default="loss", help="default: %(default)s")
+    parser.add_argument("--norm", choices=("inf", "2"), default="inf", help="default: %(default)s")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random direction (default: %(default)s)")
+    add_output(parser, "landscapes", run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Write the PNGs and print their paths; 0."""
-    from robustx.pipeline.sources import model_args
-
-    paths = run_landscape(args.out, model=args.model, weights=args.weights, model_args=model_args(args.model_args),
-                          data=args.data, images=args.images, span=args.span, steps=args.steps,
-                          surface=args.surface, norm=args.norm, seed=args.seed, progress=not args.no_progress)
+    paths = run_landscape(args.out, **model_and_data_arguments(args), images=args.images, span=args.span,
+                          steps=args.steps, surface=args.surface, norm=args.norm, seed=args.seed,
+                          progress=not args.no_progress)
     print("\n".join(str(path) for path in paths))
     return 0
 
@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
 def run_landscape(
     out="landscapes",
     *,
+    # the model and data, as robustx.commands.common.add_model_and_data names them
     model: str = "digits",
     weights=None,
     model_args=None,

@@ -1,7 +1,7 @@
 """The ``robustx`` parser and entry point: one subcommand per module of :mod:`robustx.commands`.
 
-Add a command by writing ``robustx/commands/<name>.py`` with ``add_parser(subparsers)`` (its
-arguments; a command that writes files ends with
+Add a command by writing ``robustx/commands/<name>.py`` with ``HELP`` and ``DESCRIPTION``,
+``add_arguments(parser)`` (a command that writes files ends with
 :func:`robustx.commands.common.add_output`, else ``set_defaults(run=run)``) and ``run(args)``,
 which calls the library with plain arguments and returns an exit status, and listing the
 module in :data:`COMMANDS`.
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
-        command.add_parser(subparsers)
+        name = command.__name__.rsplit(".", 1)[1]
+        command.add_arguments(subparsers.add_parser(name, help=command.HELP, description=command.DESCRIPTION))
     return parser
 
 

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_parser", "run"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
 
 
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("metrics", help="list every metric: family, direction, needs",
-                              description="Every metric of the suite with its family, direction and what it needs.")
-    p.set_defaults(run=run)
+#: the one-line help of ``robustx --help`` and the description of ``robustx metrics --help``
+HELP = "list every metric: family, direction, needs"
+DESCRIPTION = "Every metric of the suite with its family, direction and what it needs."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command's options."""
+    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

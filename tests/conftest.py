@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from robustx import ops
+from toy_images import write_folder
 
 AISAFETY_DIR = Path(os.environ.get("ROBUSTX_AISAFETY_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "aisafety-cifar10"))
 
@@ -50,3 +51,9 @@ def backend(request):
     else:
         with ops.reference_ops():
             yield request.param
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """An ImageNet-style folder of 6 pictures in 3 classes (toy_images.FILES) under tmp_path."""
+    return write_folder(tmp_path / "images")

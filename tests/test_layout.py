@@ -1,12 +1,21 @@
 """The package's layers: only the commands (and the loader they share,
 robustx/pipeline/sources.py) load named models and data; every figure is a Figure object
-(no pyplot, no global backend switch)."""
+(no pyplot, no global backend switch). The tests mirror the source: tests/<pkg>/test_<module>.py
+tests robustx/<pkg>/<module>.py."""
 import ast
 import subprocess
 import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "robustx"
+TESTS = Path(__file__).resolve().parent
+#: test modules of no single source module: the public API, the build, this file
+CROSS_CUTTING = {"test_api.py", "test_build.py", "test_layout.py"}
+#: test folders of no single source folder: the CUDA kernels, run only where a GPU is
+CROSS_CUTTING_FOLDERS = {"gpu"}
+#: tests of compiled sources, not of a Python module: the sources each mirrors
+COMPILED = {"ops/test_checks.py": "csrc/include/robustx/*_checks.h",
+            "ops/test_kernel_sim.py": "tests/ops/kernel_sim/kernel_sim.cpp"}
 #: the modules allowed to import robustx.data / robustx.models: the loaders and the commands
 LOADERS = {"data.py", "models.py", "pipeline/sources.py"}
 
@@ -46,14 +55,19 @@ def test_no_module_uses_pyplot():
 
 
 PROBE = """
+import io
 import sys
+import PIL.Image
 import torch
 import robustx.clever, robustx.landscape
 from robustx.landscape import input_landscape
 from robustx.plotting import histogram_png
 net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
 land = input_landscape(net, torch.rand(1, 1, 2, 2), span=0.1, steps=3, progress=False)
-assert land.plot("contour")[:4] == land.plot_slices()[:4] == histogram_png([1.0], "t", "x")[:4] == b"\\x89PNG"
+for png in (land.plot("contour"), land.plot_slices(), histogram_png([1.0], "t", "x")):
+    with PIL.Image.open(io.BytesIO(png)) as image:  # decoded: a PNG with something drawn on it
+        low, high = image.convert("L").getextrema()
+        assert image.format == "PNG" and min(image.size) >= 100 and low < high, (image.size, low, high)
 print(sorted(m for m in ("robustx.data", "robustx.models", "matplotlib.pyplot") if m in sys.modules))
 """
 
@@ -64,3 +78,37 @@ def test_landscape_and_clever_load_neither_data_nor_models_nor_pyplot():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def _mirrored_source(test: Path):
+    """The source file test_<module>[_<suffix>].py tests: robustx/<pkg>/<module>.py (bench/ for
+    tests/bench, whose scripts may be shell), the longest <module> that exists; None if none."""
+    folder = test.parent.relative_to(TESTS)
+    root = PACKAGE.parent / "bench" if folder.parts[:1] == ("bench",) else PACKAGE / folder
+    words = test.stem.split("_")[1:]
+    for end in range(len(words), 0, -1):
+        for suffix in (".py", ".sh"):
+            source = root / ("_".join(words[:end]) + suffix)
+            if source.is_file():
+                return source
+    return None
+
+
+def test_every_test_module_mirrors_a_source_module():
+    tests = [path for path in sorted(TESTS.rglob("test_*.py"))
+             if path.relative_to(TESTS).parts[0] not in CROSS_CUTTING_FOLDERS
+             and path.relative_to(TESTS).as_posix() not in CROSS_CUTTING]
+    compiled = {name: sorted(PACKAGE.parent.glob(pattern)) for name, pattern in COMPILED.items()}
+    assert all(compiled.values()), compiled
+    unmirrored = [path.relative_to(TESTS).as_posix() for path in tests
+                  if path.relative_to(TESTS).as_posix() not in COMPILED and _mirrored_source(path) is None]
+    assert unmirrored == []
+    assert len(tests) > 40  # the walk saw the tests
+
+
+def test_every_test_folder_is_a_package():
+    """Test basenames repeat across folders (tests/test_checks.py, tests/ops/test_checks.py):
+    each folder needs its own package name."""
+    folders = {path.parent for path in TESTS.rglob("test_*.py")} - {TESTS}
+    assert sorted(f.name for f in folders if f.name not in CROSS_CUTTING_FOLDERS and not (f / "__init__.py").is_file()) == []
+    assert {"commands", "metrics", "ops", "pipeline"} <= {f.name for f in folders}

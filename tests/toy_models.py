@@ -1,4 +1,5 @@
-"""Small models shared by the tests (float64 linear models with seeded weights, a tiny CNN)."""
+"""Small models shared by the tests (float64 linear models with seeded weights, tiny CNNs,
+and the RGB CNNs of the image-folder tests)."""
 import math
 
 import torch
@@ -33,3 +34,20 @@ def scripted_digits_cnn() -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated
         return torch.jit.script(digits_cnn())
+
+
+def colour_cnn() -> nn.Module:
+    """A factory for --model: 1x1 conv (identity) + ReLU, global mean, identity Linear:
+    the predicted class is the image's brightest mean channel (R -> 0, G -> 1, B -> 2)."""
+    net = nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 3))
+    with torch.no_grad():
+        for layer in (net[0], net[4]):
+            layer.weight.copy_(torch.eye(3).view_as(layer.weight))
+            layer.bias.zero_()
+    return net
+
+
+def wide_cnn(width: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 3))

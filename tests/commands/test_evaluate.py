@@ -1,12 +1,19 @@
 """``robustx evaluate`` (robustx/commands/evaluate.py): a user's mistakes give one line
-naming the file or argument and exit 2; --debug keeps the traceback; files are never unpickled."""
+naming the file or argument and exit 2; --debug keeps the traceback; files are never unpickled;
+an image folder as --data with a module:factory model, --batch-size auto and the inference options."""
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
 
 from robustx.commands import main
+from robustx.pipeline.imagefolder import eval_transform
+from toy_images import FILES
+from toy_models import colour_cnn
 
 
 def _one_line_error(capsys, argv, command="evaluate") -> str:
@@ -167,3 +174,35 @@ def test_a_user_factory_exception_is_one_line_with_its_type(user_module, tmp_pat
                           text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" in proc.stderr and 'raise MyError("no checkpoint here' in proc.stderr
     assert "rx_user_factory.MyError: no checkpoint here" in proc.stderr
+
+
+# ------------------------------------------------------------------ an image folder
+def test_cli_evaluates_a_folder(folder, tmp_path):
+    out = tmp_path / "run"
+    status = main(["evaluate", "--model", "toy_models:colour_cnn", "--data", str(folder), "--metrics",
+                   "CA,AA_W,NC", "--out", str(out), "--no-progress", "--batch-size", "4"])
+    assert status == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["run"]["inputs"] == 6 and report["run"]["input_shape"] == [3, 224, 224]
+    label = {"a_red": 0, "b_green": 1, "c_blue": 2}
+    x = torch.stack([eval_transform(Image.open(folder / cls / name)) for cls, name, _ in FILES])
+    y = torch.tensor([label[cls] for cls, _, _ in FILES])
+    with torch.no_grad():
+        by_hand = (colour_cnn()(x).argmax(1) == y).float().mean().item()
+    assert by_hand == pytest.approx(5 / 6)
+    metrics = report["metrics"]
+    assert metrics["CA"]["value"] == pytest.approx(by_hand)
+    assert metrics["AA_W"]["value"] is not None and metrics["NC"]["value"] is not None
+
+
+def test_cli_folder_with_auto_batch_and_inference_options(folder, tmp_path):
+    out = tmp_path / "run"
+    main(["evaluate", "--model", "toy_models:colour_cnn", "--data", str(folder), "--metrics", "CA",
+          "--out", str(out), "--no-progress", "--batch-size", "auto", "--channels-last", "--autocast", "bf16",
+          "--workers", "0", "--resize", "36", "--crop", "32", "-n", "3"])
+    report = json.loads((out / "report.json").read_text())
+    assert report["run"]["inputs"] == 3 and report["run"]["input_shape"] == [3, 32, 32]
+    assert report["run"]["inference"] == {"channels_last": True, "autocast": "torch.bfloat16"}
+    assert report["metrics"]["CA"]["value"] == pytest.approx(1.0)  # images 0, 2, 4: no mislabeled one
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--model", "digits", "--batch-size", "zero"])

@@ -1,7 +1,7 @@
 """The shared C++ argument checks (csrc/include/robustx/<op>_checks.h) on direct torch.ops
 calls: they run before any kernel, so a bad index never reaches memory; and where the row
 checks of grad_norm_batch_max run (on the host for CPU indices, never by reading a device's
-values). (The device checks need a GPU: tests/gpu and tests/test_kernel_sim.py cover them.)"""
+values). (The device checks need a GPU: tests/gpu and tests/ops/test_kernel_sim.py cover them.)"""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""The CUDA kernels' bodies, run on the host (tests/kernel_sim/kernel_sim.cpp) with every
+"""The CUDA kernels' bodies, run on the host (tests/ops/kernel_sim/kernel_sim.cpp) with every
 block size the kernels launch, against the CPU operators and float64 sums.
 
 The CUDA kernels split each point / row / input over the threads of a block and combine
@@ -17,8 +17,8 @@ import torch
 
 from robustx import ops
 
-ROOT = Path(__file__).resolve().parents[1]
-SOURCE = ROOT / "tests" / "kernel_sim" / "kernel_sim.cpp"
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE = Path(__file__).resolve().parent / "kernel_sim" / "kernel_sim.cpp"
 THREADS = [0, 32, 64, 128, 256]  # 0: the block size the kernel itself picks
 BLOCKS = 3  # a grid smaller than the tasks: each block strides over several
 NORM_CODE = {1.0: 1, 2.0: 2, math.inf: 0}

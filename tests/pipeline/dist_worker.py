@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py under torchrun (gloo, one thread per process).
+"""Run by tests/pipeline/test_distributed.py under torchrun (gloo, one thread per process).
 
     dist_worker.py blocks OUT          the building blocks on rank-dependent data -> OUT/rank<r>.json
     dist_worker.py disagree OUT        evaluate with a seed that differs by rank (must raise)

@@ -23,8 +23,10 @@ from robustx.models import digits_cnn
 from robustx.metrics import eni
 from robustx.pipeline.evaluate import evaluate
 from robustx.pipeline.report import Report
+from toy_images import ink, png_pixels
+from toy_models import wide_cnn
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PGD = {"pgd": {"eps": 0.1, "step_size": 0.025, "steps": 5}}
 FAST = ["CA", "AA_W", "ALD_2", "ALD_inf", "ASS", "ACAC", "ACTC", "NTE", "CAV", "AA_B", "NC", "KMNC", "TKNC"]
 
@@ -577,6 +579,20 @@ def test_landscape_table_adds_its_plots(tmp_path):
     report = evaluate(digits_cnn(), (x[:4], y[:4]), metrics=["CA"], config={"landscape": {"steps": 5, "n_images": 2}},
                       out=tmp_path, progress=False)
     for kind in ("contour", "surface"):
-        png = report.figures[f"loss landscape ({kind})"]
-        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        pixels = png_pixels(report.figures[f"loss landscape ({kind})"])
+        assert min(pixels.shape[:2]) >= 100 and ink(pixels) > 0.05, (kind, pixels.shape, ink(pixels))
     assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 2
+
+
+def test_inference_options_leave_clever_unchanged_and_change_the_run_id():
+    net, x = wide_cnn(4), torch.rand(2, 3, 8, 8)
+    y = net(x).argmax(1)
+    config = {"clever": {"n_batches": 10, "n_samples": 16, "n_images": 2}}
+    plain = evaluate(net, (x, y), metrics="CLEVER", config=config, progress=False)
+    fast = evaluate(net, (x, y), metrics="CLEVER", config=config, progress=False, channels_last=True,
+                    autocast="bf16")
+    assert fast.metrics["CLEVER"].per_sample == plain.metrics["CLEVER"].per_sample
+    assert fast.run["id"] != plain.run["id"]
+    assert fast.run["inference"] == {"channels_last": True, "autocast": "torch.bfloat16"}
+    with pytest.raises(ValueError, match="autocast"):
+        evaluate(net, (x, y), metrics="CA", autocast="int8", progress=False)

@@ -6,7 +6,6 @@ import io
 import json
 import math
 import os
-import struct
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 
 from robustx.plotting import bars_png, histogram_png, image_grid_png, layer_bars_png
 from robustx.pipeline.report import MetricResult, Report, compare, compare_html
+from toy_images import ink, png_pixels
 
 STRUCTURAL = {"html", "head", "body", "main", "section", "table", "thead", "tbody", "tr", "th", "td",
               "figure", "figcaption", "div", "h1", "h2", "title", "style"}
@@ -56,8 +56,15 @@ def _parse(page: str) -> _Checker:
 
 
 def _png_size(png: bytes):
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    return struct.unpack(">II", png[16:24])
+    """(width, height) of the decoded image."""
+    height, width = png_pixels(png).shape[:2]
+    return width, height
+
+
+def _drawn(png: bytes) -> bool:
+    """A decodable PNG at least 100 px a side with something drawn on it (> 5 % non-background)."""
+    pixels = png_pixels(png)
+    return min(pixels.shape[:2]) >= 100 and ink(pixels) > 0.05
 
 
 def _report(**values):
@@ -180,7 +187,7 @@ def test_html_is_one_well_formed_page_with_embedded_pngs(tmp_path):
     assert len(parsed.images) == 4
     for src in parsed.images:
         assert src.startswith("data:image/png;base64,")
-        assert base64.b64decode(src.split(",", 1)[1]).startswith(b"\x89PNG")
+        assert _drawn(base64.b64decode(src.split(",", 1)[1]))
     assert "b" not in parsed.tags  # the metric name was escaped
     assert not {"link", "script", "iframe"} & set(parsed.tags)  # nothing loaded from elsewhere
     for text in ["Robustness report — toy", "clean_accuracy", "0.92", "↑", "↓", "no attack given", "perceptual", "CLEVER scores", "ab" * 32]:
@@ -230,7 +237,7 @@ def test_plot_text_is_drawn_literally():
         layer_bars_png({name: 1.0 for name in MATH_LIKE}, "NC $x^$"),
         *[base64.b64decode(s.split(",", 1)[1]) for s in _parse(compare_html([a, b], ["run$_$", "$x^$"])).images],
     ]
-    assert len(pngs) == 7 and all(p.startswith(b"\x89PNG") for p in pngs)
+    assert len(pngs) == 7 and all(_drawn(p) for p in pngs)
     assert matplotlib.rcParams["text.parse_math"]  # the user's setting is back after each figure
 
 
@@ -268,7 +275,7 @@ def test_compare_html_highlights_and_charts():
     parsed = _parse(compare_html([a, b], ["base", "defended"]))
     assert sum("best" in c.split() for c in parsed.cells) == 2
     assert len(parsed.images) == 4  # one chart per shared metric
-    assert all(base64.b64decode(s.split(",", 1)[1]).startswith(b"\x89PNG") for s in parsed.images)
+    assert all(_drawn(base64.b64decode(s.split(",", 1)[1])) for s in parsed.images)
 
 
 def test_compare_stars_no_coverage_metric(tmp_path):

@@ -1,10 +1,10 @@
-"""The streamed evaluate against the metric functions called directly on the same inputs,
-batch splits that must not matter, and the input stream's sources."""
+"""The batch loop (robustx/pipeline/run.py): the streamed evaluate against the metric
+functions called directly on the same inputs, batch splits that must not matter, AA_W and
+"fooled_by" per input over several attacks, and the logits-only inference options."""
 import math
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from robustx import attacks, metrics
 from robustx.clever import clever
@@ -18,8 +18,10 @@ from robustx.metrics.eni import eps_eni, eps_eni_noise
 from robustx.metrics.families import clever_rows
 from robustx.models import digits_cnn
 from robustx.pipeline.evaluate import evaluate
+from robustx.pipeline.run import Run
 from robustx.pipeline.stream import InputStream
 from robustx.sensitivity import neuron_sensitivity, neuron_uncertainty
+from toy_models import wide_cnn
 
 N, SEED, CLIP = 24, 5, (0.0, 1.0)
 PGD = {"eps": 0.1, "norm": "inf", "steps": 3, "step_size": 0.04}
@@ -139,27 +141,6 @@ def test_batch_splits_agree_when_nothing_random_depends_on_them(tmp_path):
         assert runs[1].metrics[name].value == pytest.approx(runs[0].metrics[name].value, rel=rel), name
 
 
-@pytest.mark.parametrize("kind", ["tensors", "dataset", "loader"])
-def test_the_stream_cuts_every_source_into_the_same_batches(kind):
-    x, y = torch.rand(10, 1, 4, 4), torch.arange(10) % 3
-    source = {"tensors": (x, y), "dataset": TensorDataset(x, y),
-              "loader": DataLoader(TensorDataset(x, y), batch_size=3)}[kind]
-    stream = InputStream(source, 4)
-    batches = list(stream.batches([0, 1, 2]))
-    assert stream.n == 10 and stream.n_batches == 3
-    assert [(i, start, b.shape[0]) for i, start, b, _ in batches] == [(0, 0, 4), (1, 4, 4), (2, 8, 2)]
-    assert torch.equal(torch.cat([b for _, _, b, _ in batches]), x)
-    assert [int(v) for _, _, _, t in batches for v in t] == y.tolist()
-    assert [i for i, *_ in stream.batches([2])] == [2]  # a rank reads only its own batches
-
-
-def test_the_stream_refuses_empty_or_foreign_data():
-    with pytest.raises(ValueError, match="at least one input"):
-        InputStream(TensorDataset(torch.zeros(0, 1, 2, 2), torch.zeros(0)), 4)
-    with pytest.raises(TypeError, match="pair .* Dataset or a DataLoader"):
-        InputStream([1, 2, 3], 4)
-
-
 def test_aa_w_counts_an_input_robust_only_if_every_attack_failed_on_it():
     """Two attacks that each fool a different half of the inputs: each attack alone leaves
     accuracy 0.5, the worst case per input is 0 (the old minimum of the two said 0.5)."""
@@ -182,3 +163,33 @@ def test_aa_w_counts_an_input_robust_only_if_every_attack_failed_on_it():
     assert report.metrics["AA_W"].settings["per_attack"] == {"first": 0.5, "second": 0.5}
     assert report.metrics["AA_W"].value == 0.0 and report.metrics["AA_W"].per_sample == [0.0] * 8
     assert report.inputs["fooled_by"] == ["first"] * 4 + ["second"] * 4
+
+
+# ------------------------------------------------------------------ inference options
+def _logits(net, x, **options):
+    stream = InputStream((x, torch.zeros(x.shape[0], dtype=torch.long)), 4)
+    run = Run({"model": net}, stream, None, {}, {}, 0, (0.0, 1.0), torch.device("cpu"), {}, progress=False, **options)
+    return run.forward(net, x)
+
+
+def test_channels_last_logits_equal_default_and_parameters_restored():
+    net, x = wide_cnn(8), torch.rand(6, 3, 16, 16)
+    seen = []
+    net[2].register_forward_pre_hook(lambda m, args: seen.append(
+        (args[0].is_contiguous(memory_format=torch.channels_last),
+         m.weight.is_contiguous(memory_format=torch.channels_last))))
+    reference = _logits(net, x)
+    assert seen and not any(a or w for a, w in seen)
+    seen.clear()
+    fast = _logits(net, x, channels_last=True)
+    assert seen and all(a and w for a, w in seen)
+    assert torch.allclose(fast, reference, rtol=1e-5, atol=1e-6)
+    assert all(p.is_contiguous() for p in net.parameters())
+
+
+def test_bf16_autocast_logits_close_to_float32():
+    net, x = wide_cnn(8), torch.rand(6, 3, 16, 16)
+    reference, fast = _logits(net, x), _logits(net, x, autocast=torch.bfloat16)
+    assert not torch.equal(fast, reference)  # autocast was on
+    # bf16 keeps 8 significand bits (relative error 2^-8 per rounding), a few roundings deep.
+    assert (fast - reference).abs().max() <= 0.02 * reference.abs().max()

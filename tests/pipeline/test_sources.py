@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from robustx import models
 from robustx.commands import main
 from robustx.data import digits
 from robustx.pipeline import sources
+from robustx.pipeline.imagefolder import IMAGENET_STD, Normalized
+from toy_models import colour_cnn
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 USER_MODULE = '''
 import torch
@@ -350,3 +351,17 @@ def test_the_readme_timm_and_torchvision_forms_with_local_weights(tmp_path):
                      "--data", str(tmp_path / f"{name}.npz"), "--mean", ",".join(map(str, mean)),
                      "--std", ",".join(map(str, std)), "--metrics", "CA", "--out", str(out), "--no-progress"]) == 0
         assert json.loads((out / "report.json").read_text())["metrics"]["CA"]["value"] == 0.75, name
+
+
+def test_factory_model_with_weights_and_normalize(tmp_path):
+    trained = colour_cnn()
+    with torch.no_grad():
+        trained[4].weight.mul_(3.0)
+    torch.save(trained.state_dict(), tmp_path / "w.pt")
+    model = sources.load_model("toy_models:colour_cnn", str(tmp_path / "w.pt"))
+    assert not model.training
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trained.state_dict().values()))
+    wrapped = sources.load_model("toy_models:colour_cnn", normalize="imagenet")
+    assert isinstance(wrapped, Normalized) and torch.allclose(wrapped.std.flatten(), torch.tensor(IMAGENET_STD))
+    with pytest.raises(ValueError, match="--normalize"):
+        sources.load_model("toy_models:colour_cnn", normalize="cifar")

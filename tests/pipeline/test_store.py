@@ -15,11 +15,12 @@ import pytest
 import torch
 from torch import nn
 
-import store_worker
 from robustx.pipeline import store as store_mod
 from robustx.pipeline.store import ResultStore, StoreError, data_digest, json_digest, model_digest, run_unit
 
-ROOT = Path(__file__).resolve().parents[1]
+from . import store_worker
+
+ROOT = Path(__file__).resolve().parents[2]
 FP = {"model weights": "m1", "data (inputs or labels)": "d1"}
 
 

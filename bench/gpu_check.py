@@ -225,7 +225,7 @@ IN_PROCESS = {"ops": step_ops, "resnet50": step_resnet50, "art": step_art}
 
 
 # ----------------------------------------------------------------------------- orchestration
-GPU_TESTS = "tests/gpu"  # the kernel simulation (tests/test_kernel_sim.py) is CPU-only: not run here
+GPU_TESTS = "tests/gpu"  # the kernel simulation (tests/ops/test_kernel_sim.py) is CPU-only: not run here
 INTERRUPT_GRACE = 20  # seconds between a step's SIGINT and its SIGKILL (pytest prints its summary)
 MAX_FILES = 8  # result files one check writes: the report and one log per step (+ the tests' junit XML)
 

@@ -1,7 +1,7 @@
 // CUDA kernel of robustx::ball_sample: one block per point. L1/L2 points take two passes
 // over their Philox stream (the direction's norm, then the scaled write), so nothing but
 // the output is written to memory. The kernel body is ball_sample_body of robustx/ball.h,
-// which tests/kernel_sim runs on the host; the block sum is CUB's.
+// which tests/ops/kernel_sim runs on the host; the block sum is CUB's.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>

@@ -3,7 +3,7 @@
 //  2. input_reduce: one block per input: the input's min/max element and its top-k neurons;
 //  3. update_flags: one thread per (input, neuron) sets the section / corner / threshold bits.
 // Several threads may set the same flag: they all store `true`, so the races are benign.
-// The kernel bodies are those of robustx/coverage.h, which tests/kernel_sim runs on the
+// The kernel bodies are those of robustx/coverage.h, which tests/ops/kernel_sim runs on the
 // host; the warp and block reductions are CUB's. Speed work left for a GPU campaign: with
 // element-wise neurons (L = 1) neuron_stats leaves 31 of 32 lanes idle, and input_reduce
 // rescans the M neuron values once per top-k round.

@@ -2,7 +2,7 @@
 // reduces the sample's q-norm (in double, as the CPU kernel) and folds it into its batch
 // maximum with an atomic max (norms are >= 0, so the float bit patterns order like the
 // values; NaN is canonical and positive, so it wins and propagates). The kernel body is
-// grad_norm_batch_max_body of robustx/norms.h, which tests/kernel_sim runs on the host; the
+// grad_norm_batch_max_body of robustx/norms.h, which tests/ops/kernel_sim runs on the host; the
 // block sum is CUB's. Shapes and devices are checked before the launch
 // (check_grad_norm_args); row indices on the device are checked where the kernel reads them
 // (a device-side assert), so the op never waits for the device.

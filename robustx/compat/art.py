@@ -26,7 +26,7 @@ vectorised Nelder-Mead that replicates ``scipy.optimize.fmin`` step by step
 
 Parity: the random draws, the bootstrap and the fit are exactly ART's; the gradients
 agree with ART's to float32 rounding only (kernels round differently for different batch
-sizes). Scores agree with ART's to < 1e-4 (see tests/test_compat_art.py and
+sizes). Scores agree with ART's to < 1e-4 (see tests/compat/test_art.py and
 bench/bench_art.py) except where ART's fit explodes (bootstrap maxima of a small pool
 hold many tied values; the Lipschitz estimate comes out orders of magnitude above every
 sampled norm and the score near 0): there a change in the 7th digit of one norm moves

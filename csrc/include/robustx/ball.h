@@ -72,7 +72,7 @@ struct Box {
 };
 
 // ---- The two phases of one point on a block of `threads` threads (the CUDA kernel's split;
-// tests/kernel_sim runs them on the host with every block size the kernel launches).
+// tests/ops/kernel_sim runs them on the host with every block size the kernel launches).
 // Thread `tid` owns the Philox blocks j = tid, tid + threads, ... (coordinates 4j .. 4j+3).
 
 // Phase 1 (L1/L2): the thread's share of sum_k norm_term(z_k), in double.

@@ -26,7 +26,7 @@ constexpr int64_t kMaxBlocks = int64_t{1} << 20;
 
 // Blocks of a grid-stride launch over `work` items taking `per_block` items per block:
 // ceil(work / per_block), clamped to [1, max_blocks]. Host code, shared by the CUDA
-// launches and tests/kernel_sim (which runs the same grid).
+// launches and tests/ops/kernel_sim (which runs the same grid).
 inline int64_t blocks_for(int64_t work, int64_t per_block, int64_t max_blocks) {
   const int64_t blocks = (work + per_block - 1) / per_block;
   return blocks < 1 ? 1 : (blocks > max_blocks ? max_blocks : blocks);
@@ -34,7 +34,7 @@ inline int64_t blocks_for(int64_t work, int64_t per_block, int64_t max_blocks) {
 
 // ---- Kernel bodies. Each CUDA kernel's body is a function template in these headers, run
 // by every thread of a `group` of threads (a CUDA block or a warp); the .cu file instantiates
-// it with a CUDA group (robustx/block_reduce.cuh), tests/kernel_sim with a host group that
+// it with a CUDA group (robustx/block_reduce.cuh), tests/ops/kernel_sim with a host group that
 // runs the threads one after the other. A group provides (what its bodies use of):
 //   index(), count(): this group's index in the grid and the number of groups (grid-stride
 //                     loops over tasks run `for (t = g.index(); t < tasks; t += g.count())`);
@@ -50,7 +50,7 @@ inline int64_t blocks_for(int64_t work, int64_t per_block, int64_t max_blocks) {
 
 // Threads of a CUDA block looping over `work` items: the smallest power of two in
 // [32, kMaxThreads] covering it (kMaxThreads beyond). Host code; the kernels' split of work
-// over these threads is simulated on the CPU in tests/kernel_sim.
+// over these threads is simulated on the CPU in tests/ops/kernel_sim.
 inline int threads_for(int64_t work) {
   int threads = 32;
   while (threads < kMaxThreads && threads < work) threads *= 2;

@@ -1,6 +1,6 @@
 // Per-neuron coverage rules shared by the CPU and CUDA kernels of
 // robustx::coverage_update (see robustx.ops.coverage_update_ref for the contract), and the
-// CUDA kernels' bodies, which tests/kernel_sim runs on the host.
+// CUDA kernels' bodies, which tests/ops/kernel_sim runs on the host.
 #pragma once
 #include <cmath>
 

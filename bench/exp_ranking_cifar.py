@@ -6,9 +6,11 @@ folder per model, then :func:`robustx.pipeline.report.common_set`: the same mean
 inputs every model got right and every model's DeepFool fooled. ``--cw``: then, as a check
 of DeepFool's distances, C&W L2 (5 binary steps of at most 100 Adam steps, a cheap
 setting) on the common set, its mean L2 and L-inf distances over the inputs it fools.
-Prints markdown tables:
+``--robustness``: also the model-oriented metrics (NS, NU, DIV, EBD, eps-ENI, eps-ENI_noise,
+at the quick preset), each model's rank by each, against the papers' trend (the adversarially
+trained model most robust). Prints markdown tables:
 
-    python3 bench/exp_ranking_cifar.py [--root ../shared/data/aisafety-cifar10] [--out out/ranking] [--cw]
+    python3 bench/exp_ranking_cifar.py [--root ../shared/data/aisafety-cifar10] [--out out/ranking] [--cw] [--robustness]
 """
 import math
 import argparse
@@ -27,6 +29,7 @@ from robustx.pipeline.report import common_set
 MODELS = {"natural": "resnet20_cifar.pt", "PAT": "CIFAR10_PAT_enhanced.pt", "RAND": "CIFAR10_RAND_enhanced.pt"}
 MEANS = ["ALD_0", "ALD_2", "ALD_inf", "ASS", "PSD", "ACAC", "ACTC", "NTE"]
 CW = {"cw": {"binary_steps": 5, "steps": 100}}
+ROBUSTNESS = ["NS", "NU", "DIV", "EBD", "eps-ENI", "eps-ENI_noise"]
 
 
 def main() -> None:
@@ -35,6 +38,7 @@ def main() -> None:
     parser.add_argument("--out", default="out/ranking")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cw", action="store_true", help="C&W L2 (%s) on the common set too" % CW["cw"])
+    parser.add_argument("--robustness", action="store_true", help="also " + ", ".join(ROBUSTNESS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     root = aisafety_dir(args.root)
@@ -42,7 +46,7 @@ def main() -> None:
     reports, seconds = {}, {}
     for name, weights in MODELS.items():
         start = time.perf_counter()
-        reports[name] = evaluate(resnet20_cifar(root / weights), (x, y), metrics=["CA", "AA_W", *MEANS],
+        reports[name] = evaluate(resnet20_cifar(root / weights), (x, y), metrics=["CA", "AA_W", *MEANS, *(ROBUSTNESS if args.robustness else [])],
                                  batch_size=100, out=Path(args.out) / name, resume=True, progress=False, name=name)
         seconds[name] = time.perf_counter() - start
     common = common_set(list(reports.values()), list(reports))
@@ -68,8 +72,24 @@ def main() -> None:
                  for r in reports.values()]
         print(f"| {clock} | " + " | ".join(cells) + " |")
     print("| whole run | " + " | ".join(f"{seconds[n]:.1f}" for n in MODELS) + " |")
+    if args.robustness:
+        robustness_table(reports)
     if args.cw:
         cw_check(reports, x, y, root)
+
+
+def robustness_table(reports) -> None:
+    """Each model-oriented metric per model, and the models ordered most robust first by it."""
+    print()
+    print("| metric | better | " + " | ".join(MODELS) + " | most robust first | seconds |")
+    print("| --- | --- |" + " --- |" * len(MODELS) + " --- | --- |")
+    for row in ["AA_W", *ROBUSTNESS]:
+        values = {n: r.metrics[row].value for n, r in reports.items()}
+        higher = metrics.get(row).higher_is_better
+        order = sorted(values, key=lambda n: -values[n] if higher else values[n])
+        took = sum(r.metrics[row].seconds for r in reports.values())
+        print(f"| {row} | {metrics.get(row).direction} | " + " | ".join(f"{v:.4g}" for v in values.values())
+              + f" | {' > '.join(order)} | {took:.1f} |")
 
 
 def cw_check(reports, x, y, root) -> None:

@@ -46,7 +46,8 @@ __all__ = ["model_digest", "data_digest", "json_digest", "canonical_json", "Resu
            "run_unit", "STORE_FILE"]
 
 STORE_FILE = "store.sqlite"
-_FORMAT = 2  # 2: units keyed by content, checksummed; the run row holds the digests of its model and data
+_FORMAT = 3  # 2: units keyed by content, checksummed, the run row holding the digests of its model and data;
+#            3: per-input states of the means over S, eps-ENI's terms, NU per neuron
 _ELSEWHERE = "delete it or choose another output folder (out= / --out)"
 
 Tensors = Dict[str, torch.Tensor]

@@ -84,11 +84,12 @@ def summary(report) -> str:
     from robustx.metrics.registry import direction
     from robustx.pipeline.report import averaged_over
 
-    rows = [f"{'metric':<10} {'value':>12}  better  {'seconds':>8}"]
+    width = max([10, *map(len, report.metrics)])
+    rows = [f"{'metric':<{width}} {'value':>12}  better  {'seconds':>8}"]
     for name, m in report.metrics.items():
         value = f"{m.value:12.4g}" if m.value is not None else f"{'failed' if m.failed else 'skipped':>12}"
         note = m.failed or m.skipped or averaged_over(m)
-        rows.append(f"{name:<10} {value}  {direction(m.higher_is_better):<6}  {m.seconds:8.2f}"
+        rows.append(f"{name:<{width}} {value}  {direction(m.higher_is_better):<6}  {m.seconds:8.2f}"
                     + (f"  ({note.splitlines()[0]})" if note else ""))
     return "\n".join(rows)
 

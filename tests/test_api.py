@@ -27,6 +27,9 @@ from robustx.metrics.eni import eps_eni, eps_eni_noise
 from robustx.metrics.imperceptibility import ald
 from robustx.models import digits_cnn
 from robustx.pipeline.evaluate import evaluate
+from robustx.pipeline.imagefolder import folder_dataset, load_folder
+from robustx.pipeline.sources import load_data
+from toy_images import write_folder
 from robustx.sensitivity import neuron_sensitivity
 
 # The public API: the package, its metrics and the method modules. Not walked: the
@@ -43,6 +46,7 @@ WALKED = [
     "robustx.metrics.behaviour", "robustx.metrics.boundary", "robustx.metrics.corruption", "robustx.metrics.defense",
     "robustx.metrics.eni", "robustx.metrics.imperceptibility", "robustx.metrics.registry",
     "robustx.metrics.transforms", "robustx.pipeline", "robustx.pipeline.evaluate", "robustx.pipeline.report",
+    "robustx.pipeline.sources", "robustx.pipeline.imagefolder",
 ]
 
 #: old name -> the one name of the vocabulary
@@ -205,7 +209,8 @@ ALIASES = [("robustx.clever.clever", "max_chunk"), ("robustx.commands.clever.run
            ("robustx.commands.landscape.run_landscape", "out_dir"),
            ("robustx.defenses.SNSLoss", "lam"), ("robustx.metrics.boundary.orthonormal_directions", "n"),
            ("robustx.metrics.imperceptibility.ald", "p"), ("robustx.metrics.eni.eps_eni", "epsilon"),
-           ("robustx.metrics.eni.eps_eni_noise", "epsilon")]
+           ("robustx.metrics.eni.eps_eni_noise", "epsilon"), ("robustx.pipeline.sources.load_data", "n"),
+           ("robustx.pipeline.imagefolder.folder_dataset", "n"), ("robustx.pipeline.imagefolder.load_folder", "n")]
 
 
 def alias_cases(model, x, y, tmp_path):
@@ -225,6 +230,11 @@ def alias_cases(model, x, y, tmp_path):
     def directions(**kw):
         return orthonormal_directions(d=8, m=3, generator=torch.Generator().manual_seed(1), **kw)
 
+    images = write_folder(tmp_path / "images")
+
+    def first_of_folder(**kw):
+        return folder_dataset(images, resize=36, crop=32, **kw)[0][0]
+
     return {
         ("robustx.clever.clever", "max_chunk"): (lambda: clever(model, x[:2], max_chunk=5, **small).per_sample,
                                                  lambda: clever(model, x[:2], batch_size=5, **small).per_sample),
@@ -242,6 +252,13 @@ def alias_cases(model, x, y, tmp_path):
         ("robustx.commands.clever.run_clever_table", "out_dir"): (
             lambda: run_clever_table(out_dir=tmp_path / "old", **table)["clever"]["L2"]["result"]["per_sample"],
             lambda: run_clever_table(out=tmp_path / "new", **table)["clever"]["L2"]["result"]["per_sample"]),
+        ("robustx.pipeline.sources.load_data", "n"): (lambda: load_data("digits", model, n=5)[0],
+                                                      lambda: load_data("digits", model, n_images=5)[0]),
+        ("robustx.pipeline.imagefolder.folder_dataset", "n"): (lambda: first_of_folder(n=3),
+                                                               lambda: first_of_folder(n_images=3)),
+        ("robustx.pipeline.imagefolder.load_folder", "n"): (
+            lambda: load_folder(images, n=3, workers=0, resize=36, crop=32)[0],
+            lambda: load_folder(images, n_images=3, workers=0, resize=36, crop=32)[0]),
         ("robustx.commands.landscape.run_landscape", "out_dir"): (
             lambda: landscape_pngs(out_dir=tmp_path / "old"), lambda: landscape_pngs(out=tmp_path / "new")),
     }

@@ -151,14 +151,15 @@ def _skip_warning(root: Path, files: List[str], dirs: List[str], total: int) -> 
     return f"image folder {root}: " + "; ".join(parts)
 
 
-def folder_dataset(root, n: Optional[int] = None, resize: int = 256, crop: int = 224) -> Dataset:
-    """The :class:`ImageFolder` at ``root``, or with ``n`` a Subset of ``n`` images spread
-    evenly over the folder's order (image ``i * len // n``), so a capped run sees every
-    class in proportion rather than the first classes only."""
+@checks.renamed(n="n_images")
+def folder_dataset(root, n_images: Optional[int] = None, resize: int = 256, crop: int = 224) -> Dataset:
+    """The :class:`ImageFolder` at ``root``, or with ``n_images`` a Subset of that many images
+    spread evenly over the folder's order (image ``i * len // n_images``), so a capped run
+    sees every class in proportion rather than the first classes only."""
     folder = ImageFolder(root, resize, crop)
-    if n is None:
+    if n_images is None:
         return folder
-    n = checks.integer(n, "--n", 1, len(folder))
+    n = checks.integer(n_images, "n_images (--n)", 1, len(folder))
     return Subset(folder, [i * len(folder) // n for i in range(n)])
 
 
@@ -179,12 +180,13 @@ def skipped_warning(dataset: Dataset, files: List[str]) -> None:
         warnings.warn(_skip_warning(root, files, dirs, len(dataset)), UserWarning, stacklevel=3)
 
 
-def load_folder(root, n: Optional[int] = None, workers: int = 2, batch_size: int = 32, resize: int = 256,
+@checks.renamed(n="n_images")
+def load_folder(root, n_images: Optional[int] = None, workers: int = 2, batch_size: int = 32, resize: int = 256,
                 crop: int = 224) -> Tuple[torch.Tensor, torch.Tensor]:
     """(x, y) of an image folder (:func:`folder_dataset`), decoded by ``workers`` DataLoader
     processes, in memory. Files that cannot be decoded are left out, with one warning naming
     them and the count. ``robustx.evaluate`` streams :func:`folder_dataset` instead."""
-    dataset = folder_dataset(root, n, resize, crop)
+    dataset = folder_dataset(root, n_images, resize, crop)
     size = checks.integer(batch_size, "batch_size")
     batches = [list(range(i, min(i + size, len(dataset)))) for i in range(0, len(dataset), size)]
     xs, ys, bad = [], [], []

@@ -166,10 +166,11 @@ def load_profile(spec: str, clip_values: Tuple[float, float] = (0.0, 1.0), worke
     return _inputs(_read_arrays(path), path, "--profile", clip_values)
 
 
-def load_data(spec: str, model: nn.Module, n: Optional[int] = None, resize: int = 256, crop: int = 224,
+@checks.renamed(n="n_images")
+def load_data(spec: str, model: nn.Module, n_images: Optional[int] = None, resize: int = 256, crop: int = 224,
               labels: Optional[str] = None, clip_values: Tuple[float, float] = (0.0, 1.0)):
-    """The data named by ``spec``: (x, y) tensors, the first ``n`` inputs when given; an image
-    folder as a Dataset that evaluate streams (``n`` spread over it, see
+    """The data named by ``spec``: (x, y) tensors, the first ``n_images`` inputs when given; an
+    image folder as a Dataset that evaluate streams (``n_images`` spread over it, see
     :func:`imagefolder.folder_dataset`). A ``.npy`` file holds no labels: it needs
     ``labels="predicted"`` (the model's own predictions, so CA is 1 by construction). Inputs
     must lie in ``clip_values``."""
@@ -178,15 +179,15 @@ def load_data(spec: str, model: nn.Module, n: Optional[int] = None, resize: int 
     if labels not in (None, "predicted"):
         raise ValueError(f"--labels must be predicted (or not given), got {labels!r}")
     if spec not in BUILT_IN_DATA and Path(spec).is_dir():
-        return imagefolder.folder_dataset(spec, n, resize=resize, crop=crop)
+        return imagefolder.folder_dataset(spec, n_images, resize=resize, crop=crop)
     if spec == "digits":
         x, y = data.digits("test")
     elif spec == "cifar100":
         x, y = data.aisafety_cifar10()
     else:
         x, y = _array_file(Path(spec), model, labels, clip_values)
-    if n is not None:
-        n = checks.integer(n, "--n", 1, x.shape[0])
+    if n_images is not None:
+        n = checks.integer(n_images, "n_images (--n)", 1, x.shape[0])
         x, y = x[:n], y[:n]
     return x, y
 

@@ -459,8 +459,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         (["--data", str(bad)], "outside clip_values"),
         (["--metrics", "CA,WHAT"], "unknown metric"),
         (["--config", str(config)], "n_batchez"),
-        (["-n", "0"], "--n must be an int in [1, 359], got 0"),
-        (["--n", "-5"], "--n must be an int in [1, 359], got -5"),
+        (["-n", "0"], "(--n) must be an int in [1, 359], got 0"),
+        (["--n", "-5"], "(--n) must be an int in [1, 359], got -5"),
     ]
     for extra, message in cases:
         with pytest.raises(SystemExit) as err:

@@ -53,7 +53,7 @@ def test_load_folder_spreads_n_and_workers_agree(folder):
     assert x.shape == (6, 3, 32, 32) and y.tolist() == [0, 0, 1, 1, 2, 2]
     x2, y2 = load_folder(folder, workers=2, batch_size=2, resize=36, crop=32)
     assert torch.equal(x, x2) and torch.equal(y, y2)
-    x3, y3 = load_folder(folder, n=3, workers=0, resize=36, crop=32)
+    x3, y3 = load_folder(folder, n_images=3, workers=0, resize=36, crop=32)
     assert y3.tolist() == [0, 1, 2] and torch.equal(x3, x[[0, 2, 4]])
 
 
@@ -66,7 +66,7 @@ def test_bad_folders(tmp_path, folder):
     with pytest.raises(ValueError, match="crop"):
         ImageFolder(folder, resize=32, crop=36)
     with pytest.raises(ValueError, match="--n"):
-        load_folder(folder, n=7, workers=0)
+        load_folder(folder, n_images=7, workers=0)
 
 
 @contextlib.contextmanager

@@ -36,6 +36,20 @@ def scripted_digits_cnn() -> nn.Module:
         return torch.jit.script(digits_cnn())
 
 
+def model_and_data_files(folder, net: nn.Module, x: torch.Tensor, y, name: str = "model"):
+    """``net`` traced with TorchScript to ``folder/<name>.pt`` and (x, y) saved to
+    ``folder/<name>.npz``, the files the commands' --model and --data read; their paths."""
+    import warnings
+
+    import numpy as np
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still read by robustx
+        torch.jit.save(torch.jit.trace(net, x[:2]), folder / f"{name}.pt")
+    np.savez(folder / f"{name}.npz", x=x.numpy(), y=np.asarray(y))
+    return folder / f"{name}.pt", folder / f"{name}.npz"
+
+
 def colour_cnn() -> nn.Module:
     """A factory for --model: 1x1 conv (identity) + ReLU, global mean, identity Linear:
     the predicted class is the image's brightest mean channel (R -> 0, G -> 1, B -> 2)."""

@@ -15,6 +15,7 @@ from torch import nn
 from robustx.clever import CLEVER_DEFAULTS, CLEVER_RADII
 from robustx.commands import build_parser, main
 from robustx.commands.clever import run_clever_table
+from toy_models import model_and_data_files
 
 TINY = ["--n-batches", "6", "--n-samples", "8", "--no-progress"]
 
@@ -60,12 +61,9 @@ def test_a_linear_model_file_gets_its_exact_boundary_distance(tmp_path, capsys):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(16, 4)).eval()
     x = torch.rand(5, 1, 4, 4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still read by robustx
-        torch.jit.save(torch.jit.trace(net, x[:2]), tmp_path / "linear.pt")
-    np.savez(tmp_path / "data.npz", x=x.numpy(), y=np.arange(5) % 4)
+    model_file, data_file = model_and_data_files(tmp_path, net, x, np.arange(5) % 4, "linear")
     out = tmp_path / "out"
-    assert main(["clever", "--model", str(tmp_path / "linear.pt"), "--data", str(tmp_path / "data.npz"),
+    assert main(["clever", "--model", str(model_file), "--data", str(data_file),
                  "--n-images", "4", "--radius-l2", "100", "--radius-linf", "100", "--out", str(out), *TINY]) == 0
     doc = json.loads((out / "clever.json").read_text())
     w, b = net[1].weight.double(), net[1].bias.double()

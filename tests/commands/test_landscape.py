@@ -9,6 +9,7 @@ import torch
 
 from robustx.commands import main
 from robustx.commands.landscape import DIGITS_SPAN, run_landscape
+from toy_models import model_and_data_files
 
 
 def _pixels(png: bytes) -> np.ndarray:
@@ -43,18 +44,12 @@ def test_bad_image_index_is_one_line(tmp_path, capsys):
 
 def test_a_model_file_on_npz_data(tmp_path):
     """A model named by its TorchScript file (the file name in the PNGs' names) on .npz data."""
-    import warnings
-
     from torch import nn
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).eval()
-    x = torch.rand(3, 1, 4, 4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still read by robustx
-        torch.jit.save(torch.jit.trace(net, x[:2]), tmp_path / "lin.pt")
-    np.savez(tmp_path / "d.npz", x=x.numpy(), y=np.array([0, 1, 1]))
-    paths = run_landscape(tmp_path / "out", model=str(tmp_path / "lin.pt"), data=str(tmp_path / "d.npz"),
+    model_file, data_file = model_and_data_files(tmp_path, net, torch.rand(3, 1, 4, 4), [0, 1, 1], "lin")
+    paths = run_landscape(tmp_path / "out", model=str(model_file), data=str(data_file),
                           images=[2], steps=5, surface="margin", progress=False)
     assert [p.name for p in paths] == [f"lin_pt_2_margin_{k}.png" for k in ("contour", "surface", "slices")]
     assert all(p.parent == tmp_path / "out" and _pixels(p.read_bytes()).std() > 0.05 for p in paths)

@@ -226,7 +226,7 @@ def _corruption_compute(state, settings, name: str) -> Result:
                                "errors": {c: list(v) for c, v in errors.items()}}
 
 
-# ------------------------------------------------------------------ per-input values (DIV, eps-ENI's terms, EBD, CLEVER)
+# -------------------------------------------------- per-input values (DIV, eps-ENI's terms, EBD, CLEVER)
 def _per_input_compute(state, settings, name: str) -> Result:
     values = state["values"]
     finite = values[~values.isnan()]

@@ -237,7 +237,8 @@ def _summary_table(metrics: Dict[str, MetricResult]) -> str:
             f"<tr{cls}><td>{_esc(m.name)}</td><td class=\"num\">{_esc(_cell(m))}</td>"
             f"<td title=\"{_direction_title(m.higher_is_better)}\">{_arrow(m.higher_is_better)}</td>"
             f"<td>{_esc(m.family or '')}</td><td>{_esc(averaged_over(m))}</td>"
-            f"<td class=\"num\">{m.seconds:.2f} s</td><td>{_esc(_budget_text(m.budget))}</td><td>{_esc(note)}</td></tr>\n")
+            f"<td class=\"num\">{m.seconds:.2f} s</td><td>{_esc(_budget_text(m.budget))}</td>"
+            f"<td>{_esc(note)}</td></tr>\n")
     table = _table(["metric", "value", "better", "family", "averaged over", "time", "budget",
                     "skipped or failed because"], rows)
     return f'<section id="metrics">\n<h2>Metrics</h2>\n{table}</section>\n'
